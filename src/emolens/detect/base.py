@@ -1,0 +1,135 @@
+"""The detector interface and its registry.
+
+A backend is a class with ``detect(image) -> list[Face]`` registered under a name; everything
+else (the analyzer, the CLI ``--detector`` flag, the benchmark) finds it through
+``create_detector(name)``. Backends import their heavy dependencies and load their models
+lazily, on first use, never at import time.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Face:
+    """One detected face in image pixel coordinates.
+
+    box: (x1, y1, x2, y2); landmarks: (5, 2) array of right eye, left eye (as seen in the
+    image: first is the one on the image's left), nose tip, mouth left, mouth right — or None.
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray | None = None
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+
+@dataclass
+class DetectorOptions:
+    min_face_size: int = 20  # pixels, on the shorter side of the box, in the original image
+    score_threshold: float = 0.6
+    max_faces: int = 100  # keep the highest-scoring faces beyond this
+    max_side: int = 1600  # images are downscaled to at most this side before detection
+    extra: dict = field(default_factory=dict)
+
+
+class Detector(ABC):
+    """Finds faces in an RGB uint8 image."""
+
+    name: str = ""
+    has_landmarks: bool = True
+
+    def __init__(self, options: DetectorOptions | None = None, **overrides):
+        opts = options or DetectorOptions()
+        for k, v in overrides.items():
+            if hasattr(opts, k):
+                setattr(opts, k, v)
+            else:
+                opts.extra[k] = v
+        self.options = opts
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        return self.detect(image)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Detect on a downscaled copy when the image is large, then map back to full size."""
+        h, w = image.shape[:2]
+        scale = min(1.0, self.options.max_side / max(h, w))
+        small = image if scale == 1.0 else _resize(image, scale)
+        faces = self._detect(small)
+        if scale != 1.0:
+            for f in faces:
+                f.box = f.box / scale
+                if f.landmarks is not None:
+                    f.landmarks = f.landmarks / scale
+        return self._filter(faces, w, h)
+
+    @abstractmethod
+    def _detect(self, image: np.ndarray) -> list[Face]:
+        """Backend-specific detection on an RGB uint8 image of at most max_side pixels."""
+
+    def _filter(self, faces: list[Face], w: int, h: int) -> list[Face]:
+        o = self.options
+        kept = []
+        for f in faces:
+            f.box = np.array(
+                [np.clip(f.box[0], 0, w), np.clip(f.box[1], 0, h), np.clip(f.box[2], 0, w), np.clip(f.box[3], 0, h)],
+                dtype=np.float32,
+            )
+            if f.landmarks is not None:
+                f.landmarks = np.asarray(f.landmarks, dtype=np.float32).reshape(5, 2)
+            if f.score >= o.score_threshold and min(f.width, f.height) >= o.min_face_size:
+                kept.append(f)
+        kept.sort(key=lambda f: -f.score)
+        return kept[: o.max_faces]
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+_DETECTORS: dict[str, Callable[..., Detector]] = {}
+
+
+def register_detector(name: str):
+    def wrap(cls):
+        cls.name = name
+        _DETECTORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_detectors() -> list[str]:
+    _load_builtin()
+    return sorted(_DETECTORS)
+
+
+def create_detector(name: str, options: DetectorOptions | None = None, **overrides) -> Detector:
+    """Make a detector by registry name (``retinaface``, ``dlib-hog``, ``dlib-cnn``, ``haar``)."""
+    from emolens.errors import EmoLensError
+
+    _load_builtin()
+    if name not in _DETECTORS:
+        raise EmoLensError(f"unknown detector {name!r}; choose one of: {', '.join(sorted(_DETECTORS))}")
+    return _DETECTORS[name](options, **overrides)
+
+
+def _load_builtin() -> None:
+    # Importing the backend modules registers them; their heavy imports stay inside methods.
+    from emolens.detect import dlib_backend, haar, retinaface  # noqa: F401

@@ -1,0 +1,61 @@
+"""Typed errors. Each message says what went wrong and what the user can do about it.
+
+The CLI prints the message (no traceback); the REST API maps each class to an HTTP status.
+"""
+
+from __future__ import annotations
+
+
+class EmoLensError(Exception):
+    """Base class for every error EmoLens raises on purpose."""
+
+    http_status = 500
+
+
+class BadImageError(EmoLensError):
+    """The input is not a decodable image, is corrupt, or is too large."""
+
+    http_status = 422
+
+
+class ImageTooLargeError(BadImageError):
+    http_status = 413
+
+
+class ModelError(EmoLensError):
+    """A model file is missing, corrupt, or lacks the EmoLens metadata."""
+
+    http_status = 500
+
+
+class ModelNotFoundError(ModelError):
+    http_status = 404
+
+
+class BadLabelError(EmoLensError):
+    """A label is not in the model's or dataset's label set."""
+
+    http_status = 422
+
+
+class MissingExtraError(EmoLensError, ImportError):
+    """An optional dependency is missing; the message names the pip command that installs it."""
+
+    http_status = 501
+
+    def __init__(self, extra: str, module: str):
+        super().__init__(
+            f"this feature needs the optional package {module!r}; install it with: "
+            f"pip install 'emolens[{extra}]'"
+        )
+        self.extra, self.module = extra, module
+
+
+def require(module: str, extra: str):
+    """Import an optional module or raise MissingExtraError naming the extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(extra, module) from exc

@@ -1,0 +1,219 @@
+"""The training loop: batched augmentation, label smoothing / focal loss, AdamW + OneCycle, EMA.
+
+`fit` takes arrays (uint8 images N,H,W[,C] and int labels) so any dataset loader can feed it, and
+writes a checkpoint that `emolens.train.export` turns into the analyzer's ONNX format.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+
+from emolens.train.archs import create_arch
+from emolens.train.augment import AugmentConfig, augment_batch, mixup_cutmix
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "vgg-tiny"
+    labels: list[str] = field(
+        default_factory=lambda: ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    )
+    size: int = 48
+    channels: int = 1
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    focal_gamma: float = 0.0
+    class_weights: list[float] | None = None
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 5.0
+    dropout: float = 0.3
+    seed: int = 0
+    threads: int = 0  # 0: leave torch's default
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    select_on: str = "accuracy"  # or "macro_f1"
+    patience: int = 0  # early stopping in epochs without improvement; 0 = off
+
+    @property
+    def input_spec(self) -> dict:
+        return {"size": self.size, "channels": self.channels, "mean": [0.5] * self.channels,
+                "std": [0.5] * self.channels, "layout": "NCHW", "range": 255}
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 N,H,W or N,H,W,C → uint8 NCHW tensor (kept uint8 in memory: 4x smaller)."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    return t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2).contiguous()
+
+
+def normalize(x01: torch.Tensor) -> torch.Tensor:
+    return (x01 - 0.5) / 0.5
+
+
+def loss_fn(logits: torch.Tensor, soft_target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    n_cls = logits.shape[1]
+    target = soft_target * (1 - cfg.label_smoothing) + cfg.label_smoothing / n_cls
+    logp = F.log_softmax(logits, 1)
+    per_class = -target * logp
+    if cfg.focal_gamma > 0:
+        per_class = per_class * (1 - logp.exp()).pow(cfg.focal_gamma)
+    if cfg.class_weights is not None:
+        per_class = per_class * torch.tensor(cfg.class_weights, device=logits.device)
+    return per_class.sum(1).mean()
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i : i + batch_size].float() / 255)
+        out.append(F.softmax(model(x), 1))
+    return torch.cat(out).numpy()
+
+
+def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    pred = probs.argmax(1)
+    return {"accuracy": float((pred == labels).mean()),
+            "macro_f1": float(f1_score(labels, pred, average="macro"))}
+
+
+def fit(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train, keep the best EMA weights on the validation metric, write best.pt/last.pt + log."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    xtr, ytr = to_tensor(train[0]), torch.from_numpy(np.asarray(train[1], dtype=np.int64))
+    xva, yva = to_tensor(val[0]), np.asarray(val[1], dtype=np.int64)
+    # channels_last runs convolutions about 1.4x faster on CPU (measured on the 2-core machine)
+    model = create_arch(cfg.arch, len(cfg.labels), cfg.channels, dropout=cfg.dropout).to(
+        memory_format=torch.channels_last
+    )
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(len(xtr) // cfg.batch_size, 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.15
+    )
+    start_epoch, best, history = 0, -1.0, []
+    if resume:
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+
+    def checkpoint(epoch: int, weights: dict) -> dict:
+        return {
+            "model": weights, "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "history": history,
+            "config": asdict(cfg), "labels": cfg.labels, "input": cfg.input_spec,
+            "versions": {"torch": torch.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()},
+        }
+
+    bar = _progress(progress)
+    stale = 0
+    with bar:
+        task = bar.add_task("training", total=(cfg.epochs - start_epoch) * steps_per_epoch)
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0, seen, loss_sum = time.time(), 0, 0.0
+            order = torch.randperm(len(xtr))
+            for step in range(steps_per_epoch):
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                x = augment_batch(xtr[idx].float() / 255, cfg.augment)
+                x, target = mixup_cutmix(x, ytr[idx], len(cfg.labels), cfg.mixup_alpha, cfg.cutmix_alpha)
+                loss = loss_fn(model(normalize(x).contiguous(memory_format=torch.channels_last)), target, cfg)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                ema.update_parameters(model)
+                seen += len(idx)
+                loss_sum += float(loss.detach()) * len(idx)
+                bar.advance(task)
+            _refresh_bn(ema.module, xtr)
+            metrics = score(predict_proba(ema.module, xva), yva)
+            row = {"epoch": epoch, "loss": loss_sum / seen, "lr": sched.get_last_lr()[0],
+                   "train_images_per_s": seen / (time.time() - t0), **{f"val_{k}": v for k, v in metrics.items()}}
+            history.append(row)
+            bar.console.print(
+                f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val acc {metrics['accuracy']:.4f}  "
+                f"macro-F1 {metrics['macro_f1']:.4f}  {row['train_images_per_s']:.0f} img/s"
+            )
+            current = metrics[cfg.select_on]
+            ema_weights = copy.deepcopy(ema.module.state_dict())
+            if current > best:
+                best, stale = current, 0
+                torch.save(checkpoint(epoch, ema_weights), out / "best.pt")
+            else:
+                stale += 1
+            torch.save(checkpoint(epoch, model.state_dict()), out / "last.pt")
+            _write_log(out, history)
+            if cfg.patience and stale >= cfg.patience:
+                bar.console.print(f"early stop: no {cfg.select_on} gain for {stale} epochs")
+                break
+    return {"best": best, "history": history, "checkpoint": str(out / "best.pt")}
+
+
+@torch.no_grad()
+def _refresh_bn(model: torch.nn.Module, images: torch.Tensor, batches: int = 20, batch_size: int = 256) -> None:
+    """EMA averages weights but not BN statistics well: re-estimate them on clean training images."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    idx = torch.randperm(len(images))[: batches * batch_size]
+    for i in range(0, len(idx), batch_size):
+        model(normalize(images[idx[i : i + batch_size]].float() / 255))
+    model.eval()
+
+
+def _write_log(out: Path, history: list[dict]) -> None:
+    (out / "log.json").write_text(json.dumps(history, indent=1))
+    with open(out / "log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), disable=not enabled)
