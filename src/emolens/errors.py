@@ -45,8 +45,7 @@ class MissingExtraError(EmoLensError, ImportError):
 
     def __init__(self, extra: str, module: str):
         super().__init__(
-            f"this feature needs the optional package {module!r}; install it with: "
-            f"pip install 'emolens[{extra}]'"
+            f"this feature needs the optional package {module!r}; install it with: pip install 'emolens[{extra}]'"
         )
         self.extra, self.module = extra, module
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass
+@dataclass(eq=False)  # numpy fields: compare by identity, not element-wise
 class Face:
     """One detected face in image pixel coordinates.
 
@@ -79,6 +79,12 @@ class Detector(ABC):
     @abstractmethod
     def _detect(self, image: np.ndarray) -> list[Face]:
         """Backend-specific detection on an RGB uint8 image of at most max_side pixels."""
+
+    def _min_face_hint(self, image: np.ndarray) -> float:
+        """``min_face_size`` in the pixels of the image given to ``_detect``, for backends that can
+        skip work on small faces; 0 when ``detect`` may have downscaled it (then faces of the wanted
+        size can be smaller here, by an unknown factor, and ``_filter`` applies the limit instead)."""
+        return float(self.options.min_face_size) if max(image.shape[:2]) < self.options.max_side - 1 else 0.0
 
     def _filter(self, faces: list[Face], w: int, h: int) -> list[Face]:
         o = self.options

@@ -31,11 +31,9 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     angle = (torch.rand(n, device=dev) * 2 - 1) * math.radians(cfg.rotate_deg)
     scale = torch.empty(n, device=dev).uniform_(*cfg.scale)
     flip = torch.where(torch.rand(n, device=dev) < cfg.hflip, -1.0, 1.0)
-    tx, ty = ((torch.rand(2, n, device=dev) * 2 - 1) * cfg.translate * 2)
+    tx, ty = (torch.rand(2, n, device=dev) * 2 - 1) * cfg.translate * 2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
-    )
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -62,8 +60,10 @@ def random_erase(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     ys = torch.arange(h, device=dev).view(1, h, 1)
     xs = torch.arange(w, device=dev).view(1, 1, w)
     inside = (
-        (ys >= y0.view(n, 1, 1)) & (ys < (y0 + eh).view(n, 1, 1))
-        & (xs >= x0.view(n, 1, 1)) & (xs < (x0 + ew).view(n, 1, 1))
+        (ys >= y0.view(n, 1, 1))
+        & (ys < (y0 + eh).view(n, 1, 1))
+        & (xs >= x0.view(n, 1, 1))
+        & (xs < (x0 + ew).view(n, 1, 1))
     )
     chosen = (torch.rand(n, device=dev) < cfg.erase_p).view(n, 1, 1)
     mask = (inside & chosen).unsqueeze(1)

@@ -51,8 +51,14 @@ class TrainConfig:
 
     @property
     def input_spec(self) -> dict:
-        return {"size": self.size, "channels": self.channels, "mean": [0.5] * self.channels,
-                "std": [0.5] * self.channels, "layout": "NCHW", "range": 255}
+        return {
+            "size": self.size,
+            "channels": self.channels,
+            "mean": [0.5] * self.channels,
+            "std": [0.5] * self.channels,
+            "layout": "NCHW",
+            "range": 255,
+        }
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -89,8 +95,7 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int 
 
 def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     pred = probs.argmax(1)
-    return {"accuracy": float((pred == labels).mean()),
-            "macro_f1": float(f1_score(labels, pred, average="macro"))}
+    return {"accuracy": float((pred == labels).mean()), "macro_f1": float(f1_score(labels, pred, average="macro"))}
 
 
 def fit(
@@ -134,11 +139,17 @@ def fit(
 
     def checkpoint(epoch: int, weights: dict) -> dict:
         return {
-            "model": weights, "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "history": history,
-            "config": asdict(cfg), "labels": cfg.labels, "input": cfg.input_spec,
-            "versions": {"torch": torch.__version__, "numpy": np.__version__,
-                         "python": platform.python_version()},
+            "model": weights,
+            "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "best": best,
+            "history": history,
+            "config": asdict(cfg),
+            "labels": cfg.labels,
+            "input": cfg.input_spec,
+            "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         }
 
     bar = _progress(progress)
@@ -166,8 +177,13 @@ def fit(
                 bar.advance(task)
             _refresh_bn(ema.module, xtr)
             metrics = score(predict_proba(ema.module, xva), yva)
-            row = {"epoch": epoch, "loss": loss_sum / seen, "lr": sched.get_last_lr()[0],
-                   "train_images_per_s": seen / (time.time() - t0), **{f"val_{k}": v for k, v in metrics.items()}}
+            row = {
+                "epoch": epoch,
+                "loss": loss_sum / seen,
+                "lr": sched.get_last_lr()[0],
+                "train_images_per_s": seen / (time.time() - t0),
+                **{f"val_{k}": v for k, v in metrics.items()},
+            }
             history.append(row)
             bar.console.print(
                 f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val acc {metrics['accuracy']:.4f}  "
@@ -215,5 +231,6 @@ def _write_log(out: Path, history: list[dict]) -> None:
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
+    )

@@ -1,0 +1,91 @@
+"""Emotion classification with ONNX Runtime on aligned face crops."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from emolens.classify.modelfile import ModelMeta
+from emolens.errors import ModelError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class EmotionModel:
+    """A self-describing ONNX emotion model. The session is created on first use and reused."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        self.path = Path(path)
+        self.threads = threads
+        self._session = None
+        self._meta: ModelMeta | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def meta(self) -> ModelMeta:
+        self._load()
+        assert self._meta is not None
+        return self._meta
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta.labels
+
+    @property
+    def card(self) -> dict:
+        return self.meta.card
+
+    def _load(self) -> None:
+        if self._session is not None:
+            return
+        with self._lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort
+
+            if not self.path.is_file():
+                raise ModelError(f"model file not found: {self.path}")
+            opts = ort.SessionOptions()
+            if self.threads:
+                opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            try:
+                session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # ORT raises its own exception types for corrupt files
+                raise ModelError(f"cannot load model {self.path}: it is corrupt or not ONNX ({exc})") from None
+            meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, str(self.path))
+            n_out = session.get_outputs()[0].shape[-1]
+            if isinstance(n_out, int) and n_out != len(meta.labels):
+                raise ModelError(f"{self.path}: model has {n_out} outputs but {len(meta.labels)} labels")
+            self._input_name = session.get_inputs()[0].name
+            self._meta, self._session = meta, session
+
+    def preprocess(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 crops (N, S, S) or (N, S, S, C) → the float tensor the model expects."""
+        spec = self.meta.input
+        x = crops.astype(np.float32)
+        if x.ndim == 3:
+            x = x[..., None]
+        mean = np.asarray(spec.mean, dtype=np.float32)
+        std = np.asarray(spec.std, dtype=np.float32)
+        x = (x / spec.range - mean) / std
+        if spec.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x)
+
+    def predict(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities (N, n_labels) for a batch of aligned crops; all in as few calls as possible."""
+        self._load()
+        if len(crops) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        out = []
+        for i in range(0, len(crops), batch_size):
+            y = self._session.run(None, {self._input_name: self.preprocess(crops[i : i + batch_size])})[0]
+            out.append(y if self.meta.output == "probabilities" else softmax(y))
+        return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,68 @@
+"""Evaluation of an emotion model on labelled, already-aligned face crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from emolens.errors import BadImageError, BadLabelError, require
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An .npz with ``images`` (N, H, W[, C]) uint8, ``labels`` (N,) int and ``classes`` (names)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadImageError(f"{p}: no such file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            images, labels, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
+    except KeyError as exc:
+        raise BadImageError(f"{p}: missing array {exc}; expected images, labels, classes") from None
+    except (OSError, ValueError) as exc:
+        raise BadImageError(f"{p}: not a readable .npz ({exc})") from None
+    return images, labels, classes
+
+
+def evaluate_arrays(model: str, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class recall and the confusion matrix, in the model's label order.
+
+    Dataset classes are matched to model labels by name; a class the model lacks is an error.
+    """
+    metrics = require("sklearn.metrics", "train")
+    from emolens.models import load_emotion_model
+
+    m = load_emotion_model(str(model))
+    unknown = sorted(set(classes[i] for i in np.unique(labels)) - set(m.labels))
+    if unknown:
+        raise BadLabelError(f"dataset classes {unknown} are not among the model's labels {m.labels}")
+    y_true = np.array([m.labels.index(classes[i]) for i in labels])
+    crops = _fit_crops(images, m.meta.input.size, m.meta.input.channels)
+    probs = m.predict(crops, batch_size=256)
+    y_pred = probs.argmax(1)
+    idx = list(range(len(m.labels)))
+    recall = metrics.recall_score(y_true, y_pred, labels=idx, average=None, zero_division=0)
+    present = [i for i in idx if (y_true == i).any()]
+    return {
+        "model": str(model),
+        "n": int(len(y_true)),
+        "accuracy": float(metrics.accuracy_score(y_true, y_pred)),
+        "macro_f1": float(metrics.f1_score(y_true, y_pred, labels=present, average="macro")),
+        "per_class_recall": {m.labels[i]: float(recall[i]) for i in present},
+        "support": {m.labels[i]: int((y_true == i).sum()) for i in present},
+        "labels": m.labels,
+        "confusion": metrics.confusion_matrix(y_true, y_pred, labels=idx).tolist(),
+    }
+
+
+def _fit_crops(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Resize / convert dataset crops to the model's input size and colour mode."""
+    import cv2
+
+    if images.ndim == 4 and channels == 1:
+        images = np.stack([cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in images])
+    elif images.ndim == 3 and channels == 3:
+        images = np.repeat(images[..., None], 3, axis=3)
+    if images.shape[1] != size or images.shape[2] != size:
+        images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+    return images

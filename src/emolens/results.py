@@ -1,0 +1,158 @@
+"""Results in the Ultralytics manner: per image, a list of faces; plot, save, JSON, table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# One colour per emotion (RGB), so a glance at an annotated image reads the mood of a room.
+COLORS = {
+    "angry": (220, 40, 40),
+    "disgust": (120, 160, 30),
+    "fear": (150, 60, 200),
+    "happy": (250, 190, 0),
+    "neutral": (160, 160, 160),
+    "sad": (40, 110, 220),
+    "surprise": (0, 200, 200),
+    "contempt": (200, 100, 40),
+}
+
+
+@dataclass
+class FaceResult:
+    box: np.ndarray  # x1, y1, x2, y2 in image pixels
+    score: float  # detection score
+    landmarks: np.ndarray | None
+    probs: dict[str, float] = field(default_factory=dict)  # emotion -> probability
+    error: str | None = None  # set when this face could not be classified; others are unaffected
+
+    @property
+    def label(self) -> str | None:
+        return max(self.probs, key=self.probs.get) if self.probs else None
+
+    @property
+    def confidence(self) -> float | None:
+        return max(self.probs.values()) if self.probs else None
+
+    def to_dict(self) -> dict:
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "score": round(float(self.score), 4),
+            "landmarks": None if self.landmarks is None else np.round(self.landmarks, 1).tolist(),
+            "label": self.label,
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "probs": {k: round(v, 4) for k, v in self.probs.items()},
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+@dataclass
+class Results:
+    """The analysis of one image."""
+
+    faces: list[FaceResult]
+    image: np.ndarray | None = None  # RGB uint8, kept so .plot() needs no second decode
+    source: str = ""
+    model: str = ""
+    detector: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __iter__(self):
+        return iter(self.faces)
+
+    def __getitem__(self, i: int) -> FaceResult:
+        return self.faces[i]
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [f.label for f in self.faces]
+
+    def summary(self) -> str:
+        if not self.faces:
+            return f"{self.source or 'image'}: no face found"
+        parts = [f"{f.label} {f.confidence:.0%}" if f.label else f"error ({f.error})" for f in self.faces]
+        n = len(self.faces)
+        return f"{self.source or 'image'}: {n} face{'s' if n != 1 else ''}: " + ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        h, w = self.image.shape[:2] if self.image is not None else (None, None)
+        return {
+            "source": self.source,
+            "width": w,
+            "height": h,
+            "model": self.model,
+            "detector": self.detector,
+            "faces": [f.to_dict() for f in self.faces],
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_rows(self) -> list[dict]:
+        """One flat row per face (for CSV); an image without faces gives one row with face=None."""
+        if not self.faces:
+            return [{"source": self.source, "face": None}]
+        rows = []
+        for i, f in enumerate(self.faces):
+            x1, y1, x2, y2 = (round(float(v), 1) for v in f.box)
+            rows.append(
+                {
+                    "source": self.source,
+                    "face": i,
+                    "x1": x1,
+                    "y1": y1,
+                    "x2": x2,
+                    "y2": y2,
+                    "score": round(f.score, 4),
+                    "label": f.label,
+                    "confidence": None if f.confidence is None else round(f.confidence, 4),
+                    **{f"p_{k}": round(v, 4) for k, v in f.probs.items()},
+                    **({"error": f.error} if f.error else {}),
+                }
+            )
+        return rows
+
+    def to_pandas(self):
+        from emolens.errors import require
+
+        return require("pandas", "pandas").DataFrame(self.to_rows())
+
+    def plot(self, landmarks: bool = True) -> np.ndarray:
+        """An annotated copy of the image (RGB uint8): boxes coloured by emotion, label and confidence."""
+        import cv2
+
+        if self.image is None:
+            raise ValueError("this result holds no image to draw on")
+        canvas = self.image.copy()
+        h, w = canvas.shape[:2]
+        thick = max(1, round(max(h, w) / 400))
+        font = max(0.4, max(h, w) / 1400)
+        for f in self.faces:
+            color = COLORS.get(f.label or "", (255, 255, 255))
+            x1, y1, x2, y2 = (int(round(v)) for v in f.box)
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thick)
+            if landmarks and f.landmarks is not None:
+                for x, y in f.landmarks:
+                    cv2.circle(canvas, (int(x), int(y)), thick + 1, (0, 255, 0), -1)
+            text = f"{f.label} {f.confidence:.0%}" if f.label else "?"
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
+            ty = y1 - 4 if y1 - th - base - 4 > 0 else y2 + th + 4
+            cv2.rectangle(canvas, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)
+            cv2.putText(canvas, text, (x1 + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), thick, cv2.LINE_AA)
+        return canvas
+
+    def save(self, path: str | Path) -> Path:
+        """Write the annotated image; the format follows the suffix (.jpg, .png, ...)."""
+        from PIL import Image
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(self.plot()).save(target)
+        return target
