@@ -22,9 +22,11 @@ BOX_CROP_SCALE = 1.25
 def similarity_matrix(landmarks: np.ndarray, size: int, template: np.ndarray = FER_TEMPLATE) -> np.ndarray:
     """2x3 matrix mapping image points onto the template scaled to ``size``."""
     src = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)
+    if not np.isfinite(src).all():
+        raise ValueError("landmarks are not finite")
     dst = template * size
     matrix, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
-    if matrix is None:  # degenerate landmarks (all in one spot): let the caller fall back
+    if matrix is None or not np.isfinite(matrix).all():  # degenerate (all in one spot): the caller falls back
         raise ValueError("landmarks are degenerate")
     return matrix
 
@@ -38,13 +40,27 @@ def box_matrix(box: np.ndarray, size: int, scale: float = BOX_CROP_SCALE) -> np.
     return np.array([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]], dtype=np.float32)
 
 
+def _check_box(box: np.ndarray, width: int, height: int) -> None:
+    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    if b.shape != (4,) or not np.isfinite(b).all():
+        raise ValueError(f"face box {b.tolist()} is not 4 finite numbers")
+    x1, y1, x2, y2 = b
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        raise ValueError(f"face box {np.round(b, 1).tolist()} is empty")
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        raise ValueError(f"face box {np.round(b, 1).tolist()} lies outside the {width}x{height} image")
+
+
 def align_face(
     image: np.ndarray, box: np.ndarray, landmarks: np.ndarray | None, size: int, channels: int = 1
 ) -> np.ndarray:
     """Crop one face from an RGB uint8 image: (size, size) for channels=1, (size, size, 3) for 3.
 
     Uses the landmarks when there are any and they are sane, otherwise a padded box crop.
+    Raises ValueError when the box is not finite, empty, or outside the image: a crop of the
+    border's replicated pixels would be classified as if it were a face.
     """
+    _check_box(box, image.shape[1], image.shape[0])
     matrix = None
     if landmarks is not None:
         try:

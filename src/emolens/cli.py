@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from emolens.errors import EmoLensError
@@ -21,13 +23,13 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message per line, file names never broken
 
 EXAMPLE = Path(__file__).parent / "assets" / "examples" / "astronaut.jpg"
 
 
 def _fail(exc: EmoLensError, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {exc}")
+    err.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(code)
 
 
@@ -56,8 +58,9 @@ def analyze(
     from emolens.analyzer import Analyzer
     from emolens.io import iter_image_paths
 
-    if not paths:
+    if not paths:  # the demo: the built-in example photo, annotated copy written beside the user
         paths = [str(EXAMPLE)]
+        save = save or Path("emolens-output")
         if not quiet:
             err.print(f"no image given: analyzing the built-in example {EXAMPLE.name}")
     files = iter_image_paths(paths)
@@ -71,13 +74,13 @@ def analyze(
             detection_threshold=threshold,
             max_faces=max_faces,
         )
-        analyzer.model.meta  # fail now, not once per file, when the model is missing or broken
+        _ = analyzer.model.meta  # fail now, not once per file, when the model is missing or broken
     except EmoLensError as exc:
         _fail(exc)
 
-    to_stdout = str(json_out) == "-" or str(csv_out) == "-"
+    to_stdout = "-" in (str(json_out), str(csv_out))
     show = not quiet and not to_stdout
-    results, failures, n_faces = [], [], 0
+    results, failures, unsaved, n_faces = [], [], 0, 0
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -93,63 +96,60 @@ def analyze(
             progress.advance(task)
             if isinstance(res, EmoLensError):
                 failures.append((path, str(res)))
-                progress.console.print(f"[red]✗[/red] {res}")
+                progress.console.print(f"[red]✗[/red] {escape(str(res))}")
                 continue
             results.append(res)
             n_faces += len(res)
             if show:
-                progress.console.print(res.summary())
+                progress.console.print(escape(res.summary()))
             if save:
                 try:
                     res.save(save / f"{path.stem}_emolens.jpg")
                 except OSError as exc:  # a full disk loses the annotation, not the results
-                    failures.append((path, f"could not save annotated image: {exc}"))
-                    progress.console.print(f"[red]✗[/red] {path}: could not save annotated image: {exc}")
+                    unsaved += 1
+                    progress.console.print(f"[red]✗[/red] {escape(f'{path}: could not save annotated image: {exc}')}")
             res.image = None  # keep memory flat over thousands of files
 
+    written_ok = True
     if json_out:
-        text = json.dumps(
-            [r.to_dict() for r in results] + [{"source": str(p), "error": e} for p, e in failures], indent=2
-        )
-        _write(json_out, text)
+        records = [r.to_dict() for r in results] + [{"source": str(p), "error": e} for p, e in failures]
+        written_ok &= _write(json_out, json.dumps(records, indent=2))
     if csv_out:
         rows = [row for r in results for row in r.to_rows()]
-        fields = list(dict.fromkeys(k for row in rows for k in row))
-        target = sys.stdout if str(csv_out) == "-" else open(csv_out, "w", newline="")
-        with target if target is not sys.stdout else _nullcontext(target) as f:
-            writer = csv.DictWriter(f, fieldnames=fields or ["source", "face"])
-            writer.writeheader()
-            writer.writerows(rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)) or ["source"])
+        writer.writeheader()
+        writer.writerows(rows)
+        written_ok &= _write(csv_out, buffer.getvalue())
 
     no_face = sum(1 for r in results if not r.faces)
     summary = (
         f"{len(results)} image{'s' if len(results) != 1 else ''} analyzed, {n_faces} face"
         f"{'s' if n_faces != 1 else ''} found, {no_face} without a face, {len(failures)} failed"
+        + (f", {unsaved} annotated image{'s' if unsaved != 1 else ''} not saved" if unsaved else "")
     )
-    err.print(summary if not failures else f"[yellow]{summary}[/yellow]")
-    if save and results:
-        err.print(f"annotated images in {save}")
-    if failures:
+    err.print(summary if not (failures or unsaved) else f"[yellow]{summary}[/yellow]")
+    if save and len(results) > unsaved:
+        err.print(f"annotated images in {escape(str(save))}")
+    if failures or unsaved or not written_ok:
         raise typer.Exit(1)
 
 
-class _nullcontext:
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __enter__(self):
-        return self.obj
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _write(target: Path, text: str) -> None:
+def _write(target: Path, text: str) -> bool:
+    """Write an output file whole (via a temporary file), or say why not; returns success."""
     if str(target) == "-":
         sys.stdout.write(text + "\n")
-    else:
+        return True
+    tmp = target.with_name(target.name + ".tmp")
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        tmp.write_text(text)
+        tmp.replace(target)
+        return True
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        err.print(f"[red]error:[/red] could not write {escape(str(target))}: {escape(str(exc))}")
+        return False
 
 
 @app.command()
@@ -171,7 +171,7 @@ def models() -> None:
                 str(path),
             )
         except EmoLensError as exc:
-            table.add_row(name, f"[red]{exc}[/red]", "", "", str(path))
+            table.add_row(name, f"[red]{escape(str(exc))}[/red]", "", "", str(path))
     console.print(table)
 
 
@@ -205,6 +205,71 @@ def evaluate(
     console.print(f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   n={report['n']}")
     if json_out:
         _write(json_out, json.dumps(report, indent=2))
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Training .npz (images, labels, classes).")],
+    val: Annotated[Path, typer.Option(help="Validation .npz used for model selection.")],
+    out: Annotated[Path, typer.Option(help="Run folder for checkpoints and logs.")] = Path("runs/train"),
+    arch: Annotated[str, typer.Option(help="Architecture name (see emolens.train.archs).")] = "vgg-tiny",
+    epochs: Annotated[int, typer.Option()] = 42,
+    batch_size: Annotated[int, typer.Option()] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the one-cycle schedule.")] = 3e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[Path | None, typer.Option(help="Continue from a last.pt checkpoint.")] = None,
+) -> None:
+    """Train an emotion model on arrays of face crops (the recipe of the shipped `fast` model by default)."""
+    from emolens.errors import require
+
+    require("torch", "train")
+    from emolens.evaluate import load_npz
+    from emolens.train.loop import TrainConfig, fit
+
+    try:
+        xtr, ytr, classes = load_npz(data)
+        xva, yva, val_classes = load_npz(val)
+    except EmoLensError as exc:
+        _fail(exc)
+    if classes != val_classes:
+        _fail(EmoLensError(f"training classes {classes} differ from validation classes {val_classes}"))
+    cfg = TrainConfig(
+        arch=arch,
+        labels=classes,
+        size=int(xtr.shape[1]),
+        channels=1 if xtr.ndim == 3 else xtr.shape[3],
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+    )
+    result = fit((xtr, ytr), (xva, yva), cfg, out, resume=resume)
+    console.print(f"best validation {cfg.select_on}: {result['best']:.4f} → {result['checkpoint']}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt / last.pt from `emolens train`.")],
+    out: Annotated[Path, typer.Argument(help="The .onnx file to write.")],
+    val: Annotated[Path | None, typer.Option(help="Labelled .npz: its metrics go into the model card.")] = None,
+    name: Annotated[str, typer.Option(help="Model name for the card.")] = "",
+    data: Annotated[str, typer.Option(help="What the model was trained on, for the card.")] = "",
+) -> None:
+    """Export a checkpoint to the self-describing ONNX format (parity-checked), with a model card."""
+    from emolens.errors import require
+
+    require("torch", "train")
+    from emolens.train.card import write_card
+    from emolens.train.export import export_onnx
+
+    report = export_onnx(checkpoint, out, card={"name": name or out.stem, "data": data})
+    console.print(f"wrote {out} (max |p_torch - p_onnx| = {report['max_abs_diff']:.1e})")
+    if val:
+        from emolens.evaluate import evaluate_arrays, load_npz
+
+        metrics = evaluate_arrays(str(out), *load_npz(val))
+        card_path = write_card(out, metrics, checkpoint)
+        console.print(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} → {card_path}")
 
 
 def main() -> None:  # pragma: no cover - entry point

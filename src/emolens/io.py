@@ -32,7 +32,10 @@ def load_image(source: ImageInput, max_pixels: int | None = None) -> np.ndarray:
         return _from_array(source, max_pixels)
     if isinstance(source, Image.Image):
         _check_pixels(source.size, max_pixels, "image")
-        return _from_pil(source)
+        try:  # a lazily opened PIL image decodes here, so a truncated file fails here
+            return _from_pil(source)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise BadImageError(f"image: corrupt, truncated or of an unsupported mode ({exc})") from None
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise BadImageError("empty input: 0 bytes is not an image")
@@ -59,19 +62,19 @@ def _open(fp, name: str, max_pixels: int) -> np.ndarray:
                 Image.MAX_IMAGE_PIXELS = saved
             _check_pixels(img.size, max_pixels, name)
             img.load()
+            return _from_pil(img)  # inside the try: EXIF and mode conversion can fail too
     except UnidentifiedImageError:
         raise BadImageError(f"{name}: not an image, or a format EmoLens cannot read") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"{name}: corrupt or truncated image ({exc})") from None
-    return _from_pil(img)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
     w, h = size
     if w * h > max_pixels:
         raise ImageTooLargeError(
-            f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
-            f"{max_pixels / 1e6:.0f}; downscale it or raise EMOLENS_MAX_PIXELS"
+            f"{name}: {w}x{h} is {w * h:,} pixels, above the limit of {max_pixels:,}; "
+            "downscale it or raise EMOLENS_MAX_PIXELS"
         )
     if w == 0 or h == 0:
         raise BadImageError(f"{name}: image has no pixels ({w}x{h})")
@@ -132,6 +135,8 @@ def iter_image_paths(inputs: list[str | Path]) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():  # before the glob test: "photo[1].jpg" is a file name, not a pattern
+            found.append(p)
         elif any(ch in str(item) for ch in "*?["):
             found += sorted(Path(g) for g in glob.glob(str(item), recursive=True) if Path(g).is_file())
         else:

@@ -39,7 +39,8 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if str(name_or_path) in models:
         return models[str(name_or_path)]
     raise ModelNotFoundError(
-        f"no model named {str(name_or_path)!r}; available: {', '.join(models) or 'none'} (or give a path to an .onnx file)"
+        f"no model named {str(name_or_path)!r}; available: {', '.join(models) or 'none'} "
+        "(or give a path to an .onnx file)"
     )
 
 

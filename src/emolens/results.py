@@ -39,14 +39,20 @@ class FaceResult:
 
     def to_dict(self) -> dict:
         return {
-            "box": [round(float(v), 1) for v in self.box],
-            "score": round(float(self.score), 4),
-            "landmarks": None if self.landmarks is None else np.round(self.landmarks, 1).tolist(),
+            "box": [_num(v, 1) for v in self.box],
+            "score": _num(self.score, 4),
+            "landmarks": None if self.landmarks is None else [[_num(v, 1) for v in p] for p in self.landmarks],
             "label": self.label,
             "confidence": None if self.confidence is None else round(self.confidence, 4),
             "probs": {k: round(v, 4) for k, v in self.probs.items()},
             **({"error": self.error} if self.error else {}),
         }
+
+
+def _num(v, digits: int) -> float | None:
+    """A rounded float, or None for NaN/inf so JSON output stays strict."""
+    v = float(v)
+    return round(v, digits) if np.isfinite(v) else None
 
 
 @dataclass
@@ -59,6 +65,12 @@ class Results:
     model: str = ""
     detector: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    width: int | None = None  # taken from the image; kept when the image is dropped to save memory
+    height: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.image is not None and self.width is None:
+            self.height, self.width = self.image.shape[:2]
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -81,11 +93,10 @@ class Results:
         return f"{self.source or 'image'}: {n} face{'s' if n != 1 else ''}: " + ", ".join(parts)
 
     def to_dict(self) -> dict:
-        h, w = self.image.shape[:2] if self.image is not None else (None, None)
         return {
             "source": self.source,
-            "width": w,
-            "height": h,
+            "width": self.width,
+            "height": self.height,
             "model": self.model,
             "detector": self.detector,
             "faces": [f.to_dict() for f in self.faces],
@@ -135,10 +146,12 @@ class Results:
         thick = max(1, round(max(h, w) / 400))
         font = max(0.4, max(h, w) / 1400)
         for f in self.faces:
+            if not np.isfinite(f.box).all():  # a face that failed on a broken box: nothing to draw
+                continue
             color = COLORS.get(f.label or "", (255, 255, 255))
             x1, y1, x2, y2 = (int(round(v)) for v in f.box)
             cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thick)
-            if landmarks and f.landmarks is not None:
+            if landmarks and f.landmarks is not None and np.isfinite(f.landmarks).all():
                 for x, y in f.landmarks:
                     cv2.circle(canvas, (int(x), int(y)), thick + 1, (0, 255, 0), -1)
             text = f"{f.label} {f.confidence:.0%}" if f.label else "?"

@@ -105,8 +105,13 @@ def fit(
     out_dir: str | Path,
     resume: str | Path | None = None,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> dict:
-    """Train, keep the best EMA weights on the validation metric, write best.pt/last.pt + log."""
+    """Train, keep the best EMA weights on the validation metric, write best.pt/last.pt + log.
+
+    ``stop_after`` ends this call after that many epochs (a time-boxed run); ``resume`` with the
+    written last.pt continues the same schedule where it stopped.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -153,10 +158,11 @@ def fit(
         }
 
     bar = _progress(progress)
-    stale = 0
     with bar:
         task = bar.add_task("training", total=(cfg.epochs - start_epoch) * steps_per_epoch)
-        for epoch in range(start_epoch, cfg.epochs):
+        stale = 0
+        end = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+        for epoch in range(start_epoch, end):
             model.train()
             t0, seen, loss_sum = time.time(), 0, 0.0
             order = torch.randperm(len(xtr))
@@ -218,6 +224,14 @@ def _refresh_bn(model: torch.nn.Module, images: torch.Tensor, batches: int = 20,
     for i in range(0, len(idx), batch_size):
         model(normalize(images[idx[i : i + batch_size]].float() / 255))
     model.eval()
+
+
+def _hardware() -> str:
+    import os
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
 
 
 def _write_log(out: Path, history: list[dict]) -> None:

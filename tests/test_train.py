@@ -1,0 +1,74 @@
+"""Training code: a short real run on a slice of FER2013, export to ONNX and its parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training tests need the train extra: pip install 'emolens[train]'")
+
+from emolens.classify import EmotionModel  # noqa: E402
+from emolens.train.archs import create_arch, list_archs  # noqa: E402
+from emolens.train.augment import AugmentConfig, augment_batch, mixup_cutmix  # noqa: E402
+from emolens.train.export import export_onnx  # noqa: E402
+from emolens.train.loop import TrainConfig, fit  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fer_slice(shared_datasets):
+    rng = np.random.default_rng(0)
+    with np.load(shared_datasets / "fer2013" / "train.npz") as z:
+        idx = rng.choice(len(z["labels"]), 768, replace=False)
+        train = z["images"][idx], z["labels"][idx]
+    with np.load(shared_datasets / "fer2013" / "val.npz") as z:
+        val = z["images"][:256], z["labels"][:256]
+    return train, val
+
+
+@pytest.mark.parametrize("name", list_archs())
+def test_every_arch_maps_a_batch_to_logits(name):
+    model = create_arch(name, num_classes=8, in_channels=1).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 8)
+
+
+def test_unknown_arch_names_the_choices():
+    with pytest.raises(KeyError, match="vgg-tiny"):
+        create_arch("no-such-net")
+
+
+def test_augmentation_keeps_shape_and_range_and_changes_pixels():
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 48, 48)
+    y = augment_batch(x, AugmentConfig())
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert float((y - x).abs().mean()) > 0.01
+
+
+def test_mixup_targets_are_distributions():
+    x, labels = torch.rand(8, 1, 48, 48), torch.arange(8) % 7
+    _, target = mixup_cutmix(x, labels, 7, mixup_alpha=0.4, cutmix_alpha=1.0)
+    assert torch.allclose(target.sum(1), torch.ones(8))
+    _, plain = mixup_cutmix(x, labels, 7)
+    assert torch.equal(plain.argmax(1), labels)
+
+
+def test_short_run_lowers_loss_resumes_and_exports_with_parity(fer_slice, tmp_path):
+    train, val = fer_slice
+    cfg = TrainConfig(arch="vgg-tiny", epochs=4, batch_size=64, lr=3e-3, ema_decay=0.9, threads=2)
+    run = fit(train, val, cfg, tmp_path / "run", progress=False, stop_after=2)
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+    resumed = fit(train, val, cfg, tmp_path / "run", resume=tmp_path / "run" / "last.pt", progress=False)
+    assert [row["epoch"] for row in resumed["history"]] == [0, 1, 2, 3]
+    assert resumed["history"][:2] == run["history"]
+    losses = [row["loss"] for row in resumed["history"]]
+    assert losses[-1] < losses[0]
+
+    report = export_onnx(tmp_path / "run" / "best.pt", tmp_path / "m.onnx", card={"name": "t"})
+    assert report["max_abs_diff"] < 1e-4
+    model = EmotionModel(tmp_path / "m.onnx")
+    assert model.labels == cfg.labels and model.meta.input.size == 48
+    assert model.card["name"] == "t" and model.card["mflops"] > 1
+    probs = model.predict(val[0][:10])
+    assert probs.shape == (10, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
