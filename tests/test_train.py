@@ -72,3 +72,51 @@ def test_short_run_lowers_loss_resumes_and_exports_with_parity(fer_slice, tmp_pa
     assert model.card["name"] == "t" and model.card["mflops"] > 1
     probs = model.predict(val[0][:10])
     assert probs.shape == (10, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_path):
+    from typer.testing import CliRunner
+
+    from emolens.cli import app
+
+    classes = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    (train_x, train_y), (val_x, val_y) = fer_slice
+    np.savez(tmp_path / "train.npz", images=train_x, labels=train_y, classes=np.array(classes))
+    np.savez(tmp_path / "val.npz", images=val_x, labels=val_y, classes=np.array(classes))
+    runner = CliRunner()
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "train.npz"),
+            "--val",
+            str(tmp_path / "val.npz"),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    exported = runner.invoke(
+        app,
+        [
+            "export",
+            str(tmp_path / "run" / "best.pt"),
+            str(tmp_path / "m.onnx"),
+            "--val",
+            str(tmp_path / "val.npz"),
+            "--val-name",
+            "slice",
+            "--name",
+            "tiny",
+        ],
+    )
+    assert exported.exit_code == 0, exported.output
+    card = EmotionModel(tmp_path / "m.onnx").card
+    assert card["name"] == "tiny" and card["metrics"]["dataset"] == "slice" and card["metrics"]["n"] == 256
+    assert card["training"]["epochs_planned"] == 1 and card["training"]["train_seconds"] is not None
+    text = (tmp_path / "m.md").read_text()
+    assert "Model card: `tiny`" in text and f"{card['metrics']['accuracy']:.4f}" in text

@@ -254,6 +254,7 @@ def export(
     val: Annotated[Path | None, typer.Option(help="Labelled .npz: its metrics go into the model card.")] = None,
     name: Annotated[str, typer.Option(help="Model name for the card.")] = "",
     data: Annotated[str, typer.Option(help="What the model was trained on, for the card.")] = "",
+    val_name: Annotated[str, typer.Option(help="How the card names the --val data.")] = "",
 ) -> None:
     """Export a checkpoint to the self-describing ONNX format (parity-checked), with a model card."""
     from emolens.errors import require
@@ -268,6 +269,7 @@ def export(
         from emolens.evaluate import evaluate_arrays, load_npz
 
         metrics = evaluate_arrays(str(out), *load_npz(val))
+        metrics["dataset"] = val_name or val.name
         card_path = write_card(out, metrics, checkpoint)
         console.print(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} → {card_path}")
 

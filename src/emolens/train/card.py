@@ -12,7 +12,7 @@ from emolens.classify.modelfile import annotate
 
 
 def training_summary(checkpoint: str | Path) -> dict:
-    """Epochs run, training seconds (from the logged throughput) and the machine, from a checkpoint."""
+    """Best epoch, training seconds up to it (from the logged throughput) and the machine."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     history = state.get("history", [])
     n_train = state.get("n_train")
@@ -20,7 +20,7 @@ def training_summary(checkpoint: str | Path) -> dict:
     if history and n_train:
         seconds = sum(n_train / row["train_images_per_s"] for row in history)
     return {
-        "epochs_run": len(history),
+        "epochs_planned": state["config"]["epochs"],
         "best_epoch": int(state["epoch"]) + 1,
         "train_seconds": None if seconds is None else round(seconds),
         "hardware": state.get("hardware") or f"{platform.machine()} CPU",
@@ -66,7 +66,7 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
     if t:
         secs = t.get("train_seconds")
         lines.append(
-            f"- **Training**: best epoch {t.get('best_epoch')} of {t.get('epochs_run')}, "
+            f"- **Training**: best epoch {t.get('best_epoch')} of {t.get('epochs_planned')}, "
             f"{'' if secs is None else f'{secs / 60:.0f} min of training on '}{t.get('hardware')}"
         )
     lines.append(f"- **Software**: {card.get('versions', {})}, exported {card.get('exported')}")

@@ -155,6 +155,8 @@ def fit(
             "labels": cfg.labels,
             "input": cfg.input_spec,
             "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+            "n_train": len(xtr),
+            "hardware": _hardware(),
         }
 
     bar = _progress(progress)
