@@ -69,15 +69,29 @@ def align_face(
             matrix = None
     if matrix is None:
         matrix = box_matrix(box, size)
-    # Shrinking a big face straight to 48 px aliases; blur-free area averaging needs a pre-scale.
+    # Shrinking a big face straight to 48 px aliases: area-average it to about twice the target
+    # size first. Only the face's region is resized, so a 100-face 7000 px photo stays cheap.
     scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
     src = image
     if scale < 0.5:
-        factor = 2 * scale  # bring the face to about twice the target size first
-        src = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        matrix = matrix.copy()
+        src, matrix = _face_region(image, matrix, size)
+        factor = 2 * scale
+        src = cv2.resize(src, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
         matrix[:, :2] /= factor
     crop = cv2.warpAffine(src, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     if channels == 1:
         return cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     return crop
+
+
+def _face_region(image: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The part of ``image`` that the output square maps from, and the matrix for that part."""
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64) @ inverse.T
+    h, w = image.shape[:2]
+    x0, y0 = (max(int(np.floor(v)) - 2, 0) for v in corners.min(0))
+    x1, y1 = (int(np.ceil(v)) + 2 for v in corners.max(0))
+    x1, y1 = min(max(x1, x0 + 1), w), min(max(y1, y0 + 1), h)
+    shifted = matrix.astype(np.float64).copy()
+    shifted[:, 2] += shifted[:, :2] @ np.array([x0, y0], dtype=np.float64)
+    return image[y0:y1, x0:x1], shifted
