@@ -232,3 +232,20 @@ def test_evaluate_matches_a_hand_computation(small_npz, tmp_path):
 def test_evaluate_missing_file(tmp_path):
     proc = run_cli("evaluate", "fast", tmp_path / "nope.npz", cwd=tmp_path)
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_extra_stops_before_the_batch_and_names_the_install_command(tmp_path):
+    # Hide dlib as if `emolens[dlib]` were not installed: the import then fails like a real absence.
+    code = (
+        "import sys; sys.modules['dlib'] = None\n"
+        "from emolens.cli import app\n"
+        f"app(['analyze', '--detector', 'dlib-hog', {str(EXAMPLE)!r}, {str(EXAMPLE)!r}])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOLENS_")}
+    env["EMOLENS_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'emolens[dlib]'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "analyzed" not in proc.stderr

@@ -65,6 +65,12 @@ class Analyzer:
     def labels(self) -> list[str]:
         return self.model.labels
 
+    def warmup(self) -> Analyzer:
+        """Load the model and the detector now, so a missing model or extra fails before a batch starts."""
+        _ = self.model.meta
+        self.detector(np.zeros((64, 64, 3), dtype=np.uint8))
+        return self
+
     def __call__(self, source: ImageInput) -> Results:
         return self.analyze(source)
 

@@ -74,7 +74,7 @@ def analyze(
             detection_threshold=threshold,
             max_faces=max_faces,
         )
-        _ = analyzer.model.meta  # fail now, not once per file, when the model is missing or broken
+        analyzer.warmup()  # fail now, not once per file, when a model or an extra is missing
     except EmoLensError as exc:
         _fail(exc)
 

@@ -50,11 +50,13 @@ class MissingExtraError(EmoLensError, ImportError):
         self.extra, self.module = extra, module
 
 
-def require(module: str, extra: str):
-    """Import an optional module or raise MissingExtraError naming the extra that provides it."""
+def require(module: str, extra: str, package: str | None = None):
+    """Import an optional module or raise MissingExtraError naming the extra that provides it.
+
+    ``package`` is the name users know when it differs from the module (scikit-learn/sklearn)."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingExtraError(extra, module) from exc
+        raise MissingExtraError(extra, package or module.split(".")[0]) from exc

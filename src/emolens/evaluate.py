@@ -29,7 +29,7 @@ def evaluate_arrays(model: str, images: np.ndarray, labels: np.ndarray, classes:
 
     Dataset classes are matched to model labels by name; a class the model lacks is an error.
     """
-    metrics = require("sklearn.metrics", "train")
+    metrics = require("sklearn.metrics", "train", package="scikit-learn")
     from emolens.models import load_emotion_model
 
     m = load_emotion_model(str(model))
