@@ -69,14 +69,18 @@ class EmotionModel:
     def preprocess(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (N, S, S) or (N, S, S, C) → the float tensor the model expects."""
         spec = self.meta.input
-        x = crops.astype(np.float32)
-        if x.ndim == 3:
-            x = x[..., None]
-        mean = np.asarray(spec.mean, dtype=np.float32)
+        if crops.ndim == 3:
+            crops = crops[..., None]
+        # (x / range - mean) / std as one multiply-add: this runs for every face of every frame.
         std = np.asarray(spec.std, dtype=np.float32)
-        x = (x / spec.range - mean) / std
+        scale = 1.0 / (spec.range * std)
+        shift = -np.asarray(spec.mean, dtype=np.float32) / std
         if spec.layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
+            crops = crops.transpose(0, 3, 1, 2)
+            scale, shift = scale.reshape(-1, 1, 1), shift.reshape(-1, 1, 1)
+        x = crops.astype(np.float32)
+        x *= scale
+        x += shift
         return np.ascontiguousarray(x)
 
     def predict(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
