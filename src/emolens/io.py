@@ -8,6 +8,7 @@ so a decompression bomb costs nothing.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from pathlib import Path
 from typing import Union
@@ -18,6 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from emolens.errors import BadImageError, ImageTooLargeError
 
 ImageInput = Union[str, Path, bytes, bytearray, Image.Image, np.ndarray]
+
+_PIL_LIMIT_LOCK = threading.Lock()
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
@@ -55,11 +58,12 @@ def _open(fp, name: str, max_pixels: int) -> np.ndarray:
         with warnings.catch_warnings():
             # PIL warns (then raises) on bombs by its own limit; ours is checked below instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                img = Image.open(fp)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+            with _PIL_LIMIT_LOCK:  # the limit is PIL-global; only the header read happens under it
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    img = Image.open(fp)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
             _check_pixels(img.size, max_pixels, name)
             img.load()
             return _from_pil(img)  # inside the try: EXIF and mode conversion can fail too
