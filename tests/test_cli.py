@@ -249,3 +249,24 @@ def test_missing_extra_stops_before_the_batch_and_names_the_install_command(tmp_
     assert proc.returncode == 2, proc.stderr
     assert "pip install 'emolens[dlib]'" in proc.stderr
     assert "Traceback" not in proc.stderr and "analyzed" not in proc.stderr
+
+
+def test_annotate_makes_a_foreign_model_usable(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    bare = onnx.load(str(ASSETS / "fast.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "foreign.onnx"))
+    before = run_cli("analyze", EXAMPLE, "--model", tmp_path / "foreign.onnx", cwd=tmp_path)
+    assert before.returncode == 2 and "emolens annotate" in before.stderr
+
+    labels = "angry,disgust,fear,happy,neutral,sad,surprise"
+    done = run_cli("annotate", tmp_path / "foreign.onnx", "--labels", labels, "--size", "48", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    after = run_cli("analyze", EXAMPLE, "--model", tmp_path / "foreign.onnx", cwd=tmp_path)
+    assert after.returncode == 0 and "happy" in after.stdout + after.stderr
+
+    wrong = run_cli(
+        "annotate", tmp_path / "foreign.onnx", "--labels", "a,b", "--out", tmp_path / "x.onnx", cwd=tmp_path
+    )
+    assert wrong.returncode == 2 and "7 outputs but 2 labels" in wrong.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["foreign.onnx"]  # nothing half-made is left

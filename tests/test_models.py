@@ -82,7 +82,7 @@ def test_onnx_without_emolens_metadata(tmp_path):
         _ = EmotionModel(bare).meta
     msg = str(exc.value)
     assert LABELS_KEY in msg and INPUT_KEY in msg and str(bare) in msg
-    assert "emolens export --annotate" in msg  # says how to fix it
+    assert "emolens annotate" in msg  # says how to fix it
 
 
 def test_onnx_lacking_only_the_labels(tmp_path):

@@ -274,6 +274,56 @@ def export(
         console.print(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} → {card_path}")
 
 
+@app.command()
+def annotate(
+    model: Annotated[Path, typer.Argument(help="An ONNX emotion model trained elsewhere.")],
+    labels: Annotated[str, typer.Option(help="Class names in output order, comma-separated.")],
+    size: Annotated[int, typer.Option(help="Input side in pixels.")] = 48,
+    channels: Annotated[int, typer.Option(help="1 (grey) or 3 (RGB).")] = 1,
+    mean: Annotated[str, typer.Option(help="Per-channel mean after scaling to [0, 1], comma-separated.")] = "0.5",
+    std: Annotated[str, typer.Option(help="Per-channel std, comma-separated.")] = "0.5",
+    value_range: Annotated[float, typer.Option("--range", help="Pixel value that maps to 1.0.")] = 255.0,
+    layout: Annotated[str, typer.Option(help="NCHW or NHWC.")] = "NCHW",
+    output: Annotated[str, typer.Option(help="logits or probabilities.")] = "logits",
+    out: Annotated[Path | None, typer.Option(help="Write here instead of in place.")] = None,
+) -> None:
+    """Make any ONNX emotion model self-describing, so every EmoLens command can use it."""
+    import numpy as np
+
+    from emolens.classify.emotion import EmotionModel
+    from emolens.classify.modelfile import InputSpec, ModelMeta
+    from emolens.classify.modelfile import annotate as write_meta
+
+    try:
+        meta = ModelMeta(
+            labels=[x.strip() for x in labels.split(",") if x.strip()],
+            input=InputSpec(
+                size=size,
+                channels=channels,
+                mean=[float(v) for v in mean.split(",")],
+                std=[float(v) for v in std.split(",")],
+                layout=layout,
+                range=value_range,
+            ),
+            output=output,
+            card={"name": (out or model).stem, "source": "annotated by emolens"},
+        )
+        ModelMeta.from_props(meta.to_props(), str(model))  # the same checks a reader applies
+        target = out or model
+        trial = write_meta(model, meta, target.with_name(target.name + ".trial.onnx"))
+        try:  # the annotated model must load and run before it replaces anything
+            shape = (1, size, size, channels) if channels == 3 else (1, size, size)
+            EmotionModel(trial).predict(np.zeros(shape, np.uint8))
+            trial.replace(target)
+        finally:
+            trial.unlink(missing_ok=True)
+    except EmoLensError as exc:
+        _fail(exc)
+    except ValueError as exc:
+        _fail(EmoLensError(f"bad option value: {exc}"))
+    console.print(f"{target}: {len(meta.labels)} labels, input {size}x{size}x{channels}; ready for --model {target}")
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

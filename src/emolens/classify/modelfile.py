@@ -64,7 +64,7 @@ class ModelMeta:
         if missing:
             raise ModelError(
                 f"{source} lacks EmoLens metadata ({', '.join(missing)}); add it with "
-                "`emolens export --annotate MODEL --labels ... --size ...`"
+                "`emolens annotate MODEL --labels angry,happy,... --size 48 --channels 1`"
             )
         try:
             labels = json.loads(props[LABELS_KEY])
