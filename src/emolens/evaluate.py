@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from emolens.errors import BadImageError, BadLabelError, require
-
-
-def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """An .npz with ``images`` (N, H, W[, C]) uint8, ``labels`` (N,) int and ``classes`` (names)."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadImageError(f"{p}: no such file")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            images, labels, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
-    except KeyError as exc:
-        raise BadImageError(f"{p}: missing array {exc}; expected images, labels, classes") from None
-    except (OSError, ValueError) as exc:
-        raise BadImageError(f"{p}: not a readable .npz ({exc})") from None
-    return images, labels, classes
+from emolens.data.datasets import load_npz  # noqa: F401  (re-exported: `emolens evaluate` reads .npz)
+from emolens.errors import BadLabelError, require
 
 
 def evaluate_arrays(model: str, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:

@@ -1,0 +1,204 @@
+"""Datasets a user may bring: an image folder, the FER2013 CSV, ``.npz`` arrays, a labels CSV.
+
+Every loader returns a ``FaceDataset``: class names, integer labels, optional groups (a person
+id: no person may sit in two splits) and either the pixel arrays (crops already) or the image
+paths (decoded on demand, so a folder of 100,000 photos costs nothing until it is used).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from emolens.data.schemas import canonical, encode, map_labels
+from emolens.errors import BadImageError, BadLabelError, EmoLensError
+from emolens.io import IMAGE_SUFFIXES, load_image
+
+FER_USAGES = ("Training", "PublicTest", "PrivateTest")
+
+
+@dataclass
+class FaceDataset:
+    classes: list[str]
+    labels: np.ndarray
+    images: np.ndarray | None = None  # uint8 (N, H, W) or (N, H, W, 3) when the data are crops
+    paths: list[Path] = field(default_factory=list)  # otherwise one image file per sample
+    groups: np.ndarray | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray:
+        """Sample ``i`` as an RGB (or grey, for crop arrays) uint8 array."""
+        return self.images[i] if self.images is not None else load_image(self.paths[i])
+
+    def counts(self) -> dict[str, int]:
+        return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
+
+    def subset(self, index: np.ndarray) -> FaceDataset:
+        index = np.asarray(index)
+        return FaceDataset(
+            classes=list(self.classes),
+            labels=self.labels[index],
+            images=None if self.images is None else self.images[index],
+            paths=[self.paths[i] for i in index] if self.paths else [],
+            groups=None if self.groups is None else self.groups[index],
+            source=self.source,
+        )
+
+    def remap(self, classes: Sequence[str], mapping: dict[str, str | None] | None = None) -> FaceDataset:
+        """The same data under another label schema (see ``schemas.map_labels``)."""
+        labels, keep = map_labels(self.labels, self.classes, list(classes), mapping)
+        out = self.subset(np.flatnonzero(keep))
+        out.classes, out.labels = list(classes), labels
+        return out
+
+
+def load_dataset(path: str | Path, **kwargs) -> FaceDataset:
+    """Pick the loader from what ``path`` is: a folder, ``.npz``, or a CSV (FER2013 or labels)."""
+    p = Path(path)
+    if p.is_dir():
+        return load_image_folder(p, **kwargs)
+    if not p.is_file():
+        raise EmoLensError(f"{p}: no such file or folder")
+    if p.suffix == ".npz":
+        return load_npz_dataset(p)
+    if p.suffix == ".csv":
+        with open(p, newline="") as f:
+            header = [h.strip().lower() for h in next(csv.reader(f), [])]
+        if {"emotion", "pixels"} <= set(header):
+            return load_fer_csv(p, **kwargs)
+        return load_labels_csv(p, **kwargs)
+    raise EmoLensError(f"{p}: not a dataset (expected a folder, .npz or .csv)")
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An .npz with ``images`` (N, H, W[, C]) uint8, ``labels`` (N,) int and ``classes`` (names)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadImageError(f"{p}: no such file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            images, labels, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
+    except KeyError as exc:
+        raise BadImageError(f"{p}: missing array {exc}; expected images, labels, classes") from None
+    except (OSError, ValueError) as exc:
+        raise BadImageError(f"{p}: not a readable .npz ({exc})") from None
+    if len(images) != len(labels):
+        raise BadLabelError(f"{p}: {len(images)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise BadLabelError(f"{p}: labels must be indices 0..{len(classes) - 1} into classes {classes}")
+    return images, labels, classes
+
+
+def load_npz_dataset(path: str | Path) -> FaceDataset:
+    images, labels, classes = load_npz(path)
+    return FaceDataset(
+        classes=[canonical(c) for c in classes], labels=labels.astype(np.int64), images=images, source=str(path)
+    )
+
+
+def load_fer_csv(path: str | Path, usage: str | None = None, classes: Sequence[str] | None = None) -> FaceDataset:
+    """The FER2013 CSV (``emotion,pixels[,Usage]``; 48x48 grey as 2304 space-separated values)."""
+    from emolens.data.schemas import FER7
+
+    classes = list(classes or FER7)
+    if usage is not None and usage not in FER_USAGES:
+        raise EmoLensError(f"usage must be one of {FER_USAGES}, not {usage!r}")
+    images, labels = [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = {k.strip().lower(): k for k in reader.fieldnames or []}
+        for line, row in enumerate(reader, start=2):
+            if usage is not None and row.get(fields.get("usage", ""), "").strip() != usage:
+                continue
+            try:
+                label = int(row[fields["emotion"]])
+                pixels = np.array(row[fields["pixels"]].split(), dtype=np.int64)
+            except (ValueError, TypeError) as exc:
+                raise BadImageError(f"{path}:{line}: unreadable row ({exc})") from None
+            side = int(round(np.sqrt(len(pixels))))
+            if side * side != len(pixels) or pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255:
+                raise BadImageError(f"{path}:{line}: pixels are not a square image of 0-255 values")
+            if not 0 <= label < len(classes):
+                raise BadLabelError(f"{path}:{line}: emotion {label} is not an index into {classes}")
+            images.append(pixels.astype(np.uint8).reshape(side, side))
+            labels.append(label)
+    if not images:
+        raise EmoLensError(f"{path}: no rows{f' with Usage {usage}' if usage else ''}")
+    return FaceDataset(
+        classes=classes, labels=np.array(labels, dtype=np.int64), images=np.stack(images), source=str(path)
+    )
+
+
+def load_image_folder(root: str | Path, classes: Sequence[str] | None = None) -> FaceDataset:
+    """``root/<class>/*.jpg``; class names are normalised (``Happiness`` → ``happy``).
+
+    With ``classes`` given, folders must match them (an unknown folder is an error naming it);
+    otherwise the sorted folder names are the classes.
+    """
+    root = Path(root)
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise EmoLensError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    names = [canonical(d.name) for d in folders]
+    classes = list(classes) if classes is not None else sorted(set(names))
+    encode(names, classes)  # raises on an unknown folder name, naming it
+    paths, labels = [], []
+    for folder, name in zip(folders, names, strict=True):
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [classes.index(name)] * len(files)
+    return FaceDataset(classes=classes, labels=np.array(labels, dtype=np.int64), paths=paths, source=str(root))
+
+
+def load_labels_csv(path: str | Path, classes: Sequence[str] | None = None) -> FaceDataset:
+    """A CSV with ``path,label`` and optionally ``group`` (a person id); paths relative to the CSV."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = {k.strip().lower(): k for k in reader.fieldnames or []}
+        if not {"path", "label"} <= set(fields):
+            raise EmoLensError(f"{path}: a labels CSV needs the columns path,label (and optionally group)")
+        rows = list(reader)
+    names = [canonical(r[fields["label"]]) for r in rows]
+    classes = list(classes) if classes is not None else sorted(set(names))
+    labels = encode(names, classes)
+    paths = [(path.parent / r[fields["path"]].strip()) for r in rows]
+    groups = np.array([r[fields["group"]] for r in rows]) if "group" in fields else None
+    return FaceDataset(classes=classes, labels=labels, paths=paths, groups=groups, source=str(path))
+
+
+def split(dataset: FaceDataset, val: float = 0.1, test: float = 0.0, seed: int = 0) -> dict[str, FaceDataset]:
+    """Stratified train/val(/test) splits; with groups, no group (person) lands in two splits."""
+    from emolens.errors import require
+
+    ms = require("sklearn.model_selection", "train", package="scikit-learn")
+    idx = np.arange(len(dataset))
+
+    def cut(index: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        y = dataset.labels[index]
+        rare = [dataset.classes[c] for c, n in zip(*np.unique(y, return_counts=True), strict=True) if n < 2]
+        if rare:
+            raise BadLabelError(f"classes {rare} have fewer than 2 samples: too few to split; merge or drop them")
+        if dataset.groups is None:
+            splitter = ms.StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+            keep, held = next(splitter.split(index, y))
+        else:
+            folds = max(2, round(1 / fraction))
+            splitter = ms.StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+            keep, held = next(splitter.split(index, y, dataset.groups[index]))
+        return index[keep], index[held]
+
+    out = {}
+    if test:
+        idx, test_idx = cut(idx, test)
+        out["test"] = dataset.subset(test_idx)
+    train_idx, val_idx = cut(idx, val / (1 - test))
+    out["train"], out["val"] = dataset.subset(train_idx), dataset.subset(val_idx)
+    return out
