@@ -120,3 +120,27 @@ def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_pa
     assert card["training"]["epochs_planned"] == 1 and card["training"]["train_seconds"] is not None
     text = (tmp_path / "m.md").read_text()
     assert "Model card: `tiny`" in text and f"{card['metrics']['accuracy']:.4f}" in text
+
+
+def test_yaml_config_with_overrides(tmp_path):
+    from emolens.errors import EmoLensError
+    from emolens.train.config import dump_config, load_config
+
+    (tmp_path / "c.yaml").write_text("arch: vgg-small\nepochs: 30\naugment:\n  rotate_deg: 5\n")
+    cfg = load_config(tmp_path / "c.yaml", ["epochs=3", "augment.hflip=0.0", "mixup_alpha=0.2"])
+    assert (cfg.arch, cfg.epochs, cfg.mixup_alpha) == ("vgg-small", 3, 0.2)
+    assert cfg.augment.rotate_deg == 5 and cfg.augment.hflip == 0.0
+    (tmp_path / "back.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "back.yaml") == cfg
+    with pytest.raises(EmoLensError, match="epoch"):
+        load_config(None, ["epoch=3"])
+
+
+def test_weighted_sampling_balances_classes():
+    from emolens.train.loop import _epoch_order
+
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    torch.manual_seed(0)
+    drawn = labels[_epoch_order(labels, 2, weighted=True)]
+    assert len(drawn) == 1000 and 0.4 < float((drawn == 1).float().mean()) < 0.6
+    assert sorted(_epoch_order(labels, 2, weighted=False).tolist()) == list(range(1000))

@@ -42,9 +42,14 @@ def count_mflops(model: torch.nn.Module, spec: dict) -> float:
     return total / 1e6
 
 
+OPSET_FALLBACKS = (17, 15, 13)
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, card: dict | None = None, opset: int = 17) -> dict:
     """Write ``out`` (.onnx) with EmoLens metadata; returns the parity report.
 
+    ``opset`` is tried first, then the lower of opsets 17, 15 and 13 in turn if the exporter raises;
+    the opset used goes into the card (``card["opset"]``) and the report.
     The graph outputs logits; the analyzer applies softmax. Parity: max |p_torch - p_onnx| on a
     random batch must stay below 1e-4, else this raises.
     """
@@ -56,16 +61,26 @@ def export_onnx(checkpoint: str | Path, out: str | Path, card: dict | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, spec["channels"], spec["size"], spec["size"])
     tmp = out.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        model,
-        dummy,
-        str(tmp),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,
-    )
+    candidates = [opset] + [o for o in OPSET_FALLBACKS if o < opset]
+    errors = []
+    for used in candidates:
+        try:
+            torch.onnx.export(
+                model,
+                dummy,
+                str(tmp),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=used,
+                dynamo=False,
+            )
+            break
+        except Exception as exc:  # the exporter raises many types (SymbolicValueError, ValueError, ...)
+            errors.append(f"opset {used}: {type(exc).__name__}: {str(exc)[:300]}")
+    else:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError("ONNX export failed at every opset tried:\n" + "\n".join(errors))
     full_card = {
         "arch": state["config"]["arch"],
         "params": sum(p.numel() for p in model.parameters()),
@@ -73,6 +88,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, card: dict | None = Non
         "recipe": state["config"],
         "versions": state.get("versions", {}),
         "exported": time.strftime("%Y-%m-%d"),
+        "opset": used,
         **(card or {}),
     }
     meta = ModelMeta(labels=list(state["labels"]), input=InputSpec(**spec), output="logits", card=full_card)
@@ -89,4 +105,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, card: dict | None = Non
     diff = float(np.abs(p_torch - p_onnx).max())
     if diff > 1e-4:
         raise RuntimeError(f"ONNX export disagrees with PyTorch: max probability difference {diff:.2e}")
-    return {"path": str(out), "max_abs_diff": diff, "card": json.loads(json.dumps(full_card, default=str))}
+    return {
+        "path": str(out),
+        "max_abs_diff": diff,
+        "opset": used,
+        "opset_errors": errors,
+        "card": json.loads(json.dumps(full_card, default=str)),
+    }

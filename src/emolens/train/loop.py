@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: leave torch's default
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    weighted_sampling: bool = False  # draw batches with class-balanced probabilities
     select_on: str = "accuracy"  # or "macro_f1"
     patience: int = 0  # early stopping in epochs without improvement; 0 = off
 
@@ -167,7 +168,7 @@ def fit(
         for epoch in range(start_epoch, end):
             model.train()
             t0, seen, loss_sum = time.time(), 0, 0.0
-            order = torch.randperm(len(xtr))
+            order = _epoch_order(ytr, len(cfg.labels), cfg.weighted_sampling)
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 x = augment_batch(xtr[idx].float() / 255, cfg.augment)
@@ -210,6 +211,14 @@ def fit(
                 bar.console.print(f"early stop: no {cfg.select_on} gain for {stale} epochs")
                 break
     return {"best": best, "history": history, "checkpoint": str(out / "best.pt")}
+
+
+def _epoch_order(labels: torch.Tensor, n_classes: int, weighted: bool) -> torch.Tensor:
+    """A shuffled epoch, or with ``weighted`` a class-balanced draw (with replacement) of the same size."""
+    if not weighted:
+        return torch.randperm(len(labels))
+    counts = torch.bincount(labels, minlength=n_classes).clamp(min=1).float()
+    return torch.multinomial((1.0 / counts)[labels], len(labels), replacement=True)
 
 
 @torch.no_grad()

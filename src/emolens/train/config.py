@@ -1,0 +1,53 @@
+"""Training configuration from YAML with ``key=value`` overrides (dotted keys reach nested fields)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from emolens.errors import EmoLensError, require
+from emolens.train.augment import AugmentConfig
+from emolens.train.loop import TrainConfig
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults < YAML file < overrides such as ``epochs=10`` or ``augment.rotate_deg=15``."""
+    data: dict = {}
+    if path is not None:
+        yaml = require("yaml", "train", package="pyyaml")
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise EmoLensError(f"cannot read training config {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise EmoLensError(f"{path}: a training config is a mapping of settings")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise EmoLensError(f"override {item!r} is not key=value")
+        yaml = require("yaml", "train", package="pyyaml")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return _build(TrainConfig, data)
+
+
+def _build(cls, data: dict):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise EmoLensError(f"unknown {cls.__name__} settings {unknown}; known: {', '.join(sorted(fields))}")
+    kwargs = dict(data)
+    if isinstance(kwargs.get("augment"), dict):
+        kwargs["augment"] = _build(AugmentConfig, kwargs["augment"])
+    for name, value in kwargs.items():  # YAML has no tuples: restore them where the default is one
+        if isinstance(fields[name].default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+    return cls(**kwargs)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    yaml = require("yaml", "train", package="pyyaml")
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
