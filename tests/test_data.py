@@ -130,3 +130,20 @@ def test_not_a_dataset(tmp_path):
         load_dataset(tmp_path / "x.txt")
     with pytest.raises(EmoLensError, match="no such file"):
         load_dataset(tmp_path / "missing.csv")
+
+
+def test_photos_become_aligned_crops_and_faceless_ones_are_reported(shared_datasets, tmp_path):
+    from emolens.data.datasets import to_crops
+
+    lfw = sorted((shared_datasets / "identity" / "lfw" / "people").iterdir())[:2]
+    for k, person in enumerate(lfw):
+        (tmp_path / ["happy", "sad"][k]).mkdir()
+        for img in sorted(person.glob("*.jpg"))[:3]:
+            (tmp_path / ["happy", "sad"][k] / img.name).write_bytes(img.read_bytes())
+    Image.new("RGB", (200, 200), (90, 140, 200)).save(tmp_path / "sad" / "sky.png")
+    ds = load_dataset(tmp_path)
+    crops, labels, skipped = to_crops(ds, size=48, channels=1)
+    assert crops.shape == (6, 48, 48) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert len(skipped) == 1 and "sky.png: no face found" in skipped[0]
+    plain, _, _ = to_crops(ds, size=64, channels=3, detect=False)
+    assert plain.shape == (7, 64, 64, 3)

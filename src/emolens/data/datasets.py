@@ -202,3 +202,58 @@ def split(dataset: FaceDataset, val: float = 0.1, test: float = 0.0, seed: int =
     train_idx, val_idx = cut(idx, val / (1 - test))
     out["train"], out["val"] = dataset.subset(train_idx), dataset.subset(val_idx)
     return out
+
+
+def to_crops(
+    dataset: FaceDataset, size: int = 48, channels: int = 1, detect: bool | None = None, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Face crops (N, size, size[, 3]) uint8 and their labels, ready for training or evaluation.
+
+    Crop arrays are resized. Image files are used as they are when they already look like crops
+    (``detect=False``) or, by default for files, their largest face is detected and aligned the way
+    the analyzer does it. Files that fail to decode or hold no face are skipped and listed in the
+    third return value ("path: reason"), never silently counted.
+    """
+    import cv2
+
+    from emolens.align import align_face
+
+    def fit(img: np.ndarray) -> np.ndarray:
+        if img.ndim == 3 and channels == 1:
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        elif img.ndim == 2 and channels == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        if img.shape[:2] != (size, size):
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        return img
+
+    if dataset.images is not None:
+        return np.stack([fit(im) for im in dataset.images]), dataset.labels.copy(), []
+    detector = None
+    if detect is None or detect:
+        from emolens.detect import create_detector
+
+        detector = create_detector("retinaface")
+    from rich.progress import track
+
+    crops, labels, skipped = [], [], []
+    for i in track(range(len(dataset)), description="preparing faces", disable=not progress):
+        try:
+            img = dataset.image(i)
+        except EmoLensError as exc:
+            skipped.append(f"{dataset.paths[i]}: {exc}")
+            continue
+        if detector is not None:
+            faces = detector(img)
+            if not faces:
+                skipped.append(f"{dataset.paths[i]}: no face found")
+                continue
+            face = max(faces, key=lambda f: f.width * f.height)
+            crop = align_face(img, face.box, face.landmarks, size, channels)
+        else:
+            crop = fit(img)
+        crops.append(crop)
+        labels.append(dataset.labels[i])
+    if not crops:
+        raise EmoLensError(f"{dataset.source}: no usable face in {len(dataset)} images")
+    return np.stack(crops), np.array(labels, dtype=np.int64), skipped
