@@ -40,6 +40,19 @@ def box_matrix(box: np.ndarray, size: int, scale: float = BOX_CROP_SCALE) -> np.
     return np.array([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]], dtype=np.float32)
 
 
+def alignment_matrix(box: np.ndarray, landmarks: np.ndarray | None, size: int) -> np.ndarray:
+    """The 2x3 image → crop matrix ``align_face`` uses: landmarks when sane, else the padded box.
+
+    ``cv2.invertAffineTransform`` of it maps crop pixels (a heat map, say) back onto the image.
+    """
+    if landmarks is not None:
+        try:
+            return similarity_matrix(landmarks, size)
+        except ValueError:
+            pass
+    return box_matrix(box, size)
+
+
 def _check_box(box: np.ndarray, width: int, height: int) -> None:
     b = np.asarray(box, dtype=np.float64).reshape(-1)
     if b.shape != (4,) or not np.isfinite(b).all():
@@ -61,14 +74,7 @@ def align_face(
     border's replicated pixels would be classified as if it were a face.
     """
     _check_box(box, image.shape[1], image.shape[0])
-    matrix = None
-    if landmarks is not None:
-        try:
-            matrix = similarity_matrix(landmarks, size)
-        except ValueError:
-            matrix = None
-    if matrix is None:
-        matrix = box_matrix(box, size)
+    matrix = alignment_matrix(box, landmarks, size)
     # Shrinking a big face straight to 48 px aliases: area-average it to about twice the target
     # size first. Only the face's region is resized, so a 100-face 7000 px photo stays cheap.
     scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))

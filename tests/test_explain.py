@@ -1,0 +1,110 @@
+"""Explanations on the real shipped model (fast.pt / fast.onnx) and the real example face: no mocks."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from emolens.analyzer import Analyzer  # noqa: E402
+from emolens.cli import app  # noqa: E402
+from emolens.explain import METHOD_NAMES, explain_image, overlay_photo  # noqa: E402
+from emolens.explain.faithfulness import random_map, scores, torch_predictor  # noqa: E402
+from emolens.explain.overlay import explain_crop, load_torch_model  # noqa: E402
+from emolens.io import load_image  # noqa: E402
+from emolens.models import ASSETS  # noqa: E402
+
+EXAMPLE = ASSETS / "examples" / "astronaut.jpg"
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return load_image(EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer(model="fast")
+
+
+@pytest.fixture(scope="module")
+def face(photo, analyzer) -> dict:
+    faces = explain_image(photo, "gradcam", analyzer=analyzer)
+    assert len(faces) == 1
+    return faces[0]
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    return load_torch_model(str(ASSETS / "fast.pt"))
+
+
+def test_gradcam_face(face):
+    assert face["label"] == "happy" and face["method"] == "gradcam" and face["note"] is None
+    assert face["heatmap_crop"].shape == (48, 48) and face["overlay_crop"].shape == (48, 48, 3)
+    assert face["overlay_crop"].dtype == np.uint8
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_gives_a_unit_map(method, face, torch_model, analyzer):
+    model, state = torch_model
+    heat = explain_crop(face["crop"], face["target"], method, model, state["input"])
+    assert heat.shape == (48, 48) and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() <= 1
+    assert heat.std() > 0.01  # not constant
+
+
+def test_gradcam_is_more_faithful_than_random(face, torch_model):
+    # measured on this face: Grad-CAM deletion 0.29 vs random 0.32, insertion 0.81 vs 0.35
+    model, state = torch_model
+    predict = torch_predictor(model, state["input"])
+    crop, target = face["crop"], face["target"]
+    cam = scores(predict, crop, face["heatmap_crop"], target)
+    rand = [scores(predict, crop, random_map((48, 48), seed), target) for seed in range(5)]
+    assert cam["deletion"] < np.mean([r["deletion"] for r in rand])
+    assert cam["insertion"] > np.mean([r["insertion"] for r in rand]) + 0.2
+
+
+def test_overlay_changes_only_the_face(photo, face):
+    out = overlay_photo(photo, [face])
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    changed = np.argwhere((out != photo).any(-1))
+    assert len(changed) > 0
+    x1, y1, x2, y2 = face["box"]
+    side = max(x2 - x1, y2 - y1)
+    (ry0, rx0), (ry1, rx1) = changed.min(0), changed.max(0)
+    assert rx0 > x1 - side and rx1 < x2 + side and ry0 > y1 - side and ry1 < y2 + side
+    np.testing.assert_array_equal(out[-50:, -50:], photo[-50:, -50:])  # a far corner is untouched
+
+
+def test_onnx_only_model_falls_back_to_occlusion(tmp_path, photo, emolens_home):
+    onnx = tmp_path / "lonely.onnx"
+    shutil.copy(ASSETS / "fast.onnx", onnx)
+    faces = explain_image(photo, "gradcam", model=str(onnx))
+    assert len(faces) == 1
+    f = faces[0]
+    assert f["method"] == "occlusion-onnx" and "no PyTorch weights" in f["note"]
+    assert f["heatmap_crop"].shape == (48, 48) and f["heatmap_crop"].std() > 0.01
+    assert f["heatmap_crop"].min() >= 0 and f["heatmap_crop"].max() <= 1
+
+
+def test_cli_writes_the_overlay(tmp_path, monkeypatch, emolens_home):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--method", "gradcam++"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "astronaut_explain_gradcam++.jpg"
+    assert out.is_file()
+    assert load_image(out).shape == load_image(EXAMPLE).shape
+    assert "happy" in result.output and "gradcam++" in result.output
+
+
+def test_cli_rejects_an_unknown_method(tmp_path, monkeypatch, emolens_home):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--method", "lime"])
+    assert result.exit_code == 2
+    assert "unknown explanation method" in result.output
