@@ -81,3 +81,15 @@ def test_near_duplicate_search_matches_brute_force():
         if (hashes[i] ^ hashes[j]).bit_count() <= 4
     )
     assert near_duplicate_pairs(hashes, 4) == brute and len(brute) >= 50
+
+
+def test_eda_command_writes_the_report(folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from emolens.cli import app
+
+    root = folder[0]
+    result = CliRunner().invoke(app, ["eda", str(root), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "63 images" in result.output and "1 corrupt" in result.output
+    assert (tmp_path / "r" / "report.html").exists()

@@ -95,11 +95,12 @@ def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_pa
             str(tmp_path / "run"),
             "--epochs",
             "1",
-            "--batch-size",
-            "64",
+            "--set",
+            "batch_size=64",
         ],
     )
     assert trained.exit_code == 0, trained.output
+    assert "batch_size: 64" in (tmp_path / "run" / "config.yaml").read_text()
     exported = runner.invoke(
         app,
         [
@@ -144,3 +145,22 @@ def test_weighted_sampling_balances_classes():
     drawn = labels[_epoch_order(labels, 2, weighted=True)]
     assert len(drawn) == 1000 and 0.4 < float((drawn == 1).float().mean()) < 0.6
     assert sorted(_epoch_order(labels, 2, weighted=False).tolist()) == list(range(1000))
+
+
+def test_train_command_holds_out_a_stratified_share_without_val(fer_slice, tmp_path):
+    from typer.testing import CliRunner
+
+    from emolens.cli import app
+
+    (train_x, train_y), _ = fer_slice
+    six = ["angry", "fear", "happy", "neutral", "sad", "surprise"]
+    keep = train_y != 1  # a 6-class dataset (no disgust): the model gets the data's own labels
+    relabel = np.array([0, -1, 1, 2, 3, 4, 5])[train_y[keep]]
+    np.savez(tmp_path / "six.npz", images=train_x[keep], labels=relabel, classes=np.array(six))
+    result = CliRunner().invoke(
+        app,
+        ["train", str(tmp_path / "six.npz"), "--out", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0.2"],
+    )
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert state["labels"] == six and state["n_train"] == round(keep.sum() * 0.8)

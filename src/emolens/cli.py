@@ -209,42 +209,82 @@ def evaluate(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="Training .npz (images, labels, classes).")],
-    val: Annotated[Path, typer.Option(help="Validation .npz used for model selection.")],
+    data: Annotated[Path, typer.Argument(help="Training data: class folders, FER2013 CSV, labels CSV or .npz.")],
+    val: Annotated[Path | None, typer.Option(help="Validation data; default: a stratified share of DATA.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML training config (see emolens.train.loop.TrainConfig).")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")] = None,
     out: Annotated[Path, typer.Option(help="Run folder for checkpoints and logs.")] = Path("runs/train"),
-    arch: Annotated[str, typer.Option(help="Architecture name (see emolens.train.archs).")] = "vgg-tiny",
-    epochs: Annotated[int, typer.Option()] = 42,
-    batch_size: Annotated[int, typer.Option()] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate of the one-cycle schedule.")] = 3e-3,
-    seed: Annotated[int, typer.Option()] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of DATA held out when --val is not given.")] = 0.1,
+    arch: Annotated[str | None, typer.Option(help="Shortcut for --set arch=NAME.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Shortcut for --set epochs=N.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from a last.pt checkpoint.")] = None,
 ) -> None:
-    """Train an emotion model on arrays of face crops (the recipe of the shipped `fast` model by default)."""
+    """Train an emotion model (defaults: the recipe of the shipped `fast` model)."""
     from emolens.errors import require
 
     require("torch", "train")
-    from emolens.evaluate import load_npz
-    from emolens.train.loop import TrainConfig, fit
+    from emolens.data import load_dataset, split
+    from emolens.data.datasets import to_crops
+    from emolens.train.config import dump_config, load_config
+    from emolens.train.loop import fit
 
+    overrides = list(set_ or []) + [f"{k}={v}" for k, v in (("arch", arch), ("epochs", epochs)) if v is not None]
     try:
-        xtr, ytr, classes = load_npz(data)
-        xva, yva, val_classes = load_npz(val)
+        train_ds = load_dataset(data)
+        cfg = load_config(config, overrides, base={"labels": train_ds.classes})
+        if val is not None:
+            val_ds = load_dataset(val)
+        else:
+            parts = split(train_ds, val=val_fraction, seed=cfg.seed)
+            train_ds, val_ds = parts["train"], parts["val"]
+        if train_ds.classes != cfg.labels:
+            train_ds = train_ds.remap(cfg.labels)
+        if val_ds.classes != cfg.labels:
+            val_ds = val_ds.remap(cfg.labels)
+        (xtr, ytr, skip_tr), (xva, yva, skip_va) = (
+            to_crops(d, cfg.size, cfg.channels, progress=True) for d in (train_ds, val_ds)
+        )
     except EmoLensError as exc:
         _fail(exc)
-    if classes != val_classes:
-        _fail(EmoLensError(f"training classes {classes} differ from validation classes {val_classes}"))
-    cfg = TrainConfig(
-        arch=arch,
-        labels=classes,
-        size=int(xtr.shape[1]),
-        channels=1 if xtr.ndim == 3 else xtr.shape[3],
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-    )
+    for line in skip_tr + skip_va:
+        err.print(f"[yellow]skipped[/yellow] {escape(line)}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    console.print(f"training {cfg.arch} on {len(ytr)} faces, validating on {len(yva)}; config in {out / 'config.yaml'}")
     result = fit((xtr, ytr), (xva, yva), cfg, out, resume=resume)
     console.print(f"best validation {cfg.select_on}: {result['best']:.4f} → {result['checkpoint']}")
+
+
+@app.command()
+def eda(
+    data: Annotated[Path, typer.Argument(help="A dataset: class folders, FER2013 CSV, labels CSV or .npz.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.html, stats.json and plots.")] = Path(
+        "runs/eda"
+    ),
+) -> None:
+    """Explore a dataset: balance, sizes and modes, quality, duplicates, corrupt files."""
+    from emolens.data import load_dataset
+    from emolens.data.eda import explore, write_report
+
+    try:
+        stats = explore(load_dataset(data), progress=True)
+        paths = write_report(stats, out)
+    except EmoLensError as exc:
+        _fail(exc)
+    table = Table("class", "images")
+    for c, k in stats["counts"].items():
+        table.add_row(c, str(k))
+    console.print(table)
+    d = stats["duplicates"]
+    ratio = stats["imbalance_ratio"]
+    console.print(
+        f"{stats['n']} images; imbalance ratio {'n/a' if ratio is None else f'{ratio:.1f}'}; "
+        f"{d['exact_images']} exact and {d['near_pairs']} near duplicates "
+        f"({d['near_pairs_with_different_labels']} with different labels); {len(stats['corrupt'])} corrupt"
+    )
+    console.print(f"report: {paths['markdown']} and {paths['html']}")
 
 
 @app.command()

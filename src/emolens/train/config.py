@@ -10,17 +10,21 @@ from emolens.train.augment import AugmentConfig
 from emolens.train.loop import TrainConfig
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults < YAML file < overrides such as ``epochs=10`` or ``augment.rotate_deg=15``."""
-    data: dict = {}
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None
+) -> TrainConfig:
+    """Defaults < ``base`` (what the data imply, e.g. its labels) < YAML file < overrides such as
+    ``epochs=10`` or ``augment.rotate_deg=15``."""
+    data: dict = dict(base or {})
     if path is not None:
         yaml = require("yaml", "train", package="pyyaml")
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            from_file = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise EmoLensError(f"cannot read training config {path}: {exc}") from None
-        if not isinstance(data, dict):
+        if not isinstance(from_file, dict):
             raise EmoLensError(f"{path}: a training config is a mapping of settings")
+        data.update(from_file)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
