@@ -58,6 +58,7 @@ def test_short_run_lowers_loss_resumes_and_exports_with_parity(fer_slice, tmp_pa
     cfg = TrainConfig(arch="vgg-tiny", epochs=4, batch_size=64, lr=3e-3, ema_decay=0.9, threads=2)
     run = fit(train, val, cfg, tmp_path / "run", progress=False, stop_after=2)
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 3  # header + 2 epochs
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
     resumed = fit(train, val, cfg, tmp_path / "run", resume=tmp_path / "run" / "last.pt", progress=False)
     assert [row["epoch"] for row in resumed["history"]] == [0, 1, 2, 3]
@@ -164,3 +165,11 @@ def test_train_command_holds_out_a_stratified_share_without_val(fer_slice, tmp_p
     assert result.exit_code == 0, result.output
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     assert state["labels"] == six and state["n_train"] == round(keep.sum() * 0.8)
+
+
+def test_gradient_accumulation_steps_the_optimizer_every_n_batches(fer_slice, tmp_path):
+    train, val = fer_slice
+    cfg = TrainConfig(epochs=1, batch_size=64, accumulate=3, threads=2)
+    fit(train, val, cfg, tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["scheduler"]["last_epoch"] == (len(train[1]) // 64) // 3

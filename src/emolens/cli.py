@@ -454,7 +454,9 @@ def quantize(
 @app.command()
 def explain(
     image: Annotated[Path, typer.Argument(help="A photo; every face in it is explained.")],
-    method: Annotated[str, typer.Option(help="gradcam, gradcam++, integrated-gradients or occlusion.")] = "gradcam",
+    method: Annotated[
+        str, typer.Option(help="gradcam, gradcam++, integrated-gradients, occlusion, lime or shap.")
+    ] = "gradcam",
     model: Annotated[str, typer.Option(help="Emotion model: a name or an .onnx path (.pt beside it).")] = "fast",
     save: Annotated[Path | None, typer.Option(help="Overlay file [default: <stem>_explain_<method>.jpg].")] = None,
     compare: Annotated[

@@ -6,7 +6,8 @@ class index to explain. 1 marks the most important pixel, 0 the least (or a nega
 
 ``integrated-gradients`` and ``occlusion`` use Captum when it is installed and an equivalent
 implementation of their own otherwise. ``occlusion_onnx`` needs no gradients at all, so it also
-explains ONNX-only models.
+explains ONNX-only models. ``lime`` and ``shap`` (model-agnostic, optional extras ``lime`` and
+``shap``) live in ``emolens.explain.blackbox``, with ONNX variants there too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emolens.errors import EmoLensError
+from emolens.explain import blackbox
 
 Method = Callable[[nn.Module, torch.Tensor, int], np.ndarray]
 PATCH, STRIDE = 8, 4  # occlusion: an 8x8 mid-grey square slid in steps of 4 px (121 positions at 48 px)
@@ -210,6 +212,8 @@ METHODS: dict[str, Method] = {
     "gradcam++": gradcam_pp,
     "integrated-gradients": integrated_gradients,
     "occlusion": occlusion,
+    "lime": blackbox.lime,  # optional extras: the libraries are imported on first use
+    "shap": blackbox.shap,
 }
 
 

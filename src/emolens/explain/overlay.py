@@ -19,8 +19,9 @@ from emolens.align import align_face, alignment_matrix
 from emolens.errors import EmoLensError, require
 from emolens.io import ImageInput, load_image
 
-METHOD_NAMES = ("gradcam", "gradcam++", "integrated-gradients", "occlusion")
+METHOD_NAMES = ("gradcam", "gradcam++", "integrated-gradients", "occlusion", "lime", "shap")
 ONNX_FALLBACK = "occlusion-onnx"
+MODEL_AGNOSTIC = ("lime", "shap")  # also run on an ONNX-only model, as "<name>-onnx"
 
 
 def torch_weights(onnx_path: str | Path) -> Path | None:
@@ -45,10 +46,15 @@ def load_torch_model(path: str):
 
 def explain_crop(crop: np.ndarray, target: int, method: str = "gradcam", torch_model=None, spec=None, onnx_model=None):
     """(H, W) map in [0, 1] for one aligned uint8 crop: a PyTorch method when ``torch_model`` is
-    given (``spec`` = its input spec), else occlusion on ``onnx_model`` (an ``EmotionModel``)."""
+    given (``spec`` = its input spec), else on ``onnx_model`` (an ``EmotionModel``): LIME or SHAP
+    when ``method`` is one of them, occlusion otherwise."""
     if torch_model is None:
         if onnx_model is None:
             raise EmoLensError("explain_crop needs a PyTorch model or an ONNX EmotionModel")
+        if method in MODEL_AGNOSTIC:
+            from emolens.explain.blackbox import ONNX_METHODS
+
+            return ONNX_METHODS[method](onnx_model, crop, target)
         from emolens.explain.methods import occlusion_onnx
 
         return occlusion_onnx(onnx_model, crop, target)
@@ -106,7 +112,8 @@ def explain_image(
     Pass the list to ``overlay_photo(image, faces)`` for the whole photo with its heat maps.
 
     Needs the model's PyTorch weights (``<name>.pt`` beside the ``.onnx``, or shipped); without
-    them every face is explained by occlusion on the ONNX model, and ``note`` says so.
+    them every face is explained by occlusion on the ONNX model, and ``note`` says so (``lime`` and
+    ``shap`` need no weights: they run on the ONNX model itself, as ``lime-onnx``/``shap-onnx``).
     """
     from emolens.analyzer import Analyzer
 
@@ -120,6 +127,8 @@ def explain_image(
     torch_model, used, note = None, method, None
     if weights is not None:
         torch_model, _ = load_torch_model(str(weights))
+    elif method in MODEL_AGNOSTIC:
+        used = f"{method}-onnx"  # model-agnostic: the ONNX model is explained by the same method
     else:
         used = ONNX_FALLBACK
         note = (
