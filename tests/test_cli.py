@@ -270,3 +270,18 @@ def test_annotate_makes_a_foreign_model_usable(tmp_path):
     )
     assert wrong.returncode == 2 and "7 outputs but 2 labels" in wrong.stderr
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["foreign.onnx"]  # nothing half-made is left
+
+
+def test_evaluate_a_folder_of_labelled_photos(shared_datasets, tmp_path):
+    people = sorted((shared_datasets / "identity" / "lfw" / "people").iterdir())[:2]
+    for k, person in enumerate(people):
+        (tmp_path / "photos" / ["happy", "neutral"][k]).mkdir(parents=True)
+        for img in sorted(person.glob("*.jpg"))[:3]:
+            shutil.copy(img, tmp_path / "photos" / ["happy", "neutral"][k] / img.name)
+    Image.new("RGB", (120, 120), (30, 160, 90)).save(tmp_path / "photos" / "happy" / "lawn.png")
+    proc = run_cli("evaluate", "fast", tmp_path / "photos", "--json", tmp_path / "r.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 6 and sum(report["support"].values()) == 6
+    assert len(report["not_counted"]) == 1 and "lawn.png: no face found" in report["not_counted"][0]
+    assert "lawn.png" in proc.stderr

@@ -187,22 +187,37 @@ def detectors() -> None:
 @app.command()
 def evaluate(
     model: Annotated[str, typer.Argument(help="Model name or .onnx path.")],
-    data: Annotated[Path, typer.Argument(help="An .npz of aligned crops with `images`, `labels`, `classes`.")],
+    data: Annotated[
+        Path, typer.Argument(help="Labelled data: .npz of crops, class folders of photos, FER2013 or labels CSV.")
+    ],
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON.")] = None,
 ) -> None:
-    """Measure a model on labelled face crops: accuracy, macro-F1, per-class recall."""
-    from emolens.evaluate import evaluate_arrays, load_npz
+    """Measure a model on labelled faces: accuracy, macro-F1, per-class recall, confusion matrix.
+
+    Photos are detected and aligned first; images without a face are listed, not counted."""
+    from emolens.data import load_dataset
+    from emolens.data.datasets import to_crops
+    from emolens.evaluate import evaluate_arrays
+    from emolens.models import load_emotion_model
 
     try:
-        images, labels, classes = load_npz(data)
-        report = evaluate_arrays(model, images, labels, classes)
+        spec = load_emotion_model(model).meta.input
+        dataset = load_dataset(data)
+        crops, labels, skipped = to_crops(dataset, spec.size, spec.channels, progress=True)
+        report = evaluate_arrays(model, crops, labels, dataset.classes)
     except EmoLensError as exc:
         _fail(exc)
+    for line in skipped:
+        err.print(f"[yellow]not counted[/yellow] {escape(line)}")
+    report["not_counted"] = skipped
     table = Table("class", "recall", "support")
     for c, r in report["per_class_recall"].items():
         table.add_row(c, f"{r:.3f}", str(report["support"][c]))
     console.print(table)
-    console.print(f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   n={report['n']}")
+    console.print(
+        f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   n={report['n']}"
+        + (f"   ({len(skipped)} images without a usable face not counted)" if skipped else "")
+    )
     if json_out:
         _write(json_out, json.dumps(report, indent=2))
 
