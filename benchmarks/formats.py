@@ -27,7 +27,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from emolens.classify.emotion import EmotionModel
-from emolens.evaluate import load_npz
+from emolens.data.datasets import load_npz
 from emolens.export.quantize import quantize_int8, stratified_sample
 from emolens.train.export import load_checkpoint
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from emolens.analyzer import Analyzer
 from emolens.classify.emotion import EmotionModel
 from emolens.cli import EXAMPLE, app
-from emolens.evaluate import load_npz
+from emolens.data.datasets import load_npz
 from emolens.export import quantize_int8, stratified_sample
 from emolens.models import ASSETS
 from emolens.train import export as export_mod

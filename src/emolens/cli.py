@@ -321,7 +321,8 @@ def export(
     report = export_onnx(checkpoint, out, card={"name": name or out.stem, "data": data})
     console.print(f"wrote {out} (max |p_torch - p_onnx| = {report['max_abs_diff']:.1e})")
     if val:
-        from emolens.evaluate import evaluate_arrays, load_npz
+        from emolens.data.datasets import load_npz
+        from emolens.evaluate import evaluate_arrays
 
         metrics = evaluate_arrays(str(out), *load_npz(val))
         metrics["dataset"] = val_name or val.name
@@ -394,7 +395,8 @@ def quantize(
 
     require("onnx", "export")
     from emolens.classify.modelfile import annotate as write_meta
-    from emolens.evaluate import _fit_crops, evaluate_arrays, load_npz
+    from emolens.data.datasets import fit_crops, load_npz
+    from emolens.evaluate import evaluate_arrays
     from emolens.export.quantize import latency_ms_per_face, quantize_int8, stratified_sample
     from emolens.models import load_emotion_model, resolve_model
     from emolens.train.card import render_card
@@ -406,7 +408,7 @@ def quantize(
             raise EmoLensError(f"--out {out} would overwrite the FP32 model")
         spec = load_emotion_model(str(src)).meta.input
         images, labels, _ = load_npz(calibration)
-        crops = _fit_crops(images[stratified_sample(labels, samples)], spec.size, spec.channels)
+        crops = fit_crops(images[stratified_sample(labels, samples)], spec.size, spec.channels)
         info = quantize_int8(src, out, crops, per_channel=per_channel)
         console.print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB; FP32 {src.stat().st_size / 1e6:.2f} MB)")
         if not val:
@@ -416,7 +418,7 @@ def quantize(
         int8 = evaluate_arrays(str(out), vimages, vlabels, vclasses)
     except EmoLensError as exc:
         _fail(exc)
-    vcrops = _fit_crops(vimages[:64], spec.size, spec.channels)
+    vcrops = fit_crops(vimages[:64], spec.size, spec.channels)
     speed = {}
     for batch in (1, 64):
         t32 = latency_ms_per_face(src, vcrops, batch, threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emolens.data.datasets import load_npz  # noqa: F401  (re-exported: `emolens evaluate` reads .npz)
+from emolens.data.datasets import fit_crops
 from emolens.errors import BadLabelError, require
 
 
@@ -21,7 +21,7 @@ def evaluate_arrays(model: str, images: np.ndarray, labels: np.ndarray, classes:
     if unknown:
         raise BadLabelError(f"dataset classes {unknown} are not among the model's labels {m.labels}")
     y_true = np.array([m.labels.index(classes[i]) for i in labels])
-    crops = _fit_crops(images, m.meta.input.size, m.meta.input.channels)
+    crops = fit_crops(images, m.meta.input.size, m.meta.input.channels)
     probs = m.predict(crops, batch_size=256)
     y_pred = probs.argmax(1)
     idx = list(range(len(m.labels)))
@@ -37,16 +37,3 @@ def evaluate_arrays(model: str, images: np.ndarray, labels: np.ndarray, classes:
         "labels": m.labels,
         "confusion": metrics.confusion_matrix(y_true, y_pred, labels=idx).tolist(),
     }
-
-
-def _fit_crops(images: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """Resize / convert dataset crops to the model's input size and colour mode."""
-    import cv2
-
-    if images.ndim == 4 and channels == 1:
-        images = np.stack([cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in images])
-    elif images.ndim == 3 and channels == 3:
-        images = np.repeat(images[..., None], 3, axis=3)
-    if images.shape[1] != size or images.shape[2] != size:
-        images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
-    return images

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.classify.modelfile import ModelMeta
+from emolens.classify.modelfile import InputSpec, ModelMeta
 from emolens.errors import ModelError
 
 
@@ -15,6 +15,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def to_input(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 crops (N, S, S) or (N, S, S, C) → the float input tensor that ``spec`` describes."""
+    if crops.ndim == 3:
+        crops = crops[..., None]
+    # (x / range - mean) / std as one multiply-add: this runs for every face of every frame.
+    std = np.asarray(spec.std, dtype=np.float32)
+    scale = 1.0 / (spec.range * std)
+    shift = -np.asarray(spec.mean, dtype=np.float32) / std
+    if spec.layout == "NCHW":
+        crops = crops.transpose(0, 3, 1, 2)
+        scale, shift = scale.reshape(-1, 1, 1), shift.reshape(-1, 1, 1)
+    x = crops.astype(np.float32)
+    x *= scale
+    x += shift
+    return np.ascontiguousarray(x)
 
 
 class EmotionModel:
@@ -68,20 +85,7 @@ class EmotionModel:
 
     def preprocess(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (N, S, S) or (N, S, S, C) → the float tensor the model expects."""
-        spec = self.meta.input
-        if crops.ndim == 3:
-            crops = crops[..., None]
-        # (x / range - mean) / std as one multiply-add: this runs for every face of every frame.
-        std = np.asarray(spec.std, dtype=np.float32)
-        scale = 1.0 / (spec.range * std)
-        shift = -np.asarray(spec.mean, dtype=np.float32) / std
-        if spec.layout == "NCHW":
-            crops = crops.transpose(0, 3, 1, 2)
-            scale, shift = scale.reshape(-1, 1, 1), shift.reshape(-1, 1, 1)
-        x = crops.astype(np.float32)
-        x *= scale
-        x += shift
-        return np.ascontiguousarray(x)
+        return to_input(crops, self.meta.input)
 
     def predict(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probabilities (N, n_labels) for a batch of aligned crops; all in as few calls as possible."""

@@ -204,33 +204,43 @@ def split(dataset: FaceDataset, val: float = 0.1, test: float = 0.0, seed: int =
     return out
 
 
+def fit_crop(img: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """One crop (H, W) or (H, W, 3) in the model's size and colour mode."""
+    import cv2
+
+    if img.ndim == 3 and channels == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    elif img.ndim == 2 and channels == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[:2] != (size, size):
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def fit_crops(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """A batch of crops in the model's size and colour mode; returned as is when it already fits."""
+    wanted = (size, size) if channels == 1 else (size, size, 3)
+    if images.shape[1:] == wanted:
+        return images
+    return np.stack([fit_crop(im, size, channels) for im in images])
+
+
 def to_crops(
-    dataset: FaceDataset, size: int = 48, channels: int = 1, detect: bool | None = None, progress: bool = False
+    dataset: FaceDataset, size: int = 48, channels: int = 1, detect: bool = True, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Face crops (N, size, size[, 3]) uint8 and their labels, ready for training or evaluation.
 
-    Crop arrays are resized. Image files are used as they are when they already look like crops
-    (``detect=False``) or, by default for files, their largest face is detected and aligned the way
-    the analyzer does it. Files that fail to decode or hold no face are skipped and listed in the
+    Crop arrays are only fitted to size and colour mode. From image files, the largest face is
+    detected and aligned the way the analyzer does it (or, with ``detect=False``, the files are
+    taken as crops already). Files that fail to decode or hold no face are skipped and listed in the
     third return value ("path: reason"), never silently counted.
     """
-    import cv2
-
     from emolens.align import align_face
 
-    def fit(img: np.ndarray) -> np.ndarray:
-        if img.ndim == 3 and channels == 1:
-            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-        elif img.ndim == 2 and channels == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-        if img.shape[:2] != (size, size):
-            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-        return img
-
     if dataset.images is not None:
-        return np.stack([fit(im) for im in dataset.images]), dataset.labels.copy(), []
+        return fit_crops(dataset.images, size, channels), dataset.labels.copy(), []
     detector = None
-    if detect is None or detect:
+    if detect:
         from emolens.detect import create_detector
 
         detector = create_detector("retinaface")
@@ -251,7 +261,7 @@ def to_crops(
             face = max(faces, key=lambda f: f.width * f.height)
             crop = align_face(img, face.box, face.landmarks, size, channels)
         else:
-            crop = fit(img)
+            crop = fit_crop(img, size, channels)
         crops.append(crop)
         labels.append(dataset.labels[i])
     if not crops:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emolens.classify.emotion import to_input
+from emolens.classify.modelfile import InputSpec
 from emolens.errors import EmoLensError
 from emolens.explain import blackbox
 
@@ -39,16 +41,11 @@ def to_tensor(crops: np.ndarray, spec) -> torch.Tensor:
     """uint8 crop(s) → the normalised NCHW tensor; ``spec`` is the model's input spec (dict or InputSpec).
 
     Grey models take (H, W) or (N, H, W), colour models (H, W, C) or (N, H, W, C)."""
-    spec = spec if isinstance(spec, dict) else dataclasses.asdict(spec)
+    spec = InputSpec(**{**(spec if isinstance(spec, dict) else dataclasses.asdict(spec)), "layout": "NCHW"})
     a = np.asarray(crops)
-    if a.ndim == (2 if spec["channels"] == 1 else 3):
+    if a.ndim == (2 if spec.channels == 1 else 3):
         a = a[None]
-    if spec["channels"] == 1:
-        a = a[..., None]
-    mean = np.asarray(spec["mean"], np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec["std"], np.float32).reshape(1, -1, 1, 1)
-    x = a.transpose(0, 3, 1, 2).astype(np.float32) / float(spec["range"])
-    return torch.from_numpy(np.ascontiguousarray((x - mean) / std))
+    return torch.from_numpy(to_input(a, spec))
 
 
 def feature_layer(model: nn.Module) -> nn.Module:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emolens.classify.emotion import softmax
 from emolens.classify.modelfile import InputSpec, ModelMeta, annotate
 from emolens.train.archs import create_arch
 
@@ -99,9 +100,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, card: dict | None = Non
     with torch.no_grad():
         p_torch = torch.softmax(model(x), 1).numpy()
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    logits = sess.run(None, {"input": x.numpy()})[0]
-    p_onnx = np.exp(logits - logits.max(1, keepdims=True))
-    p_onnx /= p_onnx.sum(1, keepdims=True)
+    p_onnx = softmax(sess.run(None, {"input": x.numpy()})[0])
     diff = float(np.abs(p_torch - p_onnx).max())
     if diff > 1e-4:
         raise RuntimeError(f"ONNX export disagrees with PyTorch: max probability difference {diff:.2e}")
