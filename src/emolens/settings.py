@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     max_pixels: int = 100_000_000  # refuse to decode larger images: ~300 MB of RGB
     max_side: int = 1600  # detectors work on a copy downscaled to at most this side
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default (all cores)
+    database_url: str | None = None  # SQLAlchemy URL; None = SQLite file $EMOLENS_HOME/emolens.db
+    # Learning from corrections (emolens finetune --from-feedback)
+    min_feedback: int = 20  # refuse to fine-tune on fewer corrections than this
+    replay_data: Path | None = None  # a sample of the base model's training data, replayed so it does not forget
+    base_val_data: Path | None = None  # the fixed validation set of the promotion gate
 
     @classmethod
     def settings_customise_sources(

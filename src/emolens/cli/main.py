@@ -25,10 +25,10 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one message per line, file names never broken
 
-EXAMPLE = Path(__file__).parent / "assets" / "examples" / "astronaut.jpg"
+EXAMPLE = Path(__file__).parents[1] / "assets" / "examples" / "astronaut.jpg"
 
 
-def _fail(exc: EmoLensError, code: int = 2) -> None:
+def fail(exc: EmoLensError, code: int = 2) -> None:
     err.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(code)
 
@@ -65,7 +65,7 @@ def analyze(
             err.print(f"no image given: analyzing the built-in example {EXAMPLE.name}")
     files = iter_image_paths(paths)
     if not files:
-        _fail(EmoLensError(f"no images found in: {' '.join(paths)}"))
+        fail(EmoLensError(f"no images found in: {' '.join(paths)}"))
     try:
         analyzer = Analyzer(
             model=model,
@@ -76,7 +76,7 @@ def analyze(
         )
         analyzer.warmup()  # fail now, not once per file, when a model or an extra is missing
     except EmoLensError as exc:
-        _fail(exc)
+        fail(exc)
 
     to_stdout = "-" in (str(json_out), str(csv_out))
     show = not quiet and not to_stdout
@@ -206,7 +206,7 @@ def evaluate(
         crops, labels, skipped = to_crops(dataset, spec.size, spec.channels, progress=True)
         report = evaluate_arrays(model, crops, labels, dataset.classes)
     except EmoLensError as exc:
-        _fail(exc)
+        fail(exc)
     for line in skipped:
         err.print(f"[yellow]not counted[/yellow] {escape(line)}")
     report["not_counted"] = skipped
@@ -262,7 +262,7 @@ def train(
             to_crops(d, cfg.size, cfg.channels, progress=True) for d in (train_ds, val_ds)
         )
     except EmoLensError as exc:
-        _fail(exc)
+        fail(exc)
     for line in skip_tr + skip_va:
         err.print(f"[yellow]skipped[/yellow] {escape(line)}")
     out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +287,7 @@ def eda(
         stats = explore(load_dataset(data), progress=True)
         paths = write_report(stats, out)
     except EmoLensError as exc:
-        _fail(exc)
+        fail(exc)
     table = Table("class", "images")
     for c, k in stats["counts"].items():
         table.add_row(c, str(k))
@@ -374,9 +374,9 @@ def annotate(
         finally:
             trial.unlink(missing_ok=True)
     except EmoLensError as exc:
-        _fail(exc)
+        fail(exc)
     except ValueError as exc:
-        _fail(EmoLensError(f"bad option value: {exc}"))
+        fail(EmoLensError(f"bad option value: {exc}"))
     console.print(f"{target}: {len(meta.labels)} labels, input {size}x{size}x{channels}; ready for --model {target}")
 
 
@@ -417,7 +417,7 @@ def quantize(
         fp32 = evaluate_arrays(str(src), vimages, vlabels, vclasses)
         int8 = evaluate_arrays(str(out), vimages, vlabels, vclasses)
     except EmoLensError as exc:
-        _fail(exc)
+        fail(exc)
     vcrops = fit_crops(vimages[:64], spec.size, spec.channels)
     speed = {}
     for batch in (1, 64):
@@ -495,7 +495,7 @@ def explain(
         analyzer = Analyzer(model=model)
         faces = explain_image(photo, method, analyzer=analyzer)
     except EmoLensError as exc:
-        _fail(exc)
+        fail(exc)
     if faces and faces[0]["note"]:
         err.print(f"[yellow]note:[/yellow] {escape(faces[0]['note'])}")
     for i, f in enumerate(faces):
@@ -509,7 +509,7 @@ def explain(
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(overlay_photo(photo, faces)).save(target)
     except OSError as exc:
-        _fail(EmoLensError(f"could not save {target}: {exc}"), 1)
+        fail(EmoLensError(f"could not save {target}: {exc}"), 1)
     err.print(f"overlay written to {escape(str(target))}")
     if not (compare and faces):
         return
@@ -541,9 +541,12 @@ def explain(
     console.print(table)
 
 
-def main() -> None:  # pragma: no cover - entry point
-    app()
+def _register_feature_commands() -> None:
+    """Each capability beside the image pipeline keeps its verbs in a module of its own."""
+    from emolens.cli import attendance, feedback, people, serve, video
+
+    for module in (feedback, people, attendance, video, serve):
+        module.register(app)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+_register_feature_commands()

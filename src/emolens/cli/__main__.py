@@ -1,0 +1,3 @@
+from emolens.cli import app
+
+app()

@@ -1,0 +1,9 @@
+"""`emolens video SOURCE`: tracked faces and smoothed emotions over time."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``emolens`` app."""

@@ -1,0 +1,94 @@
+"""One database for what EmoLens keeps: feedback, people and their embeddings, attendance, API keys.
+
+SQLite in ``$EMOLENS_HOME/emolens.db`` by default; PostgreSQL (or any SQLAlchemy URL) through
+``EMOLENS_DATABASE_URL``. The schema is owned by Alembic migrations in ``store/migrations``:
+each domain (feedback, identity, keys) has a branch of its own, so domains evolve independently
+and ``upgrade heads`` brings a database of any age up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Session
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table; the migrations, not ``create_all``, create them."""
+
+
+def default_url() -> str:
+    from emolens.settings import get_settings
+
+    s = get_settings()
+    return s.database_url or f"sqlite:///{s.home / 'emolens.db'}"
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets readers work beside one writer; busy_timeout makes concurrent writers queue
+    # instead of failing; synchronous=FULL makes a committed row survive a power cut.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str | None = None) -> Engine:
+    """The engine for ``url`` (default: the configured database), migrated to the newest schema."""
+    url = url or default_url()
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    migrate(engine)
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the database to the newest revision of every branch (a no-op when it is current)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    heads = set(ScriptDirectory.from_config(cfg).get_heads())
+    with engine.connect() as conn:
+        if set(MigrationContext.configure(conn).get_current_heads()) == heads:
+            return
+    with _migration_lock(engine), engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "heads")
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Several processes may open a new SQLite file at once: only one may create the tables."""
+    if engine.url.get_backend_name() != "sqlite" or not engine.url.database:
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(f"{engine.url.database}.migrate.lock", timeout=60):
+        yield
+
+
+@contextmanager
+def session(url: str | None = None) -> Iterator[Session]:
+    """A transaction: everything inside is committed together, or nothing is."""
+    with Session(get_engine(url), expire_on_commit=False) as s, s.begin():
+        yield s
