@@ -53,13 +53,25 @@ class Analyzer:
             )
             self.detector = create_detector(detector or s.detector, options)
         self._model = None
+        self._loaded = ""  # the name (registry version, shipped model or path) behind self._model
+
+    @property
+    def model_version(self) -> str:
+        """What runs now: for ``active``, the registry's active version (``fast`` while it is
+        empty), read at every call, so a promotion or rollback takes effect without a restart."""
+        if self.model_name != "active":
+            return self.model_name
+        from emolens.registry import BASE_MODEL, Registry
+
+        return Registry().active_name() or BASE_MODEL
 
     @property
     def model(self):
-        if self._model is None:
+        name = self.model_version
+        if self._model is None or name != self._loaded:
             from emolens.models import load_emotion_model
 
-            self._model = load_emotion_model(self.model_name, self.threads)
+            self._model, self._loaded = load_emotion_model(name, self.threads), name
         return self._model
 
     @property
@@ -90,7 +102,7 @@ class Analyzer:
             faces=results,
             image=image,
             source=name,
-            model=self.model_name,
+            model=self._loaded or self.model_name,
             detector=self.detector.name,
             timings_ms={"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3},
         )

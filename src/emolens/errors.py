@@ -38,6 +38,24 @@ class BadLabelError(EmoLensError):
     http_status = 422
 
 
+class NotFoundError(EmoLensError):
+    """Something asked for by id does not exist: a feedback record, a model version, a person."""
+
+    http_status = 404
+
+
+class StorageError(EmoLensError):
+    """Something could not be stored (full disk, read-only folder, unreachable database)."""
+
+    http_status = 507
+
+
+class RefusedError(EmoLensError):
+    """A request that is well-formed but refused by a rule (too little feedback, a failed gate)."""
+
+    http_status = 409
+
+
 class MissingExtraError(EmoLensError, ImportError):
     """An optional dependency is missing; the message names the pip command that installs it."""
 

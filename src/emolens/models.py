@@ -1,7 +1,9 @@
 """Models by name or path, the same way everywhere.
 
 A name is looked up among the models shipped in ``emolens/assets`` (``fast``, ...), then among
-the user's models in ``$EMOLENS_HOME/models``. Anything that is an existing file is a path.
+the user's models in ``$EMOLENS_HOME/models``; ``active`` and ``v1``, ``v2``... are versions in
+the model registry (``active`` is the shipped ``fast`` while the registry is empty). Anything
+that is an existing file is a path.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ def resolve_model(name_or_path: str | Path) -> Path:
         if not p.is_file():
             raise ModelNotFoundError(f"model file not found: {p}")
         return p
+    from emolens.registry import BASE_MODEL, resolve_version
+
+    if str(name_or_path) in ("active",) or (p.name.startswith("v") and p.name[1:].isdigit()):
+        found = resolve_version(str(name_or_path))
+        if found is not None:
+            return found
+        name_or_path = BASE_MODEL  # an empty registry: the shipped default is active
     models = available_models()
     if str(name_or_path) in models:
         return models[str(name_or_path)]

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
 
     home: Path = default_home()
     detector: str = "retinaface"
-    model: str = "fast"
+    model: str = "active"  # the registry's active version; the shipped `fast` while it is empty
     min_face_size: int = 20
     detection_threshold: float = 0.6
     max_faces: int = 100
@@ -41,6 +41,22 @@ class Settings(BaseSettings):
     min_feedback: int = 20  # refuse to fine-tune on fewer corrections than this
     replay_data: Path | None = None  # a sample of the base model's training data, replayed so it does not forget
     base_val_data: Path | None = None  # the fixed validation set of the promotion gate
+    # Identity and attendance (emolens people / identify / attendance)
+    embedder: str = "dlib"  # "dlib" (built-in ResNet) or the path of an ArcFace-style .onnx model
+    embedder_size: int = 112  # ONNX embedder input side, unless the model's metadata says otherwise
+    embedder_mean: float = 127.5  # ONNX embedder input: (pixel - mean) / std, RGB
+    embedder_std: float = 127.5
+    identity_threshold: float | None = None  # None: the active recognizer version's recommended threshold
+    identity_min_similarity: float | None = None  # None: the embedder's own (cosine, measured on LFW)
+    # Serving (emolens serve)
+    api_read_key_required: bool = False  # reads (analyze, lists, models) need an API key too
+    max_upload_mb: float = 20.0  # request bodies above this are refused (413) while being read
+    request_timeout_s: float = 30.0  # a request not answered by then gets 504
+    cors_origins: list[str] = []  # browser origins allowed to call the API; [] = same origin only
+    allow_finetune_from_web: bool = True  # admin keys may start fine-tuning from the API and page
+    serve_threads: int = 2  # analyses run at once per server process (the rest queue)
+    serve_queue: int = 64  # analyses allowed to wait; beyond that 503 "busy"
+    analysis_cache: int = 256  # recent analyses kept in memory so feedback can point at their faces
 
     @classmethod
     def settings_customise_sources(

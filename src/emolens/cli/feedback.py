@@ -2,8 +2,309 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.markup import escape
+from rich.table import Table
+
+from emolens.cli.main import console, err, fail
+from emolens.errors import EmoLensError
+
+feedback = typer.Typer(
+    help="Store corrections of wrong predictions (and confirmations of right ones).", no_args_is_help=True
+)
+models = typer.Typer(help="Emotion models: list them, promote a version, roll back.", invoke_without_command=True)
+
+
+@feedback.command("add")
+def add(
+    image: Annotated[Path, typer.Argument(help="The photo the face is in.")],
+    label: Annotated[str | None, typer.Option("--label", "-l", help="What the emotion really is.")] = None,
+    correct: Annotated[bool, typer.Option("--correct", help="The prediction was right.")] = False,
+    face: Annotated[int, typer.Option("--face", "-f", help="Which face: its index in `emolens analyze` (from 0).")] = 0,
+    keep_image: Annotated[
+        bool, typer.Option("--keep-image", help="Store the whole photo too, not only the face.")
+    ] = False,
+    user: Annotated[str | None, typer.Option("--user", help="Who says so (optional).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose prediction is judged.")] = None,
+) -> None:
+    """Say what the emotion of a face in IMAGE really is (--label) or that it was right (--correct)."""
+    from emolens.analyzer import Analyzer
+    from emolens.store.feedback import FeedbackStore
+
+    if (label is None) == (not correct):
+        fail(EmoLensError("give either --label EMOTION or --correct"))
+    try:
+        store = FeedbackStore()
+        if label:
+            store.check_label(label)  # before the (slower) analysis
+        results = Analyzer(model=model)(image)
+        rec = store.add_from_results(
+            results, face, label, correct=correct, keep_image=keep_image, source="cli", user_id=user
+        )
+    except EmoLensError as exc:
+        fail(exc)
+    verb = f"corrected {rec.predicted} → {rec.label}" if rec.is_correction else f"confirmed {rec.label}"
+    console.print(f"face {face}: {verb} (record {rec.uid}, {'held out' if rec.holdout else 'for training'})")
+
+
+@feedback.command("list")
+def list_(
+    limit: Annotated[int, typer.Option(help="Show at most this many (newest first).")] = 20,
+    label: Annotated[str | None, typer.Option(help="Only this true label.")] = None,
+    corrections: Annotated[bool, typer.Option("--corrections", help="Only corrections.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """The stored feedback, newest first."""
+    from emolens.store.feedback import FeedbackStore
+
+    try:
+        records = FeedbackStore().list(limit=limit, label=label, corrections_only=corrections)
+    except EmoLensError as exc:
+        fail(exc)
+    if as_json:
+        for r in records:
+            print(json.dumps(r.to_dict()))
+        return
+    table = Table("record", "time", "predicted", "label", "confidence", "part", "source")
+    for r in records:
+        conf = f"{r.confidence:.2f}" if r.confidence is not None else ""
+        part = "held out" if r.holdout else "train"
+        table.add_row(
+            r.uid[:12], r.created_at.strftime("%Y-%m-%d %H:%M"), r.predicted or "", r.label, conf, part, r.source
+        )
+    console.print(table)
+
+
+@feedback.command()
+def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Counts: corrections and confirmations, per label, the commonest mistakes, per source."""
+    from emolens.store.feedback import FeedbackStore
+
+    try:
+        st = FeedbackStore().stats()
+    except EmoLensError as exc:
+        fail(exc)
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    console.print(
+        f"{st['total']} record(s): {st['corrections']} correction(s), {st['confirmations']} confirmation(s), "
+        f"{st['holdout']} held out for judging fine-tuned models"
+    )
+    for title, key in (
+        ("true label", "by_label"),
+        ("mistake (predicted → true)", "confusions"),
+        ("source", "by_source"),
+    ):
+        if st[key]:
+            table = Table(title, "records")
+            for k, v in st[key].items():
+                table.add_row(k, str(v))
+            console.print(table)
+
+
+@feedback.command()
+def export(
+    folder: Annotated[Path, typer.Argument(help="Folder to write images/<label>/*.png and feedback.csv to.")],
+) -> None:
+    """Export the feedback as an image folder (usable as a training dataset) plus a CSV."""
+    from emolens.store.feedback import FeedbackStore
+
+    try:
+        out = FeedbackStore().export(folder)
+    except (EmoLensError, OSError) as exc:
+        fail(EmoLensError(str(exc)))
+    console.print(f"wrote {out} and {folder / 'images'}")
+
+
+@feedback.command("import")
+def import_(
+    folder: Annotated[
+        Path, typer.Argument(help="Folder with feedback_log.csv and feedback_images/ (the Streamlit app).")
+    ],
+    user: Annotated[str | None, typer.Option("--user", help="Record these under this user id.")] = None,
+) -> None:
+    """Import the earlier Streamlit app's feedback; bad rows are listed and skipped."""
+    from emolens.store.feedback import FeedbackStore
+
+    try:
+        report = FeedbackStore().import_streamlit(folder, user_id=user)
+    except EmoLensError as exc:
+        fail(exc)
+    for line in report.skipped:
+        err.print(f"[yellow]skipped[/yellow] {escape(line)}")
+    console.print(f"imported {report.imported} record(s), skipped {len(report.skipped)}")
+
+
+@feedback.command()
+def check(
+    repair: Annotated[bool, typer.Option("--repair", help="Remove files no record refers to.")] = False,
+) -> None:
+    """Verify that every record's face crop is present and intact."""
+    from emolens.store.feedback import FeedbackStore
+
+    try:
+        result = FeedbackStore().check(repair=repair)
+    except EmoLensError as exc:
+        fail(exc)
+    console.print(
+        f"{result['records']} record(s), {len(result['broken'])} broken, {result['orphans']} unreferenced file(s)"
+        + (f", {result['removed']} removed" if repair else "")
+    )
+    if result["broken"]:
+        raise typer.Exit(1)
+
+
+@feedback.command()
+def remove(uid: Annotated[str, typer.Argument(help="Record id (from `feedback list --json`).")]) -> None:
+    """Delete one record (and its files when no other record uses them)."""
+    from emolens.store.feedback import FeedbackStore
+
+    try:
+        FeedbackStore().delete(uid)
+    except EmoLensError as exc:
+        fail(exc)
+    console.print(f"removed {uid}")
+
+
+def finetune(
+    from_feedback: Annotated[
+        bool, typer.Option("--from-feedback", help="Fine-tune the active model on the feedback.")
+    ] = False,
+    replay: Annotated[
+        Path | None, typer.Option(help="Base training data to replay (default EMOLENS_REPLAY_DATA).")
+    ] = None,
+    base_val: Annotated[
+        Path | None, typer.Option(help="Fixed validation set of the gate (default EMOLENS_BASE_VAL_DATA).")
+    ] = None,
+    minimum: Annotated[int | None, typer.Option("--min", help="Refuse below this many corrections.")] = None,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (low: it starts from trained weights).")] = 5e-4,
+    replay_size: Annotated[int, typer.Option(help="Replayed faces from the base data.")] = 3000,
+    max_base_drop: Annotated[float, typer.Option(help="Gate: base accuracy may drop at most this much.")] = 0.01,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
+) -> None:
+    """Fine-tune the active model on stored corrections; promote it only if it measures better."""
+    from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
+
+    if not from_feedback:
+        fail(EmoLensError("say what to learn from: --from-feedback"))
+
+    def ask(outcome) -> bool:
+        return yes or typer.confirm(f"gates passed: make {outcome.candidate} the active model?", default=False)
+
+    try:
+        outcome = finetune_from_feedback(
+            replay=replay,
+            base_val=base_val,
+            min_feedback=minimum,
+            options=FinetuneOptions(epochs=epochs, lr=lr, replay_size=replay_size),
+            gates=Gates(max_base_drop=max_base_drop),
+            promote=ask,
+        )
+    except EmoLensError as exc:
+        fail(exc)
+    table = Table("set", "faces", f"active ({outcome.parent})", f"candidate ({outcome.candidate})")
+    for name, title in (("feedback", "held-out feedback"), ("base", "base validation")):
+        p, c = outcome.metrics["parent"][name], outcome.metrics["candidate"][name]
+        table.add_row(title, str(p["n"]), f"{p['accuracy']:.2%}", f"{c['accuracy']:.2%}")
+    console.print(table)
+    for name, g in outcome.gates.items():
+        console.print(
+            f"gate {name}: {'[green]passed[/green]' if g['passed'] else '[red]failed[/red]'} ({g['change']:+.2%})"
+        )
+    if outcome.promoted:
+        console.print(f"{outcome.candidate} is now active (undo: emolens models rollback)")
+    else:
+        why = "gates failed" if not outcome.passed else "not confirmed"
+        console.print(f"{outcome.candidate} kept, not promoted ({why}); report: {outcome.report}")
+        if not outcome.passed:
+            raise typer.Exit(3)
+
+
+@models.callback()
+def models_main(ctx: typer.Context) -> None:
+    """Emotion models by name (shipped and user models) and the registry's versions."""
+    if ctx.invoked_subcommand is None:
+        list_models()
+
+
+@models.command("list")
+def list_models() -> None:
+    """Models available by name, and the registry's versions (the active one marked)."""
+    from emolens.models import available_models, load_emotion_model
+    from emolens.registry import Registry
+
+    table = Table("name", "labels", "input", "accuracy", "path")
+    for name, path in available_models().items():
+        try:
+            m = load_emotion_model(str(path))
+            spec = m.meta.input
+            acc = m.card.get("metrics", {}).get("accuracy")
+            table.add_row(
+                name,
+                " ".join(m.labels),
+                f"{spec.size}x{spec.size}x{spec.channels}",
+                f"{acc:.1%}" if acc else "",
+                str(path),
+            )
+        except EmoLensError as exc:
+            table.add_row(name, f"[red]{escape(str(exc))}[/red]", "", "", str(path))
+    console.print(table)
+    versions = Registry().versions()
+    if not versions:
+        console.print("registry: empty (the active model is the shipped `fast`)")
+        return
+    table = Table(
+        "version", "active", "parent", "source", "created", "base acc", "feedback acc", "promoted", title="registry"
+    )
+    for v in versions:
+        m = v.metrics
+        base = m.get("base_accuracy", m.get("accuracy"))
+        fb = m.get("feedback_accuracy")
+        table.add_row(
+            v.name,
+            "●" if v.active else "",
+            v.parent or "",
+            v.source,
+            v.created_at,
+            f"{base:.2%}" if isinstance(base, float) else "",
+            f"{fb:.2%}" if isinstance(fb, float) else "",
+            "yes" if v.promoted else "no",
+        )
+    console.print(table)
+
+
+@models.command()
+def promote(version: Annotated[str, typer.Argument(help="Registry version, e.g. v3.")]) -> None:
+    """Make VERSION the active model (the analyzer and server pick it up without a restart)."""
+    from emolens.registry import Registry
+
+    try:
+        v = Registry().promote(version)
+    except EmoLensError as exc:
+        fail(exc)
+    console.print(f"{v.name} is now active")
+
+
+@models.command()
+def rollback() -> None:
+    """Make the previously active version active again."""
+    from emolens.registry import Registry
+
+    try:
+        v = Registry().rollback()
+    except EmoLensError as exc:
+        fail(exc)
+    console.print(f"rolled back: {v.name} is active again")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``emolens`` app."""
+    app.add_typer(feedback, name="feedback")
+    app.add_typer(models, name="models")
+    app.command()(finetune)

@@ -153,29 +153,6 @@ def _write(target: Path, text: str) -> bool:
 
 
 @app.command()
-def models() -> None:
-    """List the emotion models available by name."""
-    from emolens.models import available_models, load_emotion_model
-
-    table = Table("name", "labels", "input", "accuracy", "path")
-    for name, path in available_models().items():
-        try:
-            m = load_emotion_model(str(path))
-            spec = m.meta.input
-            acc = m.card.get("metrics", {}).get("accuracy")
-            table.add_row(
-                name,
-                " ".join(m.labels),
-                f"{spec.size}x{spec.size}x{spec.channels}",
-                f"{acc:.1%}" if acc else "",
-                str(path),
-            )
-        except EmoLensError as exc:
-            table.add_row(name, f"[red]{escape(str(exc))}[/red]", "", "", str(path))
-    console.print(table)
-
-
-@app.command()
 def detectors() -> None:
     """List the face detectors."""
     from emolens.detect import list_detectors

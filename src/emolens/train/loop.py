@@ -50,7 +50,7 @@ class TrainConfig:
     accumulate: int = 1  # gradient accumulation: optimizer step every N batches
     device: str = "auto"  # "auto": CUDA when present, else CPU
     amp: bool = True  # bfloat16 autocast where the device supports it (CUDA)
-    select_on: str = "accuracy"  # or "macro_f1"
+    select_on: str = "accuracy"  # or "macro_f1", or "last" (keep the final weights)
     patience: int = 0  # early stopping in epochs without improvement; 0 = off
 
     @property
@@ -111,11 +111,13 @@ def fit(
     resume: str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    init: dict | None = None,
 ) -> dict:
     """Train, keep the best EMA weights on the validation metric, write best.pt/last.pt + log.
 
     ``stop_after`` ends this call after that many epochs (a time-boxed run); ``resume`` with the
-    written last.pt continues the same schedule where it stopped.
+    written last.pt continues the same schedule where it stopped. ``init`` (a state dict) starts
+    from trained weights: fine-tuning. ``cfg.select_on="last"`` keeps the final weights.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,6 +137,8 @@ def fit(
     model = create_arch(cfg.arch, len(cfg.labels), cfg.channels, dropout=cfg.dropout).to(
         dev, memory_format=torch.channels_last
     )
+    if init is not None:
+        model.load_state_dict(init)
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
     )
@@ -213,7 +217,7 @@ def fit(
                 f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val acc {metrics['accuracy']:.4f}  "
                 f"macro-F1 {metrics['macro_f1']:.4f}  {row['train_images_per_s']:.0f} img/s"
             )
-            current = metrics[cfg.select_on]
+            current = epoch if cfg.select_on == "last" else metrics[cfg.select_on]
             ema_weights = copy.deepcopy(ema.module.state_dict())
             if current > best:
                 best, stale = current, 0

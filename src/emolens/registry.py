@@ -1,0 +1,238 @@
+"""The model registry: every emotion model version, kept with where it came from, and which is active.
+
+``$EMOLENS_HOME/registry/``::
+
+    versions/v1/model.onnx   the self-describing model
+    versions/v1/model.pt     its PyTorch weights, when it can be fine-tuned
+    versions/v1/version.json parent, source, data and config hashes, metrics, time
+    versions/v1/report.md    how it was judged (fine-tuned versions)
+    active.json              {"version": "v2", "history": ["v1"]}
+
+A version folder is filled under a temporary name and renamed into place, and ``active.json`` is
+replaced in one rename, so a reader never sees half a version or half a pointer. Versions are
+never deleted by promotion or rollback. An empty registry has no active version: the analyzer
+then uses the shipped ``fast`` model; the first fine-tuning registers that as ``v1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from emolens.errors import ModelNotFoundError, NotFoundError, RefusedError, StorageError
+
+BASE_MODEL = "fast"  # what an empty registry starts from
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    path: Path
+    checkpoint: Path | None
+    parent: str | None
+    source: str
+    created_at: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_hash: str | None = None
+    config_hash: str | None = None
+    promoted: bool = False  # passed its gates (or was promoted by hand) at least once
+    active: bool = False
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def report(self) -> Path | None:
+        p = self.folder / "report.md"
+        return p if p.is_file() else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(path=str(self.path), checkpoint=str(self.checkpoint) if self.checkpoint else None)
+        d["report"] = str(self.report) if self.report else None
+        return d
+
+
+def _atomic_write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Registry:
+    def __init__(self, root: str | Path | None = None):
+        from emolens.settings import get_settings
+
+        self.root = Path(root) if root else get_settings().home / "registry"
+        self.pointer = self.root / "active.json"
+
+    # -- reading ---------------------------------------------------------------------------
+    def _lock(self):
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / ".lock"), timeout=60)
+
+    def _state(self) -> dict:
+        try:
+            return json.loads(self.pointer.read_text())
+        except FileNotFoundError:
+            return {"version": None, "history": []}
+
+    def active_name(self) -> str | None:
+        """The active version's name, or None while the registry is empty. Cheap: one small read."""
+        return self._state()["version"]
+
+    def _load(self, folder: Path, active: str | None) -> ModelVersion:
+        meta = json.loads((folder / "version.json").read_text())
+        pt = folder / "model.pt"
+        return ModelVersion(
+            path=folder / "model.onnx",
+            checkpoint=pt if pt.is_file() else None,
+            active=meta["name"] == active,
+            **meta,
+        )
+
+    def versions(self) -> list[ModelVersion]:
+        folder = self.root / "versions"
+        if not folder.is_dir():
+            return []
+        active = self.active_name()
+        found = [p for p in folder.iterdir() if p.name.startswith("v") and p.name[1:].isdigit()]
+        return [self._load(p, active) for p in sorted(found, key=lambda p: int(p.name[1:]))]
+
+    def get(self, name: str) -> ModelVersion:
+        folder = self.root / "versions" / name
+        if not (folder / "version.json").is_file():
+            known = ", ".join(v.name for v in self.versions()) or "none yet"
+            raise NotFoundError(f"no model version {name!r} in the registry (versions: {known})")
+        return self._load(folder, self.active_name())
+
+    def active(self) -> ModelVersion | None:
+        name = self.active_name()
+        return self.get(name) if name else None
+
+    # -- writing ---------------------------------------------------------------------------
+    def register(
+        self,
+        onnx: str | Path,
+        *,
+        checkpoint: str | Path | None = None,
+        parent: str | None = None,
+        source: str = "",
+        metrics: dict | None = None,
+        data_hash: str | None = None,
+        config_hash: str | None = None,
+        extra_files: dict[str, str | Path] | None = None,
+    ) -> ModelVersion:
+        """Copy a model (and its weights and reports) in as the next version; it is not activated."""
+        versions = self.root / "versions"
+        try:
+            versions.mkdir(parents=True, exist_ok=True)
+            with self._lock():
+                numbers = [int(p.name[1:]) for p in versions.iterdir() if p.name[1:].isdigit()]
+                name = f"v{max(numbers, default=0) + 1}"
+                tmp = Path(tempfile.mkdtemp(dir=versions, prefix=f".{name}."))
+                try:
+                    shutil.copyfile(onnx, tmp / "model.onnx")
+                    if checkpoint:
+                        shutil.copyfile(checkpoint, tmp / "model.pt")
+                    for target, src in (extra_files or {}).items():
+                        shutil.copyfile(src, tmp / target)
+                    meta = {
+                        "name": name,
+                        "parent": parent,
+                        "source": source,
+                        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "metrics": metrics or {},
+                        "data_hash": data_hash,
+                        "config_hash": config_hash,
+                        "promoted": False,
+                    }
+                    _atomic_write_json(tmp / "version.json", meta)
+                    os.replace(tmp, versions / name)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+        except OSError as exc:
+            raise StorageError(f"could not register the model in {self.root}: {exc.strerror or exc}") from exc
+        return self.get(name)
+
+    def ensure_base(self) -> ModelVersion:
+        """The active version, registering the shipped default as ``v1`` if the registry is empty."""
+        current = self.active()
+        if current is not None:
+            return current
+        from emolens.models import resolve_model
+
+        onnx = resolve_model(BASE_MODEL)
+        pt = onnx.with_suffix(".pt")
+        base = self.register(
+            onnx, checkpoint=pt if pt.is_file() else None, source=f"shipped:{BASE_MODEL}", metrics=_card_metrics(onnx)
+        )
+        return self.promote(base.name)
+
+    def promote(self, name: str) -> ModelVersion:
+        """Make ``name`` the active version; the one it replaces goes on the rollback history."""
+        version = self.get(name)
+        with self._lock():
+            state = self._state()
+            if state["version"] != name:
+                history = [*state["history"], state["version"]] if state["version"] else state["history"]
+                _atomic_write_json(self.pointer, {"version": name, "history": history})
+            meta_path = version.folder / "version.json"
+            meta = json.loads(meta_path.read_text())
+            if not meta.get("promoted"):
+                meta["promoted"] = True
+                _atomic_write_json(meta_path, meta)
+        return self.get(name)
+
+    def rollback(self) -> ModelVersion:
+        """Make the previously active version active again."""
+        with self._lock():
+            state = self._state()
+            if not state["history"]:
+                raise RefusedError("nothing to roll back to: no version was active before this one")
+            previous = state["history"][-1]
+            self.get(previous)  # still there?
+            _atomic_write_json(self.pointer, {"version": previous, "history": state["history"][:-1]})
+        return self.get(previous)
+
+
+def _card_metrics(onnx: Path) -> dict:
+    from emolens.classify import EmotionModel
+
+    try:
+        return dict(EmotionModel(onnx).card.get("metrics", {}))
+    except Exception:  # a model without a card still registers
+        return {}
+
+
+def resolve_version(name: str) -> Path | None:
+    """Path of registry version ``name`` ("active", "v3"), or None when it is not a registry name."""
+    reg = Registry()
+    if name == "active":
+        version = reg.active_name()
+        if version is None:
+            return None
+        name = version
+    elif not (name.startswith("v") and name[1:].isdigit()):
+        return None
+    try:
+        return reg.get(name).path
+    except NotFoundError as exc:
+        raise ModelNotFoundError(str(exc)) from exc
