@@ -15,8 +15,8 @@ Method
   promotes it when the gates pass.
 - Printed: accuracy on the unseen rest of the domain and on base-val, before and after.
 
-Run: ``python benchmarks/feedback_loop.py [--feedback 600] [--epochs 8]`` (needs the ``train``
-extra and ../shared/datasets). Everything is written to a temporary EMOLENS_HOME.
+Run: ``python benchmarks/feedback_loop.py`` (options: --feedback, --epochs, --lr, --share, --replay;
+needs the ``train`` extra and ../shared/datasets). Everything is written to a temporary EMOLENS_HOME.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def webcam_domain(faces: np.ndarray, seed: int = 0) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--feedback", type=int, default=600, help="domain faces given as feedback")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--replay", type=int, default=3000)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--replay", type=int, default=6000)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--share", type=float, default=0.2, help="feedback share of each epoch")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if not DATA.is_dir():
@@ -96,7 +98,9 @@ def main() -> None:
     outcome = finetune_from_feedback(
         replay=DATA / "train.npz",
         base_val=home / "base_val.npz",
-        options=FinetuneOptions(epochs=args.epochs, replay_size=args.replay, threads=args.threads),
+        options=FinetuneOptions(
+            epochs=args.epochs, lr=args.lr, replay_size=args.replay, feedback_share=args.share, threads=args.threads
+        ),
         promote=True,
         progress=False,
     )
@@ -117,7 +121,8 @@ def main() -> None:
     for name, g in outcome.gates.items():
         print(f"- gate {name}: {'passed' if g['passed'] else 'failed'} ({g['change']:+.2%})")
     print(
-        f"- promoted: {outcome.promoted}; fine-tuning took {seconds:.0f} s ({args.epochs} epochs, "
+        f"- promoted: {outcome.promoted}; fine-tuning took {seconds:.0f} s ({args.epochs} epochs, lr {args.lr}, "
+        f"feedback share {args.share}, "
         f"{outcome.counts['replay']} replayed faces, feedback x{outcome.counts['feedback_repeats']})"
     )
 

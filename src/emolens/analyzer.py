@@ -111,7 +111,8 @@ class Analyzer:
         """Align every face and classify all crops in one batch; a face that fails is marked, not fatal."""
         model = self.model
         spec = model.meta.input
-        out = [FaceResult(box=f.box, score=float(f.score), landmarks=f.landmarks) for f in faces]
+        th = model.meta.thresholds  # per-class thresholds in the model file: below them a face is "uncertain"
+        out = [FaceResult(box=f.box, score=float(f.score), landmarks=f.landmarks, thresholds=th) for f in faces]
         crops, ok = [], []
         for i, f in enumerate(faces):
             try:

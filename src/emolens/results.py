@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emolens.classify.modelfile import UNCERTAIN, decide
+
 # One colour per emotion (RGB), so a glance at an annotated image reads the mood of a room.
 COLORS = {
     "angry": (220, 40, 40),
@@ -28,10 +30,32 @@ class FaceResult:
     landmarks: np.ndarray | None
     probs: dict[str, float] = field(default_factory=dict)  # emotion -> probability
     error: str | None = None  # set when this face could not be classified; others are unaffected
+    track_id: int | None = None  # video: the same person keeps the same id from frame to frame
+    raw_probs: dict[str, float] | None = None  # video: this frame's reading, before smoothing over time
+    thresholds: dict[str, float] | None = field(default=None, repr=False)  # the model's per-class thresholds
 
     @property
     def label(self) -> str | None:
+        """The top emotion, or "uncertain" when the model has per-class thresholds and the top
+        probability is below its class's threshold (``probs`` and ``confidence`` stay as they are)."""
+        return decide(self.probs, self.thresholds)
+
+    @property
+    def top_label(self) -> str | None:
+        """The most probable emotion, whatever the thresholds say."""
         return max(self.probs, key=self.probs.get) if self.probs else None
+
+    @property
+    def uncertain(self) -> bool:
+        return self.label == UNCERTAIN
+
+    @property
+    def caption(self) -> str | None:
+        """The answer as shown: "happy 87%", or "uncertain (happy 41%)" below the model's threshold."""
+        if not self.probs:
+            return None
+        text = f"{self.top_label} {self.confidence:.0%}"
+        return f"{UNCERTAIN} ({text})" if self.uncertain else text
 
     @property
     def confidence(self) -> float | None:
@@ -46,6 +70,9 @@ class FaceResult:
             "confidence": None if self.confidence is None else round(self.confidence, 4),
             "probs": {k: round(v, 4) for k, v in self.probs.items()},
             **({"error": self.error} if self.error else {}),
+            **({"uncertain": True, "top_label": self.top_label} if self.uncertain else {}),
+            **({"track_id": self.track_id} if self.track_id is not None else {}),
+            **({"raw_probs": {k: round(v, 4) for k, v in self.raw_probs.items()}} if self.raw_probs else {}),
         }
 
 
@@ -67,6 +94,8 @@ class Results:
     timings_ms: dict[str, float] = field(default_factory=dict)
     width: int | None = None  # taken from the image; kept when the image is dropped to save memory
     height: int | None = None
+    frame_index: int | None = None  # video: the frame's position in its source
+    timestamp: float | None = None  # video: seconds from the start of the source
 
     def __post_init__(self) -> None:
         if self.image is not None and self.width is None:
@@ -88,7 +117,7 @@ class Results:
     def summary(self) -> str:
         if not self.faces:
             return f"{self.source or 'image'}: no face found"
-        parts = [f"{f.label} {f.confidence:.0%}" if f.label else f"error ({f.error})" for f in self.faces]
+        parts = [f.caption or f"error ({f.error})" for f in self.faces]
         n = len(self.faces)
         return f"{self.source or 'image'}: {n} face{'s' if n != 1 else ''}: " + ", ".join(parts)
 
@@ -101,6 +130,8 @@ class Results:
             "detector": self.detector,
             "faces": [f.to_dict() for f in self.faces],
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            **({"frame_index": self.frame_index} if self.frame_index is not None else {}),
+            **({"timestamp": round(self.timestamp, 4)} if self.timestamp is not None else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -108,15 +139,20 @@ class Results:
 
     def to_rows(self) -> list[dict]:
         """One flat row per face (for CSV); an image without faces gives one row with face=None."""
+        frame = {} if self.frame_index is None else {"frame": self.frame_index}
+        if self.timestamp is not None:
+            frame["time_s"] = round(self.timestamp, 4)
         if not self.faces:
-            return [{"source": self.source, "face": None}]
+            return [{"source": self.source, **frame, "face": None}]
         rows = []
         for i, f in enumerate(self.faces):
             x1, y1, x2, y2 = (round(float(v), 1) for v in f.box)
             rows.append(
                 {
                     "source": self.source,
+                    **frame,
                     "face": i,
+                    **({"track_id": f.track_id} if f.track_id is not None else {}),
                     "x1": x1,
                     "y1": y1,
                     "x2": x2,
@@ -154,7 +190,9 @@ class Results:
             if landmarks and f.landmarks is not None and np.isfinite(f.landmarks).all():
                 for x, y in f.landmarks:
                     cv2.circle(canvas, (int(x), int(y)), thick + 1, (0, 255, 0), -1)
-            text = f"{f.label} {f.confidence:.0%}" if f.label else "?"
+            text = f.caption or "?"
+            if f.track_id is not None:
+                text = f"#{f.track_id} {text}"
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
             ty = y1 - 4 if y1 - th - base - 4 > 0 else y2 + th + 4
             cv2.rectangle(canvas, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     min_feedback: int = 20  # refuse to fine-tune on fewer corrections than this
     replay_data: Path | None = None  # a sample of the base model's training data, replayed so it does not forget
     base_val_data: Path | None = None  # the fixed validation set of the promotion gate
+    # Video (emolens video, live mode)
+    video_detect_every: int = 3  # detect faces every N frames; optical flow follows them in between
+    video_smoothing: float = 0.3  # EMA weight of each new reading of a track's emotions (1 = no smoothing)
+    video_max_side: int = 640  # the detector sees video frames downscaled to at most this side
     # Identity and attendance (emolens people / identify / attendance)
     embedder: str = "dlib"  # "dlib" (built-in ResNet) or the path of an ArcFace-style .onnx model
     embedder_size: int = 112  # ONNX embedder input side, unless the model's metadata says otherwise
@@ -54,7 +58,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = 30.0  # a request not answered by then gets 504
     cors_origins: list[str] = []  # browser origins allowed to call the API; [] = same origin only
     allow_finetune_from_web: bool = True  # admin keys may start fine-tuning from the API and page
-    serve_threads: int = 2  # analyses run at once per server process (the rest queue)
+    serve_threads: int = 2  # analyses at once per server process (the rest queue); threads=0 splits the cores
     serve_queue: int = 64  # analyses allowed to wait; beyond that 503 "busy"
     analysis_cache: int = 256  # recent analyses kept in memory so feedback can point at their faces
 

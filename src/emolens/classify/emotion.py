@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.classify.modelfile import InputSpec, ModelMeta
+from emolens.classify.modelfile import UNCERTAIN, InputSpec, ModelMeta
 from emolens.errors import ModelError
 
 
@@ -57,6 +57,19 @@ class EmotionModel:
     @property
     def card(self) -> dict:
         return self.meta.card
+
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        """Per-class confidence thresholds from the model's metadata, or None."""
+        return self.meta.thresholds
+
+    def answers(self, probs: np.ndarray) -> list[str]:
+        """One answer per row of ``predict``: the top label, or "uncertain" when the top probability
+        is below that label's threshold (see ``ModelMeta.thresholds``)."""
+        top = probs.argmax(1)
+        limits = np.array([(self.thresholds or {}).get(label, 0.0) for label in self.labels])
+        conf = probs[np.arange(len(probs)), top]
+        return [UNCERTAIN if c < limits[k] else self.labels[k] for k, c in zip(top, conf, strict=True)]
 
     def _load(self) -> None:
         if self._session is not None:

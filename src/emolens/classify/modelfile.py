@@ -6,7 +6,9 @@ Keys in the ONNX ``metadata_props``:
   uint8 crop becomes the input tensor as ``x = (crop / range - mean) / std`` (``range`` is the
   pixel value that maps to 1.0, so 255 for models trained on [0, 1] inputs);
 - ``emolens.output``: ``"logits"`` or ``"probabilities"``;
-- ``emolens.card``: JSON model card (name, version, data, recipe, metrics, MFLOPs, ...).
+- ``emolens.card``: JSON model card (name, version, data, recipe, metrics, MFLOPs, ...);
+- ``emolens.thresholds`` (optional): JSON ``{label: threshold}``; a face whose top probability is
+  below the threshold of its top label is answered "uncertain" (``emolens evaluate --save-thresholds``).
 
 Reading needs only ONNX Runtime; writing (``annotate``) needs the ``onnx`` package.
 """
@@ -23,6 +25,8 @@ LABELS_KEY = "emolens.labels"
 INPUT_KEY = "emolens.input"
 OUTPUT_KEY = "emolens.output"
 CARD_KEY = "emolens.card"
+THRESHOLDS_KEY = "emolens.thresholds"
+UNCERTAIN = "uncertain"  # the answer of a model with thresholds when a face falls below them
 
 
 @dataclass
@@ -49,14 +53,22 @@ class ModelMeta:
     input: InputSpec
     output: str = "logits"
     card: dict = field(default_factory=dict)
+    thresholds: dict[str, float] | None = None  # per-class confidence thresholds: below → "uncertain"
+
+    def __post_init__(self) -> None:
+        if self.thresholds is not None:
+            self.thresholds = check_thresholds(self.thresholds, self.labels)
 
     def to_props(self) -> dict[str, str]:
-        return {
+        props = {
             LABELS_KEY: json.dumps(self.labels),
             INPUT_KEY: json.dumps(self.input.__dict__),
             OUTPUT_KEY: self.output,
             CARD_KEY: json.dumps(self.card),
         }
+        if self.thresholds is not None:
+            props[THRESHOLDS_KEY] = json.dumps(self.thresholds)
+        return props
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMeta:
@@ -70,6 +82,7 @@ class ModelMeta:
             labels = json.loads(props[LABELS_KEY])
             spec = InputSpec(**json.loads(props[INPUT_KEY]))
             card = json.loads(props.get(CARD_KEY, "{}") or "{}")
+            thresholds = json.loads(props[THRESHOLDS_KEY]) if props.get(THRESHOLDS_KEY) else None
         except (ValueError, TypeError) as exc:
             raise ModelError(f"{source} has malformed EmoLens metadata: {exc}") from None
         output = props.get(OUTPUT_KEY, "logits")
@@ -77,7 +90,36 @@ class ModelMeta:
             raise ModelError(f"{source}: {OUTPUT_KEY} must be 'logits' or 'probabilities', not {output!r}")
         if not isinstance(labels, list) or not labels or not all(isinstance(s, str) for s in labels):
             raise ModelError(f"{source}: {LABELS_KEY} must be a non-empty JSON list of names")
-        return cls(labels=labels, input=spec, output=output, card=card)
+        try:
+            return cls(labels=labels, input=spec, output=output, card=card, thresholds=thresholds)
+        except ModelError as exc:
+            raise ModelError(f"{source}: {exc}") from None
+
+
+def check_thresholds(thresholds, labels: list[str]) -> dict[str, float]:
+    """``{label: threshold}`` with known labels and thresholds in [0, 1]; raises ModelError otherwise."""
+    if not isinstance(thresholds, dict):
+        raise ModelError(f"{THRESHOLDS_KEY} must be a JSON object {{label: threshold}}")
+    unknown = sorted(set(thresholds) - set(labels))
+    if unknown:
+        raise ModelError(f"{THRESHOLDS_KEY} names labels {unknown} that the model does not have ({labels})")
+    out = {}
+    for label, value in thresholds.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ModelError(f"{THRESHOLDS_KEY}: the threshold of {label!r} must be a number in [0, 1], not {value!r}")
+        out[label] = float(value)
+    return out
+
+
+def decide(probs: dict[str, float], thresholds: dict[str, float] | None) -> str | None:
+    """The answer for one face: its top label, or "uncertain" when the top probability is below
+    that label's threshold. ``None`` without probabilities."""
+    if not probs:
+        return None
+    top = max(probs, key=probs.get)
+    if thresholds and probs[top] < thresholds.get(top, 0.0):
+        return UNCERTAIN
+    return top
 
 
 def annotate(path: str | Path, meta: ModelMeta, out: str | Path | None = None) -> Path:
@@ -88,6 +130,8 @@ def annotate(path: str | Path, meta: ModelMeta, out: str | Path | None = None) -
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
     props.update(meta.to_props())
+    if meta.thresholds is None:  # thresholds belong to one set of labels and outputs: never keep stale ones
+        props.pop(THRESHOLDS_KEY, None)
     del model.metadata_props[:]
     for k, v in props.items():
         entry = model.metadata_props.add()
@@ -97,3 +141,20 @@ def annotate(path: str | Path, meta: ModelMeta, out: str | Path | None = None) -
     onnx.save(model, str(tmp))
     tmp.replace(target)  # atomic: a crash never leaves a half-written model
     return target
+
+
+def save_thresholds(
+    path: str | Path, thresholds: dict[str, float] | None, out: str | Path | None = None, card_note: dict | None = None
+) -> Path:
+    """Write per-class thresholds into a model's metadata (in place, atomically, unless ``out``),
+    keeping all its other metadata; ``None`` removes them. ``card_note`` goes into the card as
+    ``card["thresholds"]`` (how they were chosen)."""
+    from emolens.classify.emotion import EmotionModel
+
+    meta = EmotionModel(path).meta
+    meta.thresholds = None if thresholds is None else check_thresholds(thresholds, meta.labels)
+    if card_note is not None:
+        meta.card = {**meta.card, "thresholds": card_note}
+    elif thresholds is None:
+        meta.card = {k: v for k, v in meta.card.items() if k != "thresholds"}
+    return annotate(path, meta, out)

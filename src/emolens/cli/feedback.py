@@ -182,9 +182,9 @@ def finetune(
         Path | None, typer.Option(help="Fixed validation set of the gate (default EMOLENS_BASE_VAL_DATA).")
     ] = None,
     minimum: Annotated[int | None, typer.Option("--min", help="Refuse below this many corrections.")] = None,
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (low: it starts from trained weights).")] = 5e-4,
-    replay_size: Annotated[int, typer.Option(help="Replayed faces from the base data.")] = 3000,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 6,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (low: it starts from trained weights).")] = 2e-4,
+    replay_size: Annotated[int, typer.Option(help="Replayed faces from the base data.")] = 6000,
     max_base_drop: Annotated[float, typer.Option(help="Gate: base accuracy may drop at most this much.")] = 0.01,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
 ) -> None:

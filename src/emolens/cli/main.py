@@ -163,40 +163,155 @@ def detectors() -> None:
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Model name or .onnx path.")],
+    model: Annotated[str, typer.Argument(help="Model name or .onnx path; several, comma-separated, are an ensemble.")],
     data: Annotated[
         Path, typer.Argument(help="Labelled data: .npz of crops, class folders of photos, FER2013 or labels CSV.")
     ],
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON.")] = None,
+    more: Annotated[
+        list[str] | None, typer.Option("--model", help="Another ensemble member (repeatable); probabilities averaged.")
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Test-time augmentation: average over each crop and its mirror.")
+    ] = False,
+    tta_shift: Annotated[
+        int, typer.Option(help="With --tta, also average over shifts of this many pixels (4 more views).")
+    ] = 0,
+    target_precision: Annotated[
+        float | None, typer.Option(help="Choose per-class thresholds: each predicted class reaches this precision.")
+    ] = None,
+    target_coverage: Annotated[
+        float | None, typer.Option(help="Choose per-class thresholds: each predicted class keeps this share.")
+    ] = None,
+    save_thresholds: Annotated[
+        bool,
+        typer.Option(
+            "--save-thresholds", help="Write the chosen thresholds into the model file (in place, atomically)."
+        ),
+    ] = False,
+    thresholds_out: Annotated[
+        Path | None, typer.Option(help="With --save-thresholds: write a new model file here instead.")
+    ] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report", help="Folder for report.md, report.html, metrics.json and plots.")
+    ] = None,
 ) -> None:
-    """Measure a model on labelled faces: accuracy, macro-F1, per-class recall, confusion matrix.
+    """Measure a model or an ensemble on labelled faces: accuracy, macro-F1, per-class precision,
+    recall and F1, confusion, calibration (ECE) and accuracy against coverage; optionally with
+    test-time augmentation, and per-class thresholds below which the model answers "uncertain".
 
     Photos are detected and aligned first; images without a face are listed, not counted."""
+    import shlex
+
     from emolens.data import load_dataset
     from emolens.data.datasets import to_crops
-    from emolens.evaluate import evaluate_arrays
-    from emolens.models import load_emotion_model
+    from emolens.evaluate import evaluate_arrays, model_names
 
+    save = save_thresholds or thresholds_out is not None
+    tta = tta or tta_shift > 0
     try:
-        spec = load_emotion_model(model).meta.input
+        names = model_names([model, *(more or [])])
+        if target_precision is not None and target_coverage is not None:
+            raise EmoLensError("give --target-precision or --target-coverage, not both")
+        if save and target_precision is None and target_coverage is None:
+            raise EmoLensError("--save-thresholds needs --target-precision or --target-coverage")
+        if save and (len(names) > 1 or tta):
+            raise EmoLensError(
+                "thresholds are saved for the analyzer, which runs one model without test-time augmentation: "
+                "choose them with a single model and no --tta"
+            )
+        if save and thresholds_out is None and not Path(names[0]).is_file():
+            raise EmoLensError(
+                f"{names[0]!r} is a model name, not a file: write a copy with --thresholds-out NEW.onnx "
+                "(thresholds are written in place only into a model given by its path)"
+            )
+        from emolens.evaluate import load_members
+
+        specs = [m.meta.input for m in load_members(names)]
+        size, channels = max(s.size for s in specs), max(s.channels for s in specs)
         dataset = load_dataset(data)
-        crops, labels, skipped = to_crops(dataset, spec.size, spec.channels, progress=True)
-        report = evaluate_arrays(model, crops, labels, dataset.classes)
+        crops, labels, skipped = to_crops(dataset, size, channels, progress=True)
+        report = evaluate_arrays(
+            names,
+            crops,
+            labels,
+            dataset.classes,
+            tta=tta,
+            tta_shift=tta_shift,
+            target_precision=target_precision,
+            target_coverage=target_coverage,
+            compare=True,
+        )
     except EmoLensError as exc:
         fail(exc)
     for line in skipped:
         err.print(f"[yellow]not counted[/yellow] {escape(line)}")
     report["not_counted"] = skipped
-    table = Table("class", "recall", "support")
+    report["dataset"] = str(data)
+    table = Table("class", "precision", "recall", "F1", "support")
     for c, r in report["per_class_recall"].items():
-        table.add_row(c, f"{r:.3f}", str(report["support"][c]))
+        p, f = report["per_class_precision"][c], report["per_class_f1"][c]
+        table.add_row(c, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", str(report["support"][c]))
     console.print(table)
+    if report.get("variants"):
+        variants = Table("model", "TTA", "accuracy", "macro-F1", "ECE", "acc@90%", "acc@80%")
+        for v in report["variants"]:
+            variants.add_row(
+                escape(v["name"]),
+                "yes" if v["tta"] else "no",
+                *(f"{v[k]:.4f}" for k in ("accuracy", "macro_f1", "ece", "accuracy_at_0.9", "accuracy_at_0.8")),
+            )
+        console.print(variants)
+    cov = report["accuracy_at_coverage"]
     console.print(
         f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   n={report['n']}"
         + (f"   ({len(skipped)} images without a usable face not counted)" if skipped else "")
     )
+    console.print(
+        f"ECE {report['ece']:.4f} (15 bins)   accuracy at 90% coverage {cov['0.9']:.4f}, at 80% {cov['0.8']:.4f}"
+    )
+    th = report.get("thresholds")
+    if th:
+        limits = ", ".join(f"{c} {t:.3f}" for c, t in th["thresholds"].items())
+        cross = th.get("cross_fit") or {}
+        console.print(
+            f"per-class thresholds ({th['rule']} {th['target']:g}): {limits}\n"
+            f"with them: coverage {th['coverage']:.1%}, accuracy {th['accuracy'] or 0:.4f} on answered faces"
+            + (
+                f" (chosen on one half, measured on the other: coverage {cross['coverage']:.1%}, "
+                f"accuracy {cross['accuracy'] or 0:.4f})"
+                if cross
+                else ""
+            )
+            + (
+                f"; target not reached for {', '.join(th['unreachable'])} (always uncertain)"
+                if th["unreachable"]
+                else ""
+            )
+        )
+    if save:
+        from emolens.classify.modelfile import save_thresholds as write_thresholds
+        from emolens.models import resolve_model
+
+        note = {k: th[k] for k in ("rule", "target", "coverage", "accuracy", "n")}
+        note.update(dataset=str(data), cross_fit=th.get("cross_fit"))
+        try:
+            target = write_thresholds(resolve_model(names[0]), th["thresholds"], thresholds_out, card_note=note)
+        except EmoLensError as exc:
+            fail(exc)
+        th["saved_to"] = str(target)
+        console.print(f'thresholds saved in {escape(str(target))}: the analyzer now answers "uncertain" below them')
     if json_out:
         _write(json_out, json.dumps(report, indent=2))
+    if report_dir:
+        from emolens.evaluate import write_report
+
+        argv = ["emolens", "evaluate", *sys.argv[sys.argv.index("evaluate") + 1 :]] if "evaluate" in sys.argv else []
+        try:
+            paths = write_report(report, report_dir, command=shlex.join(argv) if argv else "")
+        except EmoLensError as exc:
+            fail(exc)
+        console.print(f"report: {escape(str(paths['markdown']))} and {escape(str(paths['html']))}")
 
 
 @app.command()
@@ -212,8 +327,17 @@ def train(
     arch: Annotated[str | None, typer.Option(help="Shortcut for --set arch=NAME.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Shortcut for --set epochs=N.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from a last.pt checkpoint.")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune: start from a trained checkpoint (best.pt, or the shipped fast.pt)."),
+    ] = None,
+    stages: Annotated[
+        str | None, typer.Option(help='Fine-tuning stages, e.g. "head:2,all:8" (the epochs follow from them).')
+    ] = None,
 ) -> None:
-    """Train an emotion model (defaults: the recipe of the shipped `fast` model)."""
+    """Train an emotion model (defaults: the recipe of the shipped `fast` model), or fine-tune one
+    with --init: with --stages the head learns alone first, then all layers (--set layer_decay=0.7
+    gives the layers further from the head smaller learning rates)."""
     from emolens.errors import require
 
     require("torch", "train")
@@ -222,10 +346,24 @@ def train(
     from emolens.train.config import dump_config, load_config
     from emolens.train.loop import fit
 
-    overrides = list(set_ or []) + [f"{k}={v}" for k, v in (("arch", arch), ("epochs", epochs)) if v is not None]
+    shortcuts = (("arch", arch), ("epochs", epochs), ("stages", stages))
+    overrides = list(set_ or []) + [f"{k}={v}" for k, v in shortcuts if v is not None]
+    start = None
     try:
         train_ds = load_dataset(data)
-        cfg = load_config(config, overrides, base={"labels": train_ds.classes})
+        base: dict = {"labels": train_ds.classes}
+        if init is not None:
+            if resume is not None:
+                raise EmoLensError("--init starts a new run and --resume continues one: give one of them")
+            start = _load_init_checkpoint(init)
+            same = sorted(start["labels"]) == sorted(train_ds.classes)  # keep the checkpoint's head order
+            base = {
+                "labels": list(start["labels"]) if same else train_ds.classes,
+                "arch": start["config"]["arch"],
+                "size": start["input"]["size"],
+                "channels": start["input"]["channels"],
+            }
+        cfg = load_config(config, overrides, base=base)
         if val is not None:
             val_ds = load_dataset(val)
         else:
@@ -245,8 +383,27 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
     console.print(f"training {cfg.arch} on {len(ytr)} faces, validating on {len(yva)}; config in {out / 'config.yaml'}")
-    result = fit((xtr, ytr), (xva, yva), cfg, out, resume=resume)
+    init_kw = {} if start is None else {"init": start["model"], "init_labels": start["labels"]}
+    if start is not None:
+        console.print(f"starting from {init}" + (f", stages {cfg.stages}" if cfg.stages else ""))
+    try:
+        result = fit((xtr, ytr), (xva, yva), cfg, out, resume=resume, **init_kw)
+    except EmoLensError as exc:
+        fail(exc)
     console.print(f"best validation {cfg.select_on}: {result['best']:.4f} → {result['checkpoint']}")
+
+
+def _load_init_checkpoint(path: Path) -> dict:
+    """A training checkpoint's weights, labels, input and config, or an EmoLensError saying why not."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a missing, truncated or foreign file: torch raises many types
+        raise EmoLensError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(state, dict) or not {"model", "labels", "input", "config"} <= set(state):
+        raise EmoLensError(f"{path} is not an EmoLens training checkpoint (best.pt / last.pt)")
+    return state
 
 
 @app.command()

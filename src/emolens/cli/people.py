@@ -1,9 +1,243 @@
-"""`emolens people ...` and `emolens identify`: enrollment and recognition."""
+"""`emolens people ...` and `emolens identify`: enrollment, training and recognition."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+people_app = typer.Typer(help="Enrolled people: enroll, list, remove, train, versions.", no_args_is_help=True)
+
+
+def _progress(total_hint: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from emolens.cli.main import err
+
+    return Progress(
+        TextColumn(total_hint), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
+    )
+
+
+@people_app.command("enroll")
+def enroll(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="A folder of people (one subfolder each, e.g. STU001_Jane_Doe/), or with --id, photos."),
+    ],
+    person: Annotated[
+        str | None, typer.Option("--id", help="Enroll PATHS (photos, folders) as this one person.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Display name for --id (default: the id).")] = None,
+    train: Annotated[bool, typer.Option(help="Train a new recognizer version afterwards.")] = True,
+) -> None:
+    """Enroll people from photos. Photos without a usable face are listed with the reason."""
+    from rich.markup import escape
+
+    from emolens.cli.main import console, err, fail
+    from emolens.errors import EmoLensError
+    from emolens.identify.gallery import EnrollReport, People
+
+    people = People()
+    report = EnrollReport()
+    try:
+        with _progress("enrolling") as bar:
+            task = bar.add_task("enrolling", total=None)
+
+            def tick(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            if person:
+                report = people.enroll_images(paths, person, name, progress=tick)
+            else:
+                if name:
+                    raise EmoLensError("--name needs --id (a folder of people takes names from its subfolders)")
+                for folder in paths:
+                    report.merge(people.enroll_folder(folder, progress=tick))
+    except EmoLensError as exc:
+        fail(exc)
+    for src, reason in report.skipped:
+        err.print(f"[yellow]skipped[/yellow] {escape(src)}: {escape(reason)}")
+    for src, note in report.notes:
+        err.print(f"[dim]note[/dim] {escape(src)}: {escape(note)}")
+    keys = {k for k, _ in report.enrolled}
+    console.print(
+        f"{len(report.enrolled)} faces enrolled for {len(keys)} people ({len(report.people_added)} new), "
+        f"{len(report.skipped)} images skipped"
+    )
+    if train and report.enrolled:
+        _train(people, "auto", None)
+
+
+@people_app.command("list")
+def list_people(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List enrolled people and how many faces each has."""
+    from rich.table import Table
+
+    from emolens.cli.main import console, fail
+    from emolens.errors import EmoLensError
+    from emolens.identify.gallery import People
+
+    try:
+        rows = People().list()
+    except EmoLensError as exc:
+        fail(exc)
+    if json_out:
+        typer.echo(json.dumps([p.to_dict() for p in rows], indent=2))
+        return
+    table = Table("id", "name", "faces", "enrolled")
+    for p in rows:
+        table.add_row(p.key, p.name, str(p.faces), f"{p.created_at:%Y-%m-%d}")
+    console.print(table)
+    console.print(f"{len(rows)} people")
+
+
+@people_app.command("remove")
+def remove(
+    person: Annotated[str, typer.Argument(help="The person's id (see `emolens people list`).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase a person: embeddings, stored face crops, attendance records, name in reports."""
+    from emolens.cli.main import console, fail
+    from emolens.errors import EmoLensError
+    from emolens.identify.gallery import People
+
+    people = People()
+    try:
+        people.get(person)
+        if not yes:
+            typer.confirm(f"Erase {person} and everything recorded about them?", abort=True)
+        counts = people.remove(person)
+    except EmoLensError as exc:
+        fail(exc)
+    console.print(
+        f"removed {person}: {counts['face_embeddings']} embeddings, {counts['face_crop_files']} face crops, "
+        f"{counts['attendance_records']} attendance records; {counts['reports_redacted']} reports redacted"
+    )
+
+
+@people_app.command("train")
+def train(
+    classifier: Annotated[str, typer.Option(help="auto (cross-validated choice), svm, centroid or knn.")] = "auto",
+    strangers: Annotated[
+        Path | None, typer.Option(help="Photos of people who will never be enrolled, to measure false accepts.")
+    ] = None,
+) -> None:
+    """Train a new recognizer version on every enrolled face (with its report) and activate it."""
+    from emolens.identify.gallery import People
+
+    _train(People(), classifier, strangers)
+
+
+def _train(people, classifier: str, strangers: Path | None) -> None:
+    from emolens.cli.main import console, err, fail
+    from emolens.errors import EmoLensError
+
+    def say(kind: str) -> None:
+        err.print(f"cross-validating {kind}...")
+
+    try:
+        result = people.train(classifier, strangers=[strangers] if strangers else None, progress=say)
+    except EmoLensError as exc:
+        fail(exc)
+    s = result.report["summary"]
+
+    def pct(v):
+        return "n/a" if v is None else f"{v:.1%}"
+
+    console.print(
+        f"version {result.version.version}: {s['classifier']} on {s['n_people']} people / {s['n_faces']} faces; "
+        f"threshold {s['threshold']:.2f} (min similarity {s['min_similarity']:.2f})"
+    )
+    console.print(
+        f"  cross-validated accuracy {pct(s['cv_accuracy'])}; at the threshold: accuracy {pct(s['accuracy'])}, "
+        f"false rejects {pct(s['false_reject_rate'])}, false accepts {pct(s['false_accept_rate'])}"
+    )
+    console.print(f"  report: {result.report_dir / 'report.md'}")
+
+
+@people_app.command("versions")
+def versions() -> None:
+    """List recognizer versions (all are kept; see `emolens people restore`)."""
+    from rich.table import Table
+
+    from emolens.cli.main import console, fail
+    from emolens.errors import EmoLensError
+    from emolens.identify.gallery import People
+
+    try:
+        rows = People().versions()
+    except EmoLensError as exc:
+        fail(exc)
+    table = Table("version", "active", "created", "classifier", "people", "faces", "threshold", "cv accuracy")
+    for v in rows:
+        acc = v.metrics.get("cv_accuracy")
+        table.add_row(
+            f"v{v.version}",
+            "●" if v.active else "",
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+            v.kind,
+            str(v.n_people),
+            str(v.n_embeddings),
+            f"{v.threshold:.2f}",
+            "" if acc is None else f"{acc:.1%}",
+        )
+    console.print(table)
+
+
+@people_app.command("restore")
+def restore(version: Annotated[str, typer.Argument(help="A version number, e.g. 3 or v3.")]) -> None:
+    """Make an earlier recognizer version active again."""
+    from emolens.cli.main import console, fail
+    from emolens.errors import EmoLensError
+    from emolens.identify.gallery import People
+
+    try:
+        info = People().restore(int(version.lstrip("vV")))
+    except ValueError:
+        fail(EmoLensError(f"{version!r} is not a version number (e.g. 3 or v3)"))
+    except EmoLensError as exc:
+        fail(exc)
+    console.print(f"v{info.version} is active ({info.kind}, threshold {info.threshold:.2f})")
+
+
+def identify(
+    image: Annotated[Path, typer.Argument(help="A photo.")],
+    threshold: Annotated[float | None, typer.Option(help="Override the version's recommended threshold.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Say who is in a photo: an enrolled person, or "unknown"."""
+    from rich.markup import escape
+
+    from emolens.cli.main import console, err, fail
+    from emolens.errors import EmoLensError
+    from emolens.identify.gallery import People
+
+    try:
+        matches = People().identify(image, threshold=threshold)
+    except EmoLensError as exc:
+        fail(exc)
+    if json_out:
+        typer.echo(json.dumps({"source": str(image), "faces": [m.to_dict() for m in matches]}, indent=2))
+        return
+    if not matches:
+        err.print(f"{escape(str(image))}: no face found")
+    for i, m in enumerate(matches):
+        box = ", ".join(f"{v:.0f}" for v in m.box)
+        if m.error:
+            console.print(f"face {i} [{box}]: [red]{escape(m.error)}[/red]")
+        elif m.known:
+            console.print(
+                f"face {i} [{box}]: {escape(m.key)} ({escape(m.name or '')}) "
+                f"confidence {m.confidence:.2f}, similarity {m.similarity:.2f}"
+            )
+        else:
+            console.print(f"face {i} [{box}]: unknown (best confidence {m.confidence:.2f})")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``emolens`` app."""
+    app.add_typer(people_app, name="people")
+    app.command("identify")(identify)

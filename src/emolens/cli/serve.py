@@ -1,9 +1,132 @@
-"""`emolens serve` and `emolens keys ...`: the REST API and web page."""
+"""`emolens serve` and `emolens keys ...`: the REST API and web page, and the keys that guard it."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+from rich.markup import escape
+from rich.table import Table
+
+from emolens.cli.main import console, err, fail
+from emolens.errors import EmoLensError
+
+keys = typer.Typer(
+    help="API keys for `emolens serve`: needed to store feedback (write) or change models (admin).",
+    no_args_is_help=True,
+)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes. Each loads the models and remembers its own analyses, so with more "
+            "than one, feedback by analysis_id needs sticky sessions."
+        ),
+    ] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level: warning, info, debug.")] = "info",
+) -> None:
+    """Serve the REST API (/api/v1, docs at /docs) and the web page (/) with uvicorn.
+
+    Limits, timeouts, CORS origins and whether reads need a key are settings: EMOLENS_* variables or config.toml."""
+    import uvicorn
+
+    from emolens.settings import get_settings
+    from emolens.store.keys import KeyStore
+
+    s = get_settings()
+    try:
+        n_keys = KeyStore().count()
+    except EmoLensError as exc:
+        fail(exc)
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    err.print(f"EmoLens on http://{shown}:{port}/  (API docs: http://{shown}:{port}/docs)")
+    if n_keys == 0:
+        err.print(
+            "[yellow]no API keys yet:[/yellow] analysis works, but storing feedback needs one: "
+            "emolens keys create NAME --scope write"
+        )
+    if host not in ("127.0.0.1", "::1", "localhost") and not s.api_read_key_required:
+        err.print(
+            "[yellow]note:[/yellow] listening beyond this machine, and reads need no key "
+            "(EMOLENS_API_READ_KEY_REQUIRED=true changes that)"
+        )
+    # A live-mode frame may be as big as an upload: uvicorn's WebSocket limit (16 MiB) must not be lower.
+    ws_max_size = int(s.max_upload_mb * 1024 * 1024) + 4096
+    if workers > 1:
+        uvicorn.run(
+            "emolens.serve.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            ws_max_size=ws_max_size,
+        )
+    else:
+        from emolens.serve import create_app
+
+        uvicorn.run(create_app(s), host=host, port=port, log_level=log_level, ws_max_size=ws_max_size)
+
+
+@keys.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="Who or what uses the key (shown in `keys list`).")],
+    scope: Annotated[str, typer.Option(help="read, write (store feedback) or admin (change models).")] = "write",
+) -> None:
+    """Make a key. The key is printed once, here: it is stored only as a hash."""
+    from emolens.store.keys import KeyStore
+
+    try:
+        key, token = KeyStore().create(name, scope)
+    except EmoLensError as exc:
+        fail(exc)
+    err.print(f"created key {key.key_id} ({escape(key.name)}, scope {key.scope}); keep it now, it is not shown again:")
+    console.print(token, soft_wrap=True, highlight=False)
+
+
+@keys.command("list")
+def list_keys(
+    all_: Annotated[bool, typer.Option("--all", help="Show revoked keys too.")] = False,
+) -> None:
+    """The keys, without their secrets."""
+    from emolens.store.keys import KeyStore
+
+    try:
+        found = KeyStore().list(include_revoked=all_)
+    except EmoLensError as exc:
+        fail(exc)
+    if not found:
+        err.print("no keys" + ("" if all_ else " (--all shows revoked ones)"))
+        return
+    table = Table("id", "name", "scope", "created", "revoked")
+    for k in found:
+        table.add_row(
+            k.key_id,
+            escape(k.name),
+            k.scope,
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "",
+        )
+    console.print(table)
+
+
+@keys.command("revoke")
+def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `emolens keys list`).")]) -> None:
+    """Revoke a key: requests with it are refused (403) from now on."""
+    from emolens.store.keys import KeyStore
+
+    try:
+        key = KeyStore().revoke(key_id)
+    except EmoLensError as exc:
+        fail(exc)
+    err.print(f"revoked key {key.key_id} ({escape(key.name)})")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``emolens`` app."""
+    app.command()(serve)
+    app.add_typer(keys, name="keys")

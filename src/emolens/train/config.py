@@ -1,4 +1,6 @@
-"""Training configuration from YAML with ``key=value`` overrides (dotted keys reach nested fields)."""
+"""Training configuration from YAML with ``key=value`` overrides (dotted keys reach nested fields).
+
+With ``stages`` (e.g. ``head:2,all:8``) the number of epochs follows from the stages."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 
 from emolens.errors import EmoLensError, require
 from emolens.train.augment import AugmentConfig
-from emolens.train.loop import TrainConfig
+from emolens.train.loop import TrainConfig, check_config, parse_stages
 
 
 def load_config(
@@ -35,7 +37,16 @@ def load_config(
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
-    return _build(TrainConfig, data)
+    if isinstance(data.get("stages"), list):  # YAML list form: [head:2, all:8]
+        data["stages"] = ",".join(str(x) for x in data["stages"])
+    if data.get("stages"):  # staged fine-tuning: the stages say how many epochs there are
+        total = sum(n for _, n in parse_stages(data["stages"]))
+        if "epochs" in data and data["epochs"] != total:
+            raise EmoLensError(f"stages {data['stages']!r} add up to {total} epochs but epochs is {data['epochs']}")
+        data["epochs"] = total
+    cfg = _build(TrainConfig, data)
+    check_config(cfg)
+    return cfg
 
 
 def _build(cls, data: dict):

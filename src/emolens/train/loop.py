@@ -1,4 +1,5 @@
-"""The training loop: batched augmentation, label smoothing / focal loss, AdamW + OneCycle, EMA.
+"""The training loop: batched augmentation, label smoothing / focal loss, AdamW or SGD, OneCycle or
+cosine with warm-up, EMA, and staged fine-tuning (head first, then all layers with layer-wise LR decay).
 
 `fit` takes arrays (uint8 images N,H,W[,C] and int labels) so any dataset loader can feed it, and
 writes a checkpoint that `emolens.train.export` turns into the analyzer's ONNX format.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from emolens.train.archs import create_arch
+from emolens.errors import EmoLensError
+from emolens.train.archs import create_arch, layer_blocks
 from emolens.train.augment import AugmentConfig, augment_batch, mixup_cutmix
 
 
@@ -52,6 +55,13 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast where the device supports it (CUDA)
     select_on: str = "accuracy"  # or "macro_f1", or "last" (keep the final weights)
     patience: int = 0  # early stopping in epochs without improvement; 0 = off
+    optimizer: str = "adamw"  # or "sgd"; weight_decay is decoupled for AdamW, an L2 term for SGD (try 5e-4 there)
+    momentum: float = 0.9  # SGD
+    nesterov: bool = True  # SGD
+    schedule: str = "onecycle"  # or "cosine": linear warm-up over warmup_epochs, then cosine decay to 0
+    warmup_epochs: float = 0.0  # cosine only (OneCycle warms up over its first 15%); restarts with each stage
+    stages: str = ""  # fine-tuning stages, e.g. "head:2,all:8": epochs training only the head, then all layers
+    layer_decay: float = 1.0  # in "all" stages, the LR is multiplied by this once per block away from the head
 
     @property
     def input_spec(self) -> dict:
@@ -63,6 +73,88 @@ class TrainConfig:
             "layout": "NCHW",
             "range": 255,
         }
+
+
+OPTIMIZERS, SCHEDULES, STAGE_KINDS = ("adamw", "sgd"), ("onecycle", "cosine"), ("head", "all")
+
+
+def parse_stages(text: str) -> list[tuple[str, int]]:
+    """``"head:2,all:8"`` → ``[("head", 2), ("all", 8)]``; raises EmoLensError for anything else."""
+    plan = []
+    for part in (p.strip() for p in str(text or "").split(",")):
+        if not part:
+            continue
+        kind, _, n = part.partition(":")
+        if kind.strip() not in STAGE_KINDS or not n.strip().isdigit() or int(n) < 1:
+            raise EmoLensError(
+                f"bad stage {part!r}: stages are {'|'.join(STAGE_KINDS)}:EPOCHS, comma-separated (e.g. head:2,all:8)"
+            )
+        plan.append((kind.strip(), int(n)))
+    return plan
+
+
+def check_config(cfg: TrainConfig) -> list[tuple[str, int]]:
+    """Validate the choices a typo could break; returns the stage plan (one "all" stage by default)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise EmoLensError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise EmoLensError(f"schedule must be one of {', '.join(SCHEDULES)}, not {cfg.schedule!r}")
+    if not 0 < cfg.layer_decay <= 1:
+        raise EmoLensError(f"layer_decay is in (0, 1], not {cfg.layer_decay}")
+    plan = parse_stages(cfg.stages) or [("all", cfg.epochs)]
+    if sum(n for _, n in plan) != cfg.epochs:
+        raise EmoLensError(
+            f"stages {cfg.stages!r} add up to {sum(n for _, n in plan)} epochs but epochs is {cfg.epochs}"
+        )
+    for _, n in plan:
+        if cfg.warmup_epochs > n and cfg.schedule == "cosine":
+            raise EmoLensError(f"warmup_epochs {cfg.warmup_epochs} is longer than a {n}-epoch stage")
+    return plan
+
+
+def param_groups(model: torch.nn.Module, kind: str, cfg: TrainConfig) -> list[dict]:
+    """Optimizer parameter groups for a stage: the head alone, or every block with its learning rate
+    (``lr * layer_decay ** blocks-from-the-head``). Parameters outside the stage are frozen."""
+    blocks = layer_blocks(model)
+    if kind == "head":
+        groups = [{"params": blocks[-1], "lr": cfg.lr}]
+    elif cfg.layer_decay == 1.0:
+        groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
+    else:
+        depth = len(blocks) - 1
+        groups = [{"params": b, "lr": cfg.lr * cfg.layer_decay ** (depth - i)} for i, b in enumerate(blocks)]
+    trainable = {id(p) for g in groups for p in g["params"]}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    return groups
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, epochs: int, updates_per_epoch: int):
+    """OneCycle (per-group peak = the group's LR) or linear warm-up then cosine decay; stepped once per update.
+    Returns the scheduler and the number of updates it covers."""
+    total = epochs * updates_per_epoch
+    if cfg.schedule == "onecycle":
+        peaks = [g["lr"] for g in opt.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=peaks, epochs=epochs, steps_per_epoch=updates_per_epoch, pct_start=0.15
+        ), total
+    warm = min(total, round(cfg.warmup_epochs * updates_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_warmup(step, warm, total)), total
+
+
+def cosine_warmup(step: int, warm: int, total: int) -> float:
+    """LR factor after ``step`` updates: rises linearly to 1 over ``warm`` updates, then falls to 0 on a cosine."""
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -112,13 +204,20 @@ def fit(
     progress: bool = True,
     stop_after: int | None = None,
     init: dict | None = None,
+    init_labels: list[str] | None = None,
 ) -> dict:
     """Train, keep the best EMA weights on the validation metric, write best.pt/last.pt + log.
 
     ``stop_after`` ends this call after that many epochs (a time-boxed run); ``resume`` with the
     written last.pt continues the same schedule where it stopped. ``init`` (a state dict) starts
-    from trained weights: fine-tuning. ``cfg.select_on="last"`` keeps the final weights.
+    from trained weights: fine-tuning; when ``init_labels`` differ from ``cfg.labels`` (or the head's
+    shape differs) the head starts afresh. ``cfg.select_on="last"`` keeps the final weights.
+    ``cfg.stages`` (e.g. ``"head:2,all:8"``) trains only the classifier head first, then all layers,
+    each stage with its own optimizer and schedule; ``cfg.layer_decay`` < 1 gives the layers further
+    from the head smaller learning rates.
     """
+    plan = check_config(cfg)
+    stage_of = [i for i, (_, n) in enumerate(plan) for _ in range(n)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -138,25 +237,31 @@ def fit(
         dev, memory_format=torch.channels_last
     )
     if init is not None:
-        model.load_state_dict(init)
+        _load_init(model, init, fresh_head=init_labels is not None and list(init_labels) != list(cfg.labels))
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(len(xtr) // cfg.batch_size, 1)
     updates_per_epoch = max(steps_per_epoch // cfg.accumulate, 1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=updates_per_epoch, pct_start=0.15
-    )
+
+    def begin_stage(i: int) -> tuple[torch.optim.Optimizer, object, int]:
+        kind, epochs = plan[i]
+        opt = make_optimizer(param_groups(model, kind, cfg), cfg)
+        sched, total = make_schedule(opt, cfg, epochs, updates_per_epoch)
+        return opt, sched, total
+
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda")
     start_epoch, best, history = 0, -1.0, []
     if resume:
         state = torch.load(resume, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+    stage = stage_of[min(start_epoch, len(stage_of) - 1)]
+    opt, sched, total_updates = begin_stage(stage)
+    if resume and state.get("stage", 0) == stage:  # stopped inside this stage: carry on its schedule
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
 
     def checkpoint(epoch: int, weights: dict) -> dict:
         return {
@@ -164,6 +269,7 @@ def fit(
             "ema": ema.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
+            "stage": stage,
             "epoch": epoch,
             "best": best,
             "history": history,
@@ -181,7 +287,10 @@ def fit(
         stale = 0
         end = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
         for epoch in range(start_epoch, end):
-            model.train()
+            if stage_of[epoch] != stage:
+                stage = stage_of[epoch]
+                opt, sched, total_updates = begin_stage(stage)
+            _train_mode(model)
             t0, seen, loss_sum = time.time(), 0, 0.0
             order = _epoch_order(ytr, len(cfg.labels), cfg.weighted_sampling)
             for step in range(steps_per_epoch):
@@ -192,7 +301,7 @@ def fit(
                     logits = model(normalize(x).contiguous(memory_format=torch.channels_last))
                 loss = loss_fn(logits.float(), target, cfg)
                 (loss / cfg.accumulate).backward()
-                if (step + 1) % cfg.accumulate == 0 and sched.last_epoch < sched.total_steps:
+                if (step + 1) % cfg.accumulate == 0 and sched.last_epoch < total_updates:
                     if cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
@@ -208,14 +317,16 @@ def fit(
             row = {
                 "epoch": epoch,
                 "loss": loss_sum / seen,
-                "lr": sched.get_last_lr()[0],
+                "lr": sched.get_last_lr()[-1],  # the head's (the last group's) learning rate
                 "train_images_per_s": seen / (time.time() - t0),
+                **({"stage": plan[stage][0]} if len(plan) > 1 else {}),
                 **{f"val_{k}": v for k, v in metrics.items()},
             }
             history.append(row)
             bar.console.print(
                 f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  val acc {metrics['accuracy']:.4f}  "
                 f"macro-F1 {metrics['macro_f1']:.4f}  {row['train_images_per_s']:.0f} img/s"
+                + (f"  ({plan[stage][0]} stage)" if len(plan) > 1 else "")
             )
             current = epoch if cfg.select_on == "last" else metrics[cfg.select_on]
             ema_weights = copy.deepcopy(ema.module.state_dict())
@@ -230,7 +341,37 @@ def fit(
             if cfg.patience and stale >= cfg.patience:
                 bar.console.print(f"early stop: no {cfg.select_on} gain for {stale} epochs")
                 break
+    for p in model.parameters():
+        p.requires_grad_(True)
     return {"best": best, "history": history, "checkpoint": str(out / "best.pt")}
+
+
+def _load_init(model: torch.nn.Module, init: dict, fresh_head: bool = False) -> None:
+    """Start from ``init`` weights. Only the head may be left out (``fresh_head``, or a head whose
+    shape differs: another number of classes); any other mismatch means another architecture."""
+    head = {id(p) for p in layer_blocks(model)[-1]}
+    head_names = {name for name, p in model.named_parameters() if id(p) in head}
+    own = model.state_dict()
+    unexpected = sorted(set(init) - set(own))
+    take = {k: v for k, v in init.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if fresh_head:
+        take = {k: v for k, v in take.items() if k not in head_names}
+    left = sorted(set(own) - set(take))
+    if unexpected or set(left) - head_names:
+        bad = unexpected + sorted(set(left) - head_names)
+        raise EmoLensError(
+            f"the initial weights do not fit architecture {type(model).__name__}: {', '.join(bad[:6])}"
+            + (" ..." if len(bad) > 6 else "")
+        )
+    model.load_state_dict(take, strict=False)
+
+
+def _train_mode(model: torch.nn.Module) -> None:
+    """Training mode, except that frozen blocks (a head-only stage) keep their BatchNorm statistics."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
+            m.eval()
 
 
 def _epoch_order(labels: torch.Tensor, n_classes: int, weighted: bool) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""Evaluation of one model or an ensemble on labelled, already-aligned face crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from emolens.data.datasets import fit_crops
+from emolens.errors import BadLabelError, EmoLensError
+from emolens.evaluate.calibration import calibration
+from emolens.evaluate.metrics import accuracy_at_coverage, classification_metrics, selective
+from emolens.evaluate.thresholds import threshold_report
+from emolens.evaluate.tta import predict_tta
+
+HEADLINE_COVERAGE = (0.9, 0.8)
+
+
+def model_names(model) -> list[str]:
+    """``"fast,fast-int8"``, a path, or a list of either → the list of model names/paths.
+
+    A string that names an existing file is one model even if it holds a comma."""
+    items = [model] if isinstance(model, (str, Path)) else list(model)
+    names = []
+    for item in items:
+        text = str(item)
+        names += [text] if Path(text).is_file() else [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise EmoLensError("no model given")
+    return names
+
+
+def load_members(names: list[str]) -> list:
+    """The EmotionModels of an ensemble; all must have the same labels (in any order)."""
+    from emolens.models import load_emotion_model
+
+    members = [load_emotion_model(n) for n in names]
+    ref = members[0].labels
+    for name, m in zip(names[1:], members[1:], strict=True):
+        if sorted(m.labels) != sorted(ref):
+            raise BadLabelError(f"an ensemble's models must share labels: {names[0]} has {ref}, {name} has {m.labels}")
+    return members
+
+
+def member_probs(model, images: np.ndarray, labels: list[str], tta: bool = False, shift: int = 0) -> np.ndarray:
+    """One model's probabilities on ``images`` (fitted to its input), columns in ``labels`` order."""
+    spec = model.meta.input
+    crops = fit_crops(images, spec.size, spec.channels)
+    probs = predict_tta(model, crops, flip=True, shift=shift) if tta else model.predict(crops, batch_size=256)
+    order = [model.labels.index(label) for label in labels]
+    return probs[:, order]
+
+
+def summarize(probs: np.ndarray, y_true: np.ndarray, labels: list[str]) -> dict:
+    """Every figure that follows from probabilities and true classes: classification metrics,
+    calibration (ECE over 15 bins), and accuracy against coverage."""
+    y_true = np.asarray(y_true)
+    pred, conf = probs.argmax(1), probs.max(1)
+    out = classification_metrics(y_true, pred, labels)
+    cal = calibration(probs, y_true)
+    out["ece"] = cal["ece"]
+    out["calibration"] = cal
+    out["selective"] = selective(conf, pred == y_true)
+    out["accuracy_at_coverage"] = {str(c): accuracy_at_coverage(conf, pred == y_true, c) for c in HEADLINE_COVERAGE}
+    return out
+
+
+def headline(metrics: dict) -> dict:
+    """The few figures that compare variants."""
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "ece": metrics["ece"],
+        "nll": metrics["calibration"]["nll"],
+        **{f"accuracy_at_{c}": v for c, v in metrics["accuracy_at_coverage"].items()},
+    }
+
+
+def evaluate_arrays(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    *,
+    tta: bool = False,
+    tta_shift: int = 0,
+    target_precision: float | None = None,
+    target_coverage: float | None = None,
+    min_count: int = 10,
+    compare: bool = False,
+) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix, calibration and
+    accuracy against coverage, in the (first) model's label order.
+
+    ``model``: a name or path, several comma-separated, or a list: an ensemble averages its
+    members' probabilities. ``tta`` averages each member over the crop and its mirror (and, with
+    ``tta_shift`` pixels, four shifted copies). With ``target_precision`` or ``target_coverage``,
+    per-class thresholds are chosen and measured (``"thresholds"``). ``compare`` adds each member,
+    with and without TTA, as ``"variants"``. Dataset classes are matched to model labels by name;
+    a class the model lacks is an error.
+    """
+    names = model_names(model)
+    members = load_members(names)
+    ref = members[0].labels
+    unknown = sorted(set(classes[i] for i in np.unique(labels)) - set(ref))
+    if unknown:
+        raise BadLabelError(f"dataset classes {unknown} are not among the model's labels {ref}")
+    y_true = np.array([ref.index(classes[i]) for i in labels], dtype=np.int64)
+    plain = [member_probs(m, images, ref) for m in members] if compare or not tta else None
+    augmented = [member_probs(m, images, ref, tta=True, shift=tta_shift) for m in members] if tta else None
+    probs = np.mean(augmented if tta else plain, axis=0)
+    out = {"model": ",".join(names), "models": names, **summarize(probs, y_true, ref)}
+    out["tta"] = {"flip": True, "shift": tta_shift, "views": 2 + 4 * bool(tta_shift)} if tta else None
+    if compare and (tta or len(members) > 1):
+        variants = []
+        for i, name in enumerate(names):
+            variants.append({"name": name, "tta": False, **headline(summarize(plain[i], y_true, ref))})
+            if tta:
+                variants.append({"name": name, "tta": True, **headline(summarize(augmented[i], y_true, ref))})
+        if len(members) > 1:
+            ens = "+".join(names)
+            variants.append({"name": ens, "tta": False, **headline(summarize(np.mean(plain, 0), y_true, ref))})
+            if tta:
+                variants.append({"name": ens, "tta": True, **headline(out)})
+        out["variants"] = variants
+    if target_precision is not None or target_coverage is not None:
+        out["thresholds"] = threshold_report(probs, y_true, ref, target_precision, target_coverage, min_count)
+    return out

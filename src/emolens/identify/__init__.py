@@ -1,0 +1,44 @@
+"""Identity and attendance: who is in front of the camera, "unknown" for anyone else, who was present.
+
+>>> from emolens.identify import People
+>>> people = People()
+>>> people.enroll_folder("class/")          # one subfolder per person, e.g. STU001_Jane_Doe/
+>>> people.train()                          # cross-validated classifier, threshold, report, version
+>>> people.identify("photo.jpg")            # [Match(key='STU001', name='Jane Doe', ...), ...]
+
+Attributes are imported lazily: ``import emolens.identify`` loads neither dlib nor scikit-learn.
+"""
+
+from __future__ import annotations
+
+_LAZY = {
+    "People": "emolens.identify.gallery",
+    "Person": "emolens.identify.gallery",
+    "Match": "emolens.identify.gallery",
+    "EnrollReport": "emolens.identify.gallery",
+    "TrainResult": "emolens.identify.gallery",
+    "VersionInfo": "emolens.identify.gallery",
+    "parse_person_folder": "emolens.identify.gallery",
+    "NotTrainedError": "emolens.identify.gallery",
+    "NoUsableFaceError": "emolens.identify.gallery",
+    "InvalidPersonError": "emolens.identify.gallery",
+    "AttendanceSession": "emolens.identify.attendance",
+    "AttendanceReport": "emolens.identify.attendance",
+    "FrameResult": "emolens.identify.attendance",
+    "VideoSummary": "emolens.identify.attendance",
+    "list_sessions": "emolens.identify.attendance",
+    "Embedder": "emolens.identify.embed",
+    "DlibEmbedder": "emolens.identify.embed",
+    "OnnxEmbedder": "emolens.identify.embed",
+    "create_embedder": "emolens.identify.embed",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'emolens.identify' has no attribute {name!r}")

@@ -1,0 +1,129 @@
+"""The FastAPI application: ``create_app(settings)`` builds one; ``emolens serve`` runs it under uvicorn.
+
+Layout: a router per resource (``routers/``), dependencies for settings, the analyzer and API
+keys (``deps.py``), request and response shapes apart from storage (``schemas.py``), and one
+translation of every error into JSON (``errors.py``). Middleware, outermost first: CORS (when
+origins are configured), metrics, request timeout, body size limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from emolens.serve.deps import InferenceGate, ServerState
+from emolens.serve.errors import install_handlers
+from emolens.serve.middleware import BodyLimitMiddleware, MetricsMiddleware, TimeoutMiddleware
+from emolens.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+
+# The page loads nothing from elsewhere: scripts, styles and images come from this server.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; "
+        "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+DESCRIPTION = """\
+Find faces in an image and read their emotions; send feedback on what the model got wrong;
+manage model versions.
+
+**Access.** Endpoints that write (feedback) or change models (promote, roll back, fine-tune)
+need an API key in the `X-API-Key` header, made with `emolens keys create NAME --scope write|admin`.
+Reads are open unless the server sets `EMOLENS_API_READ_KEY_REQUIRED=true`.
+
+**Errors** are always JSON: `{"error": {"type": "...", "message": "..."}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app. ``settings`` defaults to the process's (defaults < config file < environment);
+    the analyzer and the model registry also read the process's settings, so pass settings that
+    agree with them (``emolens serve`` does)."""
+    from emolens import __version__
+    from emolens.settings import get_settings
+
+    settings = settings or get_settings()
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.gate = InferenceGate(settings.serve_threads, settings.serve_queue)
+
+        def warm() -> None:
+            from emolens.store.db import get_engine
+
+            with contextlib.suppress(Exception):  # /readyz reports a database that fails
+                get_engine(state.db_url)  # create or migrate the database now, not on the first request
+            state.warmup()
+
+        threading.Thread(target=warm, name="emolens-warmup", daemon=True).start()
+        try:
+            yield
+        finally:
+            state.gate.shutdown()
+            state.jobs.shutdown()
+
+    app = FastAPI(
+        title="EmoLens",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "analyze", "description": "Faces and emotions in an image"},
+            {"name": "feedback", "description": "What people said about faces: stored for fine-tuning"},
+            {"name": "models", "description": "Model versions, promotion, rollback, fine-tuning jobs"},
+            {"name": "server", "description": "Settings a client needs, and who a key is"},
+            {"name": "health", "description": "Liveness, readiness, Prometheus metrics"},
+        ],
+    )
+    app.state.emolens = state
+    install_handlers(app)
+
+    from emolens.serve.routers import analyze, feedback, health, live, models
+
+    for r in (
+        analyze.router,
+        live.router,
+        feedback.json_router,
+        feedback.upload_router,
+        feedback.router,
+        models.router,
+        models.json_router,
+        health.api,
+        health.router,
+    ):
+        app.include_router(r)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # add_middleware puts each one outside the ones before it.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_upload_mb * 1_000_000))
+    app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Content-Type"],
+            max_age=600,
+        )
+    return app

@@ -1,0 +1,1 @@
+"""One router per resource: analyses, feedback, models (and fine-tuning jobs), health."""

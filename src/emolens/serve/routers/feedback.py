@@ -1,0 +1,201 @@
+"""Feedback: on a face of an earlier analysis, or on an uploaded crop; list, count, export, delete."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from emolens.errors import EmoLensError
+from emolens.serve.deps import ServerState, get_state, read_access, require
+from emolens.serve.schemas import COMMON, FeedbackIn, FeedbackList, FeedbackOut, FeedbackStats, errors
+from emolens.serve.uploads import JsonRoute, MultipartRoute, check_image_part
+from emolens.store.keys import ApiKey
+
+router = APIRouter(prefix="/api/v1", tags=["feedback"], responses=COMMON)
+json_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=JsonRoute, responses=COMMON)
+upload_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=MultipartRoute, responses=COMMON)
+
+MAX_CROP_SIDE = 512  # uploaded crops larger than this are shrunk before they are stored
+
+
+def _user(key: ApiKey) -> str:
+    return f"key:{key.key_id}"
+
+
+def _count(state: ServerState, record) -> None:
+    state.metrics.feedback.labels("correction" if record.is_correction else "confirmation").inc()
+
+
+@json_router.post(
+    "/feedback",
+    status_code=201,
+    response_model=FeedbackOut,
+    summary="Feedback on a face of an earlier analysis",
+    responses=errors(401, 403, 404, 415, 422, 507),
+)
+def feedback_on_analysis(
+    body: FeedbackIn, state: ServerState = Depends(get_state), key: ApiKey = Depends(require("write"))
+) -> FeedbackOut:
+    """Say what face ``face`` of analysis ``analysis_id`` really shows (``label``), or that the
+    model was right (``correct: true``). 404 for an analysis the server no longer remembers or a
+    face index it did not find; 422 for an unknown label. Needs a key with the ``write`` scope."""
+    store = state.feedback_store()
+    if body.label is not None:
+        store.check_label(body.label)  # before the image is decoded again
+    results = state.analyses.get(body.analysis_id)
+    record = store.add_from_results(
+        results,
+        body.face,
+        body.label,
+        correct=body.correct,
+        keep_image=body.keep_image,
+        source=body.source,
+        user_id=_user(key),
+    )
+    _count(state, record)
+    return FeedbackOut.of(record)
+
+
+def _store_crop(state: ServerState, data: bytes, label: str, predicted: str | None, key: ApiKey):
+    import cv2
+
+    from emolens.io import load_image
+
+    store = state.feedback_store()
+    label = store.check_label(label)  # before decoding: an unknown label costs nothing
+    crop = load_image(data, max_pixels=state.settings.max_pixels)
+    h, w = crop.shape[:2]
+    if max(h, w) > MAX_CROP_SIDE:
+        f = MAX_CROP_SIDE / max(h, w)
+        crop = cv2.resize(crop, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return store.add(crop, label, predicted=predicted or None, source="api:crop", user_id=_user(key))
+
+
+@upload_router.post(
+    "/feedback/crop",
+    status_code=201,
+    response_model=FeedbackOut,
+    summary="Feedback on an uploaded face crop",
+    responses=errors(401, 403, 413, 415, 422, 507),
+)
+async def feedback_on_crop(
+    image: UploadFile = File(..., description="A face crop (aligned or not)"),
+    label: str = Form(..., description="The true emotion"),
+    predicted: str | None = Form(None, description="What a model said, when known"),
+    state: ServerState = Depends(get_state),
+    key: ApiKey = Depends(require("write")),
+) -> FeedbackOut:
+    """Store a labelled face crop as it is (shrunk to 512 px at most). Needs ``write``."""
+    check_image_part(image)
+    data = await image.read()
+    record = await run_in_threadpool(_store_crop, state, data, label, predicted, key)
+    _count(state, record)
+    return FeedbackOut.of(record)
+
+
+@router.get("/feedback", response_model=FeedbackList, summary="List feedback, newest first", responses=errors(422))
+def list_feedback(
+    limit: int = Query(50, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    label: str | None = Query(None, description="Only records with this true label"),
+    corrections_only: bool = Query(False),
+    state: ServerState = Depends(get_state),
+    _key=Depends(read_access),
+) -> FeedbackList:
+    store = state.feedback_store()
+    items = store.list(limit=limit, offset=offset, label=label, corrections_only=corrections_only)
+    if label:
+        total = len(store.list(limit=None, label=label, corrections_only=corrections_only))
+    else:
+        total = store.count(corrections_only=corrections_only)
+    return FeedbackList(items=[FeedbackOut.of(r) for r in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/feedback/stats", response_model=FeedbackStats, summary="Feedback counts")
+def feedback_stats(state: ServerState = Depends(get_state), _key=Depends(read_access)) -> FeedbackStats:
+    stats = state.feedback_store().stats()
+    state.metrics.feedback_stored.set(stats["total"])
+    return FeedbackStats(**stats, min_feedback=state.settings.min_feedback)
+
+
+def _zip_export(state: ServerState):
+    """The export as a zip in an anonymous temporary file (gone once closed, even if the request
+    is abandoned), and its size."""
+    work = Path(tempfile.mkdtemp(prefix="emolens-export-"))
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - handed on open; _chunks closes it
+    try:
+        state.feedback_store().export(work / "feedback")
+        with zipfile.ZipFile(out, "w") as z:
+            for path in sorted((work / "feedback").rglob("*")):
+                if path.is_file():  # PNGs are compressed already
+                    kind = zipfile.ZIP_STORED if path.suffix == ".png" else zipfile.ZIP_DEFLATED
+                    z.write(path, path.relative_to(work).as_posix(), compress_type=kind)
+    except BaseException:
+        out.close()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    size = out.tell()
+    out.seek(0)
+    return out, size
+
+
+def _chunks(f, size: int = 2**20) -> Iterator[bytes]:
+    try:
+        while block := f.read(size):
+            yield block
+    finally:
+        f.close()
+
+
+@router.get(
+    "/feedback/export",
+    summary="Download all feedback as a zip (crops by label + feedback.csv)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}, **errors(401, 403)},
+)
+def export_feedback(state: ServerState = Depends(get_state), _key: ApiKey = Depends(require("read"))):
+    """Every stored face crop, as an image-folder dataset (``feedback/images/<label>/<uid>.png``),
+    and ``feedback/feedback.csv`` with every field. Faces are personal data: this always needs a
+    key (any scope), even where reads are open."""
+    f, size = _zip_export(state)
+    headers = {"Content-Disposition": 'attachment; filename="emolens-feedback.zip"', "Content-Length": str(size)}
+    return StreamingResponse(_chunks(f), media_type="application/zip", headers=headers)
+
+
+@router.get("/feedback/{uid}", response_model=FeedbackOut, summary="One feedback record", responses=errors(404))
+def get_feedback(uid: str, state: ServerState = Depends(get_state), _key=Depends(read_access)) -> FeedbackOut:
+    return FeedbackOut.of(state.feedback_store().get(uid))
+
+
+@router.get(
+    "/feedback/{uid}/crop",
+    summary="The stored face crop (PNG)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **errors(404)},
+)
+def get_feedback_crop(uid: str, state: ServerState = Depends(get_state), _key=Depends(read_access)) -> Response:
+    store = state.feedback_store()
+    record = store.get(uid)
+    try:
+        data = store.blobs.get(record.crop_key)
+    except OSError as exc:
+        raise EmoLensError(
+            f"the crop file of feedback {uid} cannot be read ({exc}); see `emolens feedback check`"
+        ) from None
+    return Response(data, media_type="image/png")
+
+
+@router.delete("/feedback/{uid}", status_code=204, summary="Delete a feedback record", responses=errors(401, 403, 404))
+def delete_feedback(
+    uid: str, state: ServerState = Depends(get_state), _key: ApiKey = Depends(require("admin"))
+) -> Response:
+    state.feedback_store().delete(uid)
+    return Response(status_code=204)
