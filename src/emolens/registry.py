@@ -61,16 +61,9 @@ class ModelVersion:
 
 
 def _atomic_write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from emolens.store.blobs import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2).encode())
 
 
 class Registry:

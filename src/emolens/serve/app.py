@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "analyze", "description": "Faces and emotions in an image"},
             {"name": "feedback", "description": "What people said about faces: stored for fine-tuning"},
             {"name": "models", "description": "Model versions, promotion, rollback, fine-tuning jobs"},
+            {"name": "people", "description": "Identity and attendance: enroll, train, identify, sessions"},
             {"name": "server", "description": "Settings a client needs, and who a key is"},
             {"name": "health", "description": "Liveness, readiness, Prometheus metrics"},
         ],
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.emolens = state
     install_handlers(app)
 
-    from emolens.serve.routers import analyze, feedback, health, live, models
+    from emolens.serve.routers import analyze, feedback, health, live, models, people
 
     for r in (
         analyze.router,
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         feedback.router,
         models.router,
         models.json_router,
+        *people.ROUTERS,
         health.api,
         health.router,
     ):

@@ -16,6 +16,21 @@ from pathlib import Path
 from emolens.errors import StorageError
 
 
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a synced temporary file (``.<name>.tmp`` beside it)
+    renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class BlobStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -31,16 +46,7 @@ class BlobStore:
             return key
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, final)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(final, data)
         except OSError as exc:  # full disk, read-only folder...: nothing half-written remains
             raise StorageError(f"could not store a file in {self.root}: {exc.strerror or exc}") from exc
         return key
