@@ -10,6 +10,9 @@ import torch
 from emolens.classify.emotion import EmotionModel
 from emolens.classify.modelfile import annotate
 
+OPTIMIZERS = {"adamw": "AdamW", "sgd": "SGD (momentum)"}
+SCHEDULES = {"onecycle": "one-cycle", "cosine": "cosine with warm-up"}
+
 
 def training_summary(checkpoint: str | Path) -> dict:
     """Best epoch, training seconds up to it (from the logged throughput) and the machine."""
@@ -58,8 +61,10 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
         "EmoLens to its FER2013 5-point template",
         f"- **Labels** (output order): {', '.join(labels)}",
         f"- **Data**: {card.get('data') or 'not stated'}",
-        f"- **Recipe**: {recipe.get('epochs')} epochs, batch {recipe.get('batch_size')}, AdamW lr {recipe.get('lr')} "
-        f"(one-cycle), weight decay {recipe.get('weight_decay')}, label smoothing {recipe.get('label_smoothing')}, "
+        f"- **Recipe**: {recipe.get('epochs')} epochs, batch {recipe.get('batch_size')}, "
+        f"{OPTIMIZERS.get(recipe.get('optimizer', 'adamw'), recipe.get('optimizer'))} lr {recipe.get('lr')} "
+        f"({SCHEDULES.get(recipe.get('schedule', 'onecycle'), recipe.get('schedule'))}), "
+        f"weight decay {recipe.get('weight_decay')}, label smoothing {recipe.get('label_smoothing')}, "
         f"EMA {recipe.get('ema_decay')}, dropout {recipe.get('dropout')}, augmentation {recipe.get('augment')}, "
         f"seed {recipe.get('seed')}; selected on validation {recipe.get('select_on')}",
     ]

@@ -3,9 +3,14 @@ and smoothed emotions, so the labels a user sees are stable.
 
 The serving app keeps one ``LiveSession`` per connection and feeds it each frame it receives:
 
->>> session = LiveSession(analyzer)          # share the app's Analyzer: models load once
+>>> shared = VideoAnalyzer().analyzer        # once per app: the detector tuned for video, loaded once
+>>> session = LiveSession(shared)            # per connection: its own tracks and smoothing
 >>> res = session.process(jpeg_bytes)        # or an RGB array
 >>> res.to_dict()["faces"][0]["track_id"], res[0].label
+
+Any ``Analyzer`` can be shared (its detector is used as it is: the image default ``max_side`` of
+1600 enlarges a 640x480 frame before detecting, which costs ~1.7x); the emotion model is the
+analyzer's, run in a one-thread session of its own (see ``VideoAnalyzer.model``).
 
 Frames from a page arrive a few times a second, far apart in motion, so by default every frame
 is detected (``detect_every=1``); ids then come from box overlap alone, and optical flow only
