@@ -250,7 +250,9 @@ class LiveConnection:
         image = load_image(data, max_pixels=self.max_pixels)
         decode_ms = (time.perf_counter() - t0) * 1e3
         if self.session is None:
-            self.session = LiveSession(self.state.analyzer, detect_every=self.detect_every, smoothing=self.smoothing)
+            self.session = LiveSession(
+                self.state.live_analyzer, detect_every=self.detect_every, smoothing=self.smoothing
+            )
         results = self.session.process(image)
         results.timings_ms = {"decode": decode_ms, **results.timings_ms}
         return results
