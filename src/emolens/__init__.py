@@ -10,6 +10,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from emolens._lazy import lazy_exports
+
 _LAZY = {
     "Analyzer": "emolens.analyzer",
     "analyze": "emolens.analyzer",
@@ -22,12 +24,4 @@ _LAZY = {
     "EmoLensError": "emolens.errors",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'emolens' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

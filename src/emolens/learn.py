@@ -186,10 +186,9 @@ def finetune_from_feedback(
         cutmix_alpha=0.0,
         weighted_sampling=False,
     )
-    feedback_uids = sorted(r.uid for r in store.list(limit=None) if not r.holdout)
-    data_hash = _hash(
-        {"feedback": feedback_uids, "replay": str(replay), "base_val": str(base_val), "o": asdict(options)}
-    )
+    # The training feedback is identified by its crops' content hashes (their file names) and labels.
+    feedback = sorted(zip((p.name for p in fb_train.paths), fb_train.labels.tolist(), strict=True))
+    data_hash = _hash({"feedback": feedback, "replay": str(replay), "base_val": str(base_val), "o": asdict(options)})
     counts = {
         "corrections": corrections,
         "feedback_train": len(xf),

@@ -39,7 +39,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return p
     from emolens.registry import BASE_MODEL, resolve_version
 
-    if str(name_or_path) in ("active",) or (p.name.startswith("v") and p.name[1:].isdigit()):
+    if str(name_or_path) == "active" or (p.name.startswith("v") and p.name[1:].isdigit()):
         found = resolve_version(str(name_or_path))
         if found is not None:
             return found

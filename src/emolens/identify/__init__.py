@@ -11,6 +11,8 @@ Attributes are imported lazily: ``import emolens.identify`` loads neither dlib n
 
 from __future__ import annotations
 
+from emolens._lazy import lazy_exports
+
 _LAZY = {
     "People": "emolens.identify.gallery",
     "Person": "emolens.identify.gallery",
@@ -33,12 +35,4 @@ _LAZY = {
     "create_embedder": "emolens.identify.embed",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'emolens.identify' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

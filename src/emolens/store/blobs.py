@@ -38,9 +38,13 @@ class BlobStore:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key
 
+    @staticmethod
+    def key_of(data: bytes, suffix: str = ".png") -> str:
+        return hashlib.sha256(data).hexdigest() + suffix
+
     def put(self, data: bytes, suffix: str = ".png") -> str:
         """Store ``data`` (idempotent) and return its key, ``<sha256><suffix>``."""
-        key = hashlib.sha256(data).hexdigest() + suffix
+        key = self.key_of(data, suffix)
         final = self.path(key)
         if final.exists():
             return key

@@ -103,6 +103,10 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _uses(key: str):
+    return (FeedbackRow.crop_key == key) | (FeedbackRow.image_key == key)
+
+
 def _is_holdout(crop_key: str, fraction: float = HOLDOUT_FRACTION) -> bool:
     return int(crop_key[:8], 16) / 0x1_0000_0000 < fraction
 
@@ -224,9 +228,10 @@ class FeedbackStore:
                 raise NotFoundError(f"no feedback record {uid!r}")
             keys = {row.crop_key, row.image_key} - {None}
             s.delete(row)
-        # Files are shared by content: remove only those no other record uses.
-        still = self._referenced()
-        for key in keys - still:
+            s.flush()
+            # Files are shared by content: remove only those no other record uses.
+            unused = [k for k in keys if not s.scalar(select(func.count(FeedbackRow.id)).where(_uses(k)))]
+        for key in unused:
             self.blobs.remove(key)
 
     # -- reading ---------------------------------------------------------------------------
@@ -375,7 +380,7 @@ class FeedbackStore:
                 if crop.ndim == 3 and np.ptp(crop.astype(np.int16), axis=2).max() == 0:
                     crop = crop[..., 0]  # the app saved grey faces; keep them grey
                 created = _parse_time(row.get("timestamp"))
-                key = self.blobs.put(_png(crop))
+                key = BlobStore.key_of(_png(crop))
                 if (key, true, created.replace(tzinfo=None)) in seen:
                     skipped.append(f"{where}: already imported")
                     continue
@@ -393,11 +398,6 @@ class FeedbackStore:
         return ImportReport(imported=imported, skipped=skipped)
 
     # -- upkeep ----------------------------------------------------------------------------
-    def _referenced(self) -> set[str]:
-        with session(self.url) as s:
-            rows = s.execute(select(FeedbackRow.crop_key, FeedbackRow.image_key)).all()
-        return {k for row in rows for k in row if k}
-
     def check(self, repair: bool = False, grace_s: float = 300.0) -> dict[str, Any]:
         """Every record's crop present and intact; with ``repair``, remove files no record uses."""
         with session(self.url) as s:

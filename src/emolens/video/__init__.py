@@ -9,6 +9,8 @@ Names are imported lazily: ``import emolens.video`` loads neither OpenCV nor a m
 
 from __future__ import annotations
 
+from emolens._lazy import lazy_exports
+
 _LAZY = {
     "VideoAnalyzer": "emolens.video.pipeline",
     "VideoRun": "emolens.video.pipeline",
@@ -25,12 +27,4 @@ _LAZY = {
     "AnnotatedVideoWriter": "emolens.video.writer",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'emolens.video' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)
