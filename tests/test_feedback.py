@@ -256,6 +256,30 @@ def test_registry_promote_rollback_and_analyzer_reload_without_restart(emolens_h
         reg.promote("v9")
 
 
+def test_promoting_the_flagship_by_name_registers_it_after_the_default(emolens_home):
+    from emolens import Analyzer
+    from emolens.cli import app
+    from emolens.errors import ModelNotFoundError
+    from emolens.models import resolve_model
+    from emolens.registry import Registry
+
+    analyzer = Analyzer()
+    assert analyzer(EXAMPLE).model == "fast"
+    r = CliRunner().invoke(app, ["models", "promote", "accurate"])
+    assert r.exit_code == 0 and "v2 is now active" in r.output, r.output
+    reg = Registry()
+    v1, v2 = reg.versions()
+    assert (v1.source, v1.active) == ("shipped:fast", False)
+    assert (v2.source, v2.active, v2.checkpoint is not None) == ("shipped:accurate", True, True)
+    assert v2.path.read_bytes() == resolve_model("accurate").read_bytes() and v2.metrics["accuracy"] > 0.6
+    assert analyzer(EXAMPLE).model == "v2"  # fine-tuning from feedback now starts from the flagship
+    assert reg.rollback().name == "v1" and analyzer(EXAMPLE).model == "v1"
+    assert reg.promote("accurate").name == "v2"  # the same file again: the same version, no copy
+    with pytest.raises(ModelNotFoundError, match="no model named 'nope'"):
+        reg.promote("nope")
+    assert [v.name for v in reg.versions()] == ["v1", "v2"]
+
+
 def test_models_cli_lists_promotes_and_rolls_back(emolens_home, tmp_path):
     from emolens.cli import app
     from emolens.models import resolve_model

@@ -187,17 +187,49 @@ def test_no_user_models_folder(emolens_home):
 # --- the shipped model ----------------------------------------------------------------------
 
 
-def test_fast_is_shipped_and_complete():
-    assert shipped_models()["fast"] == FAST
-    m = load_emotion_model("fast")
-    assert m.path == FAST
+FP32_SHIPPED = ["fast", "accurate"]  # the default and the flagship; each has its PyTorch weights beside it
+
+
+@pytest.mark.parametrize("name", FP32_SHIPPED)
+def test_shipped_model_is_complete(name):
+    assert name in shipped_models(), f"{name}.onnx is not in {ASSETS}"
+    m = load_emotion_model(name)
+    assert m.path == ASSETS / f"{name}.onnx"
     meta = m.meta
     assert meta.labels == FER_LABELS
     assert meta.input.size == 48 and meta.input.channels == 1
     assert meta.input.layout in ("NCHW", "NHWC") and meta.input.range > 0
     assert len(meta.input.mean) in (1, meta.input.channels) and all(s > 0 for s in meta.input.std)
     assert meta.output in ("logits", "probabilities")
-    assert isinstance(meta.card, dict) and meta.card
+    assert isinstance(meta.card, dict) and meta.card["name"] == name
+    assert (ASSETS / f"{name}.pt").is_file() and (ASSETS / f"{name}.md").is_file()
+
+
+def test_the_flagship_is_chosen_by_name_and_beats_the_default():
+    fast, accurate = load_emotion_model("fast").card, load_emotion_model("accurate").card
+    assert accurate["metrics"]["dataset"] == fast["metrics"]["dataset"]  # same yardstick: PublicTest
+    assert accurate["metrics"]["accuracy"] > fast["metrics"]["accuracy"]
+    assert accurate["metrics"]["macro_f1"] > fast["metrics"]["macro_f1"]
+    res = Analyzer(model="accurate")(EXAMPLE)
+    assert res.model == "accurate" and res.labels == ["happy"]
+
+
+@pytest.mark.parametrize("name", FP32_SHIPPED)
+def test_shipped_card_figures_are_reproduced(name, shared_datasets):
+    """The accuracy a card states is what the model measures on the data the card names."""
+    from emolens.data.datasets import load_npz
+    from emolens.evaluate.core import member_probs, summarize
+
+    val = shared_datasets / "fer2013" / "val.npz"
+    if not val.is_file():
+        pytest.skip(f"{val} not found")
+    images, labels, classes = load_npz(val)
+    m = load_emotion_model(name)
+    metrics = summarize(member_probs(m, images, classes), labels, classes)
+    card = m.card["metrics"]
+    assert card["n"] == len(labels)
+    assert metrics["accuracy"] == pytest.approx(card["accuracy"], abs=1e-4)
+    assert metrics["macro_f1"] == pytest.approx(card["macro_f1"], abs=1e-4)
 
 
 def test_fast_predicts_probabilities():

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch", reason="training tests need the train extra
 from emolens.classify import EmotionModel  # noqa: E402
 from emolens.train.archs import create_arch, list_archs  # noqa: E402
 from emolens.train.augment import AugmentConfig, augment_batch, mixup_cutmix  # noqa: E402
-from emolens.train.export import export_onnx  # noqa: E402
+from emolens.train.export import export_onnx, load_checkpoint  # noqa: E402
 from emolens.train.loop import TrainConfig, fit  # noqa: E402
 
 
@@ -97,12 +97,15 @@ def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_pa
             "--out",
             str(tmp_path / "run"),
             "--epochs",
-            "1",
+            "2",
+            "--stop-after",
+            "1",  # a time-boxed run: one epoch of a two-epoch schedule
             "--set",
             "batch_size=64",
         ],
     )
     assert trained.exit_code == 0, trained.output
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 2  # header and one epoch
     assert "batch_size: 64" in (tmp_path / "run" / "config.yaml").read_text()
     exported = runner.invoke(
         app,
@@ -116,12 +119,18 @@ def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_pa
             "slice",
             "--name",
             "tiny",
+            "--weights",
         ],
     )
     assert exported.exit_code == 0, exported.output
+    slim = torch.load(tmp_path / "m.pt", weights_only=False)  # beside the .onnx, as explanations look for it
+    assert "optimizer" not in slim and slim["config"]["batch_size"] == 64
+    assert (tmp_path / "m.pt").stat().st_size < (tmp_path / "run" / "best.pt").stat().st_size / 2
+    model, _ = load_checkpoint(tmp_path / "m.pt")
+    assert sum(p.numel() for p in model.parameters()) > 0
     card = EmotionModel(tmp_path / "m.onnx").card
     assert card["name"] == "tiny" and card["metrics"]["dataset"] == "slice" and card["metrics"]["n"] == 256
-    assert card["training"]["epochs_planned"] == 1 and card["training"]["train_seconds"] is not None
+    assert card["training"]["epochs_planned"] == 2 and card["training"]["train_seconds"] is not None
     text = (tmp_path / "m.md").read_text()
     assert "Model card: `tiny`" in text and f"{card['metrics']['accuracy']:.4f}" in text
 

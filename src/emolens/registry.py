@@ -11,11 +11,13 @@
 A version folder is filled under a temporary name and renamed into place, and ``active.json`` is
 replaced in one rename, so a reader never sees half a version or half a pointer. Versions are
 never deleted by promotion or rollback. An empty registry has no active version: the analyzer
-then uses the shipped ``fast`` model; the first fine-tuning registers that as ``v1``.
+then uses the shipped ``fast`` model; the first fine-tuning, or promoting a model by name
+(``emolens models promote accurate``), registers that as ``v1``.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -170,17 +172,34 @@ class Registry:
         current = self.active()
         if current is not None:
             return current
-        from emolens.models import resolve_model
+        return self._promote_version(self._register_model(BASE_MODEL).name)
 
-        onnx = resolve_model(BASE_MODEL)
+    def _register_model(self, model: str) -> ModelVersion:
+        """Register a model known by name (shipped, e.g. ``accurate``, or the user's), with its
+        PyTorch weights when they lie beside it so that it can be fine-tuned; a model registered
+        before and unchanged since is not copied again."""
+        from emolens.models import resolve_model, shipped_models
+
+        onnx = resolve_model(model)
         pt = onnx.with_suffix(".pt")
-        base = self.register(
-            onnx, checkpoint=pt if pt.is_file() else None, source=f"shipped:{BASE_MODEL}", metrics=_card_metrics(onnx)
-        )
-        return self.promote(base.name)
+        source = f"shipped:{model}" if shipped_models().get(model) == onnx else f"file:{onnx}"
+        for version in self.versions():  # registered before and unchanged: that version, not a copy
+            if version.source == source and filecmp.cmp(version.path, onnx, shallow=False):
+                return version
+        return self.register(onnx, checkpoint=pt if pt.is_file() else None, source=source, metrics=_card_metrics(onnx))
 
     def promote(self, name: str) -> ModelVersion:
-        """Make ``name`` the active version; the one it replaces goes on the rollback history."""
+        """Make ``name`` the active version; the one it replaces goes on the rollback history.
+
+        ``name`` may also be a model by name (``accurate``, a user model): it is registered as the
+        next version first, after the shipped default if the registry is empty, so that a
+        rollback returns to what was active before."""
+        if not (name.startswith("v") and name[1:].isdigit()):
+            self.ensure_base()
+            name = self._register_model(name).name
+        return self._promote_version(name)
+
+    def _promote_version(self, name: str) -> ModelVersion:
         version = self.get(name)
         with self._lock():
             state = self._state()

@@ -280,8 +280,15 @@ def list_models() -> None:
 
 
 @models.command()
-def promote(version: Annotated[str, typer.Argument(help="Registry version, e.g. v3.")]) -> None:
-    """Make VERSION the active model (the analyzer and server pick it up without a restart)."""
+def promote(
+    version: Annotated[
+        str, typer.Argument(help="Registry version (v3), or a model name (accurate) to register as the next version.")
+    ],
+) -> None:
+    """Make VERSION the active model (the analyzer and server pick it up without a restart).
+
+    A model by name, e.g. the flagship `accurate`, becomes a new version: fine-tuning from
+    feedback then starts from it, and `emolens models rollback` returns to the previous one."""
     from emolens.registry import Registry
 
     try:

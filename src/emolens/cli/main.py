@@ -327,6 +327,10 @@ def train(
     arch: Annotated[str | None, typer.Option(help="Shortcut for --set arch=NAME.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Shortcut for --set epochs=N.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from a last.pt checkpoint.")] = None,
+    stop_after: Annotated[
+        int | None,
+        typer.Option(help="End after N epochs of this run; the schedule still spans all epochs (--resume goes on)."),
+    ] = None,
     init: Annotated[
         Path | None,
         typer.Option(help="Fine-tune: start from a trained checkpoint (best.pt, or the shipped fast.pt)."),
@@ -387,7 +391,7 @@ def train(
     if start is not None:
         console.print(f"starting from {init}" + (f", stages {cfg.stages}" if cfg.stages else ""))
     try:
-        result = fit((xtr, ytr), (xva, yva), cfg, out, resume=resume, **init_kw)
+        result = fit((xtr, ytr), (xva, yva), cfg, out, resume=resume, stop_after=stop_after, **init_kw)
     except EmoLensError as exc:
         fail(exc)
     console.print(f"best validation {cfg.select_on}: {result['best']:.4f} → {result['checkpoint']}")
@@ -444,16 +448,24 @@ def export(
     name: Annotated[str, typer.Option(help="Model name for the card.")] = "",
     data: Annotated[str, typer.Option(help="What the model was trained on, for the card.")] = "",
     val_name: Annotated[str, typer.Option(help="How the card names the --val data.")] = "",
+    weights: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the PyTorch weights beside it (.pt, no optimizer state) for explanations and fine-tuning."
+        ),
+    ] = False,
 ) -> None:
     """Export a checkpoint to the self-describing ONNX format (parity-checked), with a model card."""
     from emolens.errors import require
 
     require("torch", "train")
     from emolens.train.card import write_card
-    from emolens.train.export import export_onnx
+    from emolens.train.export import export_onnx, save_weights
 
     report = export_onnx(checkpoint, out, card={"name": name or out.stem, "data": data})
     console.print(f"wrote {out} (max |p_torch - p_onnx| = {report['max_abs_diff']:.1e})")
+    if weights:
+        console.print(f"wrote {save_weights(checkpoint, out.with_suffix('.pt'))}")
     if val:
         from emolens.data.datasets import load_npz
         from emolens.evaluate import evaluate_arrays

@@ -264,31 +264,33 @@ class FeedbackStore:
 
     def stats(self) -> dict[str, Any]:
         """Totals, per true label, per (predicted → true) confusion, and per source."""
-        with session(self.url) as s:
-            rows = s.execute(
-                select(
-                    FeedbackRow.label,
-                    FeedbackRow.predicted,
-                    FeedbackRow.is_correction,
-                    FeedbackRow.source,
-                    FeedbackRow.holdout,
-                )
-            ).all()
+        columns = (
+            FeedbackRow.label,
+            FeedbackRow.predicted,
+            FeedbackRow.is_correction,
+            FeedbackRow.source,
+            FeedbackRow.holdout,
+        )
+        with session(self.url) as s:  # one row per distinct combination, counted by the database
+            groups = s.execute(select(*columns, func.count()).group_by(*columns)).all()
         by_label: dict[str, int] = {}
         confusions: dict[str, int] = {}
         by_source: dict[str, int] = {}
-        for label, predicted, is_corr, source, _ in rows:
-            by_label[label] = by_label.get(label, 0) + 1
-            by_source[source] = by_source.get(source, 0) + 1
+        total = corrections = holdout = 0
+        for label, predicted, is_corr, source, held, n in groups:
+            by_label[label] = by_label.get(label, 0) + n
+            by_source[source] = by_source.get(source, 0) + n
+            total += n
+            corrections += n if is_corr else 0
+            holdout += n if held else 0
             if is_corr and predicted:
                 key = f"{predicted} → {label}"
-                confusions[key] = confusions.get(key, 0) + 1
-        corrections = sum(1 for r in rows if r[2])
+                confusions[key] = confusions.get(key, 0) + n
         return {
-            "total": len(rows),
+            "total": total,
             "corrections": corrections,
-            "confirmations": len(rows) - corrections,
-            "holdout": sum(1 for r in rows if r[4]),
+            "confirmations": total - corrections,
+            "holdout": holdout,
             "by_label": dict(sorted(by_label.items())),
             "confusions": dict(sorted(confusions.items(), key=lambda kv: -kv[1])),
             "by_source": by_source,

@@ -86,5 +86,9 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
             "|---|---|",
             *[f"| {c} | {r:.3f} |" for c, r in m.get("per_class_recall", {}).items()],
         ]
-    lines += ["", "Reproduce: see the README section *The default model*.", ""]
+    lines += [
+        "",
+        "Reproduce: `emolens train` with the recipe above; the checkpoint holds the full training config.",
+        "",
+    ]
     return "\n".join(lines)

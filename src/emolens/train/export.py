@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -20,6 +21,22 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     model = create_arch(cfg["arch"], len(state["labels"]), state["input"]["channels"], dropout=cfg.get("dropout", 0.0))
     model.load_state_dict(state["model"])
     return model.eval(), state
+
+
+INFERENCE_KEYS = ("model", "config", "labels", "input", "versions", "epoch", "best", "n_train", "hardware")
+
+
+def save_weights(checkpoint: str | Path, out: str | Path) -> Path:
+    """The checkpoint without its optimizer, scheduler and EMA state: what explanations and
+    fine-tuning (``--init``) start from, at a quarter of the size. Written atomically."""
+    from emolens.store.blobs import atomic_write
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
+    buf = io.BytesIO()
+    torch.save(slim, buf)
+    atomic_write(Path(out), buf.getvalue())
+    return Path(out)
 
 
 def count_mflops(model: torch.nn.Module, spec: dict) -> float:
