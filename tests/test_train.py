@@ -126,6 +126,7 @@ def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_pa
     slim = torch.load(tmp_path / "m.pt", weights_only=False)  # beside the .onnx, as explanations look for it
     assert "optimizer" not in slim and slim["config"]["batch_size"] == 64
     assert (tmp_path / "m.pt").stat().st_size < (tmp_path / "run" / "best.pt").stat().st_size / 2
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o644  # a model file to share, unlike face data (0600)
     model, _ = load_checkpoint(tmp_path / "m.pt")
     assert sum(p.numel() for p in model.parameters()) > 0
     card = EmotionModel(tmp_path / "m.onnx").card

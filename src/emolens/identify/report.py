@@ -6,14 +6,14 @@ rendering again.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from emolens.store.blobs import atomic_write
 
 REMOVED = "[removed]"
 MAX_PLOT_PEOPLE = 60  # a confusion matrix of more people is unreadable as a picture; the JSON has it
@@ -99,8 +99,8 @@ def write_report(report: dict, folder: str | Path) -> Path:
     has_png = _plot_confusion(report.get("confusion"), png)
     if not has_png:
         png.unlink(missing_ok=True)
-    _atomic_write(folder / "report.json", json.dumps(report, indent=2))
-    _atomic_write(folder / "report.md", render_markdown(report, has_png))
+    atomic_write(folder / "report.json", json.dumps(report, indent=2).encode())
+    atomic_write(folder / "report.md", render_markdown(report, has_png).encode())
     return folder
 
 
@@ -246,14 +246,3 @@ def _plot_confusion(conf: dict | None, target: Path) -> bool:
     fig.savefig(target, dpi=100)
     plt.close(fig)
     return True
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,11 +16,14 @@ from pathlib import Path
 from emolens.errors import StorageError
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write ``path`` whole or not at all: a synced temporary file (``.<name>.tmp`` beside it)
-    renamed over it."""
+    renamed over it. The file is private to its owner (0600) unless ``mode`` says otherwise:
+    most of what EmoLens writes this way holds faces."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -35,7 +35,7 @@ def save_weights(checkpoint: str | Path, out: str | Path) -> Path:
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
     buf = io.BytesIO()
     torch.save(slim, buf)
-    atomic_write(Path(out), buf.getvalue())
+    atomic_write(Path(out), buf.getvalue(), mode=0o644)  # a model file to share, like the .onnx
     return Path(out)
 
 
