@@ -107,7 +107,7 @@ class Registry:
         if not folder.is_dir():
             return []
         active = self.active_name()
-        found = [p for p in folder.iterdir() if p.name.startswith("v") and p.name[1:].isdigit()]
+        found = [p for p in folder.iterdir() if is_version_name(p.name)]
         return [self._load(p, active) for p in sorted(found, key=lambda p: int(p.name[1:]))]
 
     def get(self, name: str) -> ModelVersion:
@@ -139,7 +139,7 @@ class Registry:
         try:
             versions.mkdir(parents=True, exist_ok=True)
             with self._lock():
-                numbers = [int(p.name[1:]) for p in versions.iterdir() if p.name[1:].isdigit()]
+                numbers = [int(p.name[1:]) for p in versions.iterdir() if is_version_name(p.name)]
                 name = f"v{max(numbers, default=0) + 1}"
                 tmp = Path(tempfile.mkdtemp(dir=versions, prefix=f".{name}."))
                 try:
@@ -194,7 +194,7 @@ class Registry:
         ``name`` may also be a model by name (``accurate``, a user model): it is registered as the
         next version first, after the shipped default if the registry is empty, so that a
         rollback returns to what was active before."""
-        if not (name.startswith("v") and name[1:].isdigit()):
+        if not is_version_name(name):
             self.ensure_base()
             name = self._register_model(name).name
         return self._promote_version(name)
@@ -234,6 +234,11 @@ def _card_metrics(onnx: Path) -> dict:
         return {}
 
 
+def is_version_name(name: str) -> bool:
+    """``v1``, ``v23``: a registry version, as opposed to a model name such as ``accurate``."""
+    return name.startswith("v") and name[1:].isdigit()
+
+
 def resolve_version(name: str) -> Path | None:
     """Path of registry version ``name`` ("active", "v3"), or None when it is not a registry name."""
     reg = Registry()
@@ -242,7 +247,7 @@ def resolve_version(name: str) -> Path | None:
         if version is None:
             return None
         name = version
-    elif not (name.startswith("v") and name[1:].isdigit()):
+    elif not is_version_name(name):
         return None
     try:
         return reg.get(name).path
