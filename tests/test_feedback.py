@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,33 @@ def test_concurrent_writers_from_several_processes_lose_nothing(store, analysed,
     assert store.stats()["by_source"] == {f"w{w}": 25 for w in range(4)}
     report = store.check()
     assert report["records"] == 100 and report["broken"] == [] and report["orphans"] == 0
+
+
+def test_first_statement_waits_out_a_lock_the_busy_handler_does_not_cover(tmp_path):
+    # WAL recovery and last-close cleanup answer SQLITE_BUSY without consulting busy_timeout:
+    # the connection's first pragma must retry instead of failing the whole process.
+    from emolens.store.db import _retry_busy
+
+    class LockedTwice:
+        def __init__(self, cur):
+            self.cur, self.failures = cur, 2
+
+        def execute(self, sql):
+            if self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return self.cur.execute(sql)
+
+    conn = sqlite3.connect(tmp_path / "x.db")
+    cur = LockedTwice(conn.cursor())
+    _retry_busy(cur, "PRAGMA journal_mode=WAL")
+    assert cur.failures == 0
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    cur.failures = 1_000_000  # a lock that never clears ends in the error, not a hang
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _retry_busy(cur, "SELECT 1", wait_s=0.2)
+    with pytest.raises(sqlite3.OperationalError, match="syntax"):  # other errors are not retried
+        _retry_busy(conn.cursor(), "SELEC 1")
 
 
 def test_kill_during_writes_leaves_the_store_consistent(store, analysed, tmp_path):

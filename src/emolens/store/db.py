@@ -8,6 +8,8 @@ and ``upgrade heads`` brings a database of any age up to date.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -34,11 +36,32 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets readers work beside one writer; busy_timeout makes concurrent writers queue
     # instead of failing; synchronous=FULL makes a committed row survive a power cut.
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    _retry_busy(cur, "PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _retry_busy(cur, sql: str, wait_s: float = 30.0) -> None:
+    """Run ``sql``, retrying while SQLite says the database is locked.
+
+    A connection's first statement can meet SQLITE_BUSY *without* the busy handler being
+    consulted: while another process runs WAL recovery or the last connection cleans up the
+    WAL on close (sqlite.org/wal.html#busy). Both last milliseconds, so waiting is the answer.
+    """
+
+    deadline = time.monotonic() + wait_s
+    delay = 0.01
+    while True:
+        try:
+            cur.execute(sql)
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def get_engine(url: str | None = None) -> Engine:
