@@ -77,6 +77,18 @@ def test_short_run_lowers_loss_resumes_and_exports_with_parity(fer_slice, tmp_pa
     assert probs.shape == (10, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+def test_a_resumed_run_is_the_same_run_as_an_unbroken_one(fer_slice, tmp_path):
+    # last.pt carries the RNG state: the resumed epochs draw the same batches, augmentations and dropout
+    train, val = fer_slice
+    cfg = TrainConfig(arch="vgg-tiny", epochs=2, batch_size=128, ema_decay=0.9, threads=2)
+    whole = fit(train, val, cfg, tmp_path / "whole", progress=False)
+    fit(train, val, cfg, tmp_path / "split", progress=False, stop_after=1)
+    split = fit(train, val, cfg, tmp_path / "split", resume=tmp_path / "split" / "last.pt", progress=False)
+    assert [r["loss"] for r in split["history"]] == pytest.approx([r["loss"] for r in whole["history"]], rel=1e-6)
+    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=False)["model"] for d in ("whole", "split"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
 def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_path):
     from typer.testing import CliRunner
 
@@ -134,6 +146,23 @@ def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_pa
     assert card["training"]["epochs_planned"] == 2 and card["training"]["train_seconds"] is not None
     text = (tmp_path / "m.md").read_text()
     assert "Model card: `tiny`" in text and f"{card['metrics']['accuracy']:.4f}" in text
+    assert "- **Recipe**: 2 epochs, batch 64" in text
+
+    # A second run from the exported weights: its card tells both runs, and what the second changed
+    data = ["train", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz")]
+    again = [*data, "--out", str(tmp_path / "run2"), "--init", str(tmp_path / "m.pt"), "--epochs", "1"]
+    trained = runner.invoke(app, [*again, "--set", "batch_size=64", "--set", "lr=0.001"])
+    assert trained.exit_code == 0, trained.output
+    first = torch.load(tmp_path / "run2" / "best.pt", weights_only=False)["lineage"]
+    assert len(first) == 1 and first[0]["recipe"]["epochs"] == 2 and first[0]["best_epoch"] == 1
+    assert first[0]["val_accuracy"] == pytest.approx(card["training"]["val_accuracy"])
+    exported = runner.invoke(app, ["export", str(tmp_path / "run2" / "best.pt"), str(tmp_path / "m2.onnx"), *data[2:]])
+    assert exported.exit_code == 0, exported.output
+    text = (tmp_path / "m2.md").read_text()
+    assert "- **Recipe**, in 2 runs: (1) from scratch, 2 epochs, batch 64" in text
+    assert "(best epoch 1 of 2, validation accuracy" in text
+    assert "(2) from the best weights of (1), changed: epochs 1, lr 0.001\n" in text
+    assert "best epoch 1 of 1 of run (2)" in text
 
 
 def test_yaml_config_with_overrides(tmp_path):

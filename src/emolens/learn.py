@@ -168,7 +168,7 @@ def finetune_from_feedback(
     y_train = np.concatenate([yr, np.repeat(yf, repeats)])
 
     from emolens.train.export import export_onnx
-    from emolens.train.loop import TrainConfig, fit
+    from emolens.train.loop import TrainConfig, fit, lineage_of
 
     base_cfg = {k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
     cfg = replace(
@@ -200,7 +200,10 @@ def finetune_from_feedback(
     with tempfile.TemporaryDirectory(prefix="emolens-finetune-") as tmp:
         tmp = Path(tmp)
         val_idx = _sample(yb, 1000, options.seed)  # per-epoch progress only; the gates use all of it
-        fit((x_train, y_train), (xb[val_idx], yb[val_idx]), cfg, tmp / "run", progress=progress, init=state["model"])
+        val = (xb[val_idx], yb[val_idx])
+        fit(
+            (x_train, y_train), val, cfg, tmp / "run", progress=progress, init=state["model"], lineage=lineage_of(state)
+        )
         card = {
             "name": "fine-tuned from feedback",
             "parent": parent.name,

@@ -348,7 +348,7 @@ def train(
     from emolens.data import load_dataset, split
     from emolens.data.datasets import to_crops
     from emolens.train.config import dump_config, load_config
-    from emolens.train.loop import fit
+    from emolens.train.loop import fit, lineage_of
 
     shortcuts = (("arch", arch), ("epochs", epochs), ("stages", stages))
     overrides = list(set_ or []) + [f"{k}={v}" for k, v in shortcuts if v is not None]
@@ -387,7 +387,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
     console.print(f"training {cfg.arch} on {len(ytr)} faces, validating on {len(yva)}; config in {out / 'config.yaml'}")
-    init_kw = {} if start is None else {"init": start["model"], "init_labels": start["labels"]}
+    init_kw = (
+        {} if start is None else {"init": start["model"], "init_labels": start["labels"], "lineage": lineage_of(start)}
+    )
     if start is not None:
         console.print(f"starting from {init}" + (f", stages {cfg.stages}" if cfg.stages else ""))
     try:
@@ -460,19 +462,19 @@ def export(
 
     require("torch", "train")
     from emolens.train.card import write_card
-    from emolens.train.export import export_onnx, save_weights
+    from emolens.train.export import export_onnx
 
-    report = export_onnx(checkpoint, out, card={"name": name or out.stem, "data": data})
+    report = export_onnx(checkpoint, out, card={"name": name or out.stem, "data": data}, weights=weights)
     console.print(f"wrote {out} (max |p_torch - p_onnx| = {report['max_abs_diff']:.1e})")
-    if weights:
-        console.print(f"wrote {save_weights(checkpoint, out.with_suffix('.pt'))}")
+    if report["weights"]:
+        console.print(f"wrote {report['weights']}")
     if val:
         from emolens.data.datasets import load_npz
         from emolens.evaluate import evaluate_arrays
 
         metrics = evaluate_arrays(str(out), *load_npz(val))
         metrics["dataset"] = val_name or val.name
-        card_path = write_card(out, metrics, checkpoint)
+        card_path = write_card(out, metrics)
         console.print(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} → {card_path}")
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
-
-import torch
 
 from emolens.classify.emotion import EmotionModel
 from emolens.classify.modelfile import annotate
@@ -14,23 +11,7 @@ OPTIMIZERS = {"adamw": "AdamW", "sgd": "SGD (momentum)"}
 SCHEDULES = {"onecycle": "one-cycle", "cosine": "cosine with warm-up"}
 
 
-def training_summary(checkpoint: str | Path) -> dict:
-    """Best epoch, training seconds up to it (from the logged throughput) and the machine."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    history = state.get("history", [])
-    n_train = state.get("n_train")
-    seconds = None
-    if history and n_train:
-        seconds = sum(n_train / row["train_images_per_s"] for row in history)
-    return {
-        "epochs_planned": state["config"]["epochs"],
-        "best_epoch": int(state["epoch"]) + 1,
-        "train_seconds": None if seconds is None else round(seconds),
-        "hardware": state.get("hardware") or f"{platform.machine()} CPU",
-    }
-
-
-def write_card(onnx_path: str | Path, metrics: dict, checkpoint: str | Path | None = None) -> Path:
+def write_card(onnx_path: str | Path, metrics: dict) -> Path:
     """Store ``metrics`` (from ``evaluate_arrays``) in the model's card and write ``<model>.md``."""
     path = Path(onnx_path)
     model = EmotionModel(path)
@@ -38,13 +19,54 @@ def write_card(onnx_path: str | Path, metrics: dict, checkpoint: str | Path | No
     card = dict(meta.card)
     card["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "per_class_recall", "n")}
     card["metrics"]["dataset"] = metrics.get("dataset", "validation")
-    if checkpoint:
-        card["training"] = training_summary(checkpoint)
     meta.card = card
     annotate(path, meta)
     md = path.with_suffix(".md")
     md.write_text(render_card(card, meta.labels, meta.input.__dict__))
     return md
+
+
+def _describe_recipe(recipe: dict) -> str:
+    return (
+        f"{recipe.get('epochs')} epochs, batch {recipe.get('batch_size')}, "
+        f"{OPTIMIZERS.get(recipe.get('optimizer', 'adamw'), recipe.get('optimizer'))} lr {recipe.get('lr')} "
+        f"({SCHEDULES.get(recipe.get('schedule', 'onecycle'), recipe.get('schedule'))}), "
+        f"weight decay {recipe.get('weight_decay')}, label smoothing {recipe.get('label_smoothing')}, "
+        f"EMA {recipe.get('ema_decay')}, dropout {recipe.get('dropout')}, augmentation {recipe.get('augment')}, "
+        f"seed {recipe.get('seed')}; selected on validation {recipe.get('select_on')}"
+    )
+
+
+def _recipe_line(recipe: dict, training: dict, runs: list[dict]) -> str:
+    """One run: its recipe. Several (``--init`` from an earlier run's best weights): the first recipe
+    in full, then what each later run changed, with every earlier run's outcome."""
+    if not runs:
+        return f"- **Recipe**: {_describe_recipe(recipe)}"
+    parts = []
+    for i, run in enumerate([*runs, {"recipe": recipe, **training}]):
+        if i == 0:
+            text = f"(1) from scratch, {_describe_recipe(run['recipe'])}"
+        else:
+            before = runs[i - 1]["recipe"]
+            changed = [f"{k} {v}" for k, v in run["recipe"].items() if before.get(k) != v]
+            text = f"({i + 1}) from the best weights of ({i}), changed: {', '.join(changed) or 'nothing'}"
+        if i < len(runs):
+            text += f" ({_outcome(run)})"
+        parts.append(text)
+    return f"- **Recipe**, in {len(parts)} runs: " + "; ".join(parts)
+
+
+def _outcome(run: dict) -> str:
+    acc, f1, secs = run.get("val_accuracy"), run.get("val_macro_f1"), run.get("train_seconds")
+    scores = "" if acc is None else f", validation accuracy {acc:.4f}, macro-F1 {f1:.4f}"
+    return f"best epoch {run.get('best_epoch')} of {run.get('epochs_planned')}{scores}" + (
+        "" if secs is None else f", {secs / 60:.0f} min"
+    )
+
+
+def _minutes(runs: list[dict]) -> str:
+    secs = [r.get("train_seconds") for r in runs]
+    return "" if None in secs else f"{sum(secs) / 60:.0f} min"
 
 
 def render_card(card: dict, labels: list[str], spec: dict) -> str:
@@ -61,18 +83,16 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
         "EmoLens to its FER2013 5-point template",
         f"- **Labels** (output order): {', '.join(labels)}",
         f"- **Data**: {card.get('data') or 'not stated'}",
-        f"- **Recipe**: {recipe.get('epochs')} epochs, batch {recipe.get('batch_size')}, "
-        f"{OPTIMIZERS.get(recipe.get('optimizer', 'adamw'), recipe.get('optimizer'))} lr {recipe.get('lr')} "
-        f"({SCHEDULES.get(recipe.get('schedule', 'onecycle'), recipe.get('schedule'))}), "
-        f"weight decay {recipe.get('weight_decay')}, label smoothing {recipe.get('label_smoothing')}, "
-        f"EMA {recipe.get('ema_decay')}, dropout {recipe.get('dropout')}, augmentation {recipe.get('augment')}, "
-        f"seed {recipe.get('seed')}; selected on validation {recipe.get('select_on')}",
+        _recipe_line(recipe, t, card.get("lineage") or []),
     ]
     if t:
-        secs = t.get("train_seconds")
+        runs = card.get("lineage") or []
+        secs, total = t.get("train_seconds"), _minutes([*runs, t])
+        where = f" of run ({len(runs) + 1})" if runs else ""
+        spent = "" if secs is None else f"{secs / 60:.0f} min{f' ({total} for all runs)' if runs and total else ''} of "
         lines.append(
-            f"- **Training**: best epoch {t.get('best_epoch')} of {t.get('epochs_planned')}, "
-            f"{'' if secs is None else f'{secs / 60:.0f} min of training on '}{t.get('hardware')}"
+            f"- **Training**: best epoch {t.get('best_epoch')} of {t.get('epochs_planned')}{where}, "
+            f"{spent}training on {t.get('hardware')}"
         )
     lines.append(f"- **Software**: {card.get('versions', {})}, exported {card.get('exported')}")
     if m:

@@ -13,6 +13,7 @@ import torch
 from emolens.classify.emotion import softmax
 from emolens.classify.modelfile import InputSpec, ModelMeta, annotate
 from emolens.train.archs import create_arch
+from emolens.train.loop import run_summary
 
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -23,15 +24,17 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), state
 
 
-INFERENCE_KEYS = ("model", "config", "labels", "input", "versions", "epoch", "best", "n_train", "hardware")
+# What a shipped .pt keeps: weights, and what model cards and later fine-tunes (lineage) need.
+INFERENCE_KEYS = (
+    "model", "config", "labels", "input", "versions", "epoch", "best", "n_train", "hardware", "history", "lineage"
+)  # fmt: skip
 
 
-def save_weights(checkpoint: str | Path, out: str | Path) -> Path:
-    """The checkpoint without its optimizer, scheduler and EMA state: what explanations and
+def save_weights(state: dict, out: str | Path) -> Path:
+    """A checkpoint without its optimizer, scheduler, EMA and RNG state: what explanations and
     fine-tuning (``--init``) start from, at a quarter of the size. Written atomically."""
     from emolens.store.blobs import atomic_write
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
     buf = io.BytesIO()
     torch.save(slim, buf)
@@ -63,8 +66,12 @@ def count_mflops(model: torch.nn.Module, spec: dict) -> float:
 OPSET_FALLBACKS = (17, 15, 13)
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, card: dict | None = None, opset: int = 17) -> dict:
+def export_onnx(
+    checkpoint: str | Path, out: str | Path, card: dict | None = None, opset: int = 17, weights: bool = False
+) -> dict:
     """Write ``out`` (.onnx) with EmoLens metadata; returns the parity report.
+
+    ``weights`` also writes the slim PyTorch weights beside it (``out`` with suffix .pt).
 
     ``opset`` is tried first, then the lower of opsets 17, 15 and 13 in turn if the exporter raises;
     the opset used goes into the card (``card["opset"]``) and the report.
@@ -104,6 +111,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, card: dict | None = Non
         "params": sum(p.numel() for p in model.parameters()),
         "mflops": round(count_mflops(model, spec), 2),
         "recipe": state["config"],
+        "training": {k: v for k, v in run_summary(state).items() if k != "recipe"},
+        "lineage": state.get("lineage", []),  # earlier runs this one started from (--init)
         "versions": state.get("versions", {}),
         "exported": time.strftime("%Y-%m-%d"),
         "opset": used,
@@ -121,8 +130,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path, card: dict | None = Non
     diff = float(np.abs(p_torch - p_onnx).max())
     if diff > 1e-4:
         raise RuntimeError(f"ONNX export disagrees with PyTorch: max probability difference {diff:.2e}")
+    if weights:
+        save_weights(state, out.with_suffix(".pt"))
     return {
         "path": str(out),
+        "weights": str(out.with_suffix(".pt")) if weights else None,
         "max_abs_diff": diff,
         "opset": used,
         "opset_errors": errors,

@@ -205,13 +205,16 @@ def fit(
     stop_after: int | None = None,
     init: dict | None = None,
     init_labels: list[str] | None = None,
+    lineage: list[dict] | None = None,
 ) -> dict:
     """Train, keep the best EMA weights on the validation metric, write best.pt/last.pt + log.
 
     ``stop_after`` ends this call after that many epochs (a time-boxed run); ``resume`` with the
     written last.pt continues the same schedule where it stopped. ``init`` (a state dict) starts
     from trained weights: fine-tuning; when ``init_labels`` differ from ``cfg.labels`` (or the head's
-    shape differs) the head starts afresh. ``cfg.select_on="last"`` keeps the final weights.
+    shape differs) the head starts afresh. ``lineage`` (``lineage_of`` the checkpoint ``init`` came
+    from) is kept in the checkpoints, so a model card can tell every run that made the model.
+    ``cfg.select_on="last"`` keeps the final weights.
     ``cfg.stages`` (e.g. ``"head:2,all:8"``) trains only the classifier head first, then all layers,
     each stage with its own optimizer and schedule; ``cfg.layer_decay`` < 1 gives the layers further
     from the head smaller learning rates.
@@ -257,6 +260,7 @@ def fit(
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        lineage = state.get("lineage", lineage)
     stage = stage_of[min(start_epoch, len(stage_of) - 1)]
     opt, sched, total_updates = begin_stage(stage)
     if resume and state.get("stage", 0) == stage:  # stopped inside this stage: carry on its schedule
@@ -279,8 +283,12 @@ def fit(
             "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
             "n_train": len(xtr),
             "hardware": _hardware(),
+            "lineage": lineage or [],
+            "rng": _rng_state(),  # so --resume draws the same batches and augmentations as one unbroken run
         }
 
+    if resume and "rng" in state:
+        _set_rng_state(state["rng"])
     bar = _progress(progress)
     with bar:
         task = bar.add_task("training", total=(cfg.epochs - start_epoch) * steps_per_epoch)
@@ -344,6 +352,42 @@ def fit(
     for p in model.parameters():
         p.requires_grad_(True)
     return {"best": best, "history": history, "checkpoint": str(out / "best.pt")}
+
+
+def run_summary(state: dict) -> dict:
+    """One training run as a checkpoint records it: recipe, best epoch and its validation scores, time."""
+    history = state.get("history", [])
+    best = next((row for row in history if row["epoch"] == state["epoch"]), {})
+    n_train = state.get("n_train")
+    seconds = sum(n_train / row["train_images_per_s"] for row in history) if history and n_train else None
+    return {
+        "recipe": state["config"],
+        "epochs_planned": state["config"]["epochs"],
+        "best_epoch": int(state["epoch"]) + 1,
+        "val_accuracy": best.get("val_accuracy"),
+        "val_macro_f1": best.get("val_macro_f1"),
+        "train_seconds": None if seconds is None else round(seconds),
+        "hardware": state.get("hardware") or f"{platform.machine()} CPU",
+    }
+
+
+def lineage_of(state: dict) -> list[dict]:
+    """The runs that made a checkpoint, oldest first: what a run started from it passes to ``fit``."""
+    return [*state.get("lineage", []), run_summary(state)]
+
+
+def _rng_state() -> dict:
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _load_init(model: torch.nn.Module, init: dict, fresh_head: bool = False) -> None:
