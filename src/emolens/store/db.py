@@ -50,7 +50,6 @@ def _retry_busy(cur, sql: str, wait_s: float = 30.0) -> None:
     consulted: while another process runs WAL recovery or the last connection cleans up the
     WAL on close (sqlite.org/wal.html#busy). Both last milliseconds, so waiting is the answer.
     """
-
     deadline = time.monotonic() + wait_s
     delay = 0.01
     while True:

@@ -73,6 +73,7 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
     m = card.get("metrics", {})
     t = card.get("training", {})
     recipe = card.get("recipe", {})
+    runs = card.get("lineage") or []  # earlier runs, when this one started from their weights
     lines = [
         f"# Model card: `{card.get('name', '?')}`",
         "",
@@ -83,10 +84,9 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
         "EmoLens to its FER2013 5-point template",
         f"- **Labels** (output order): {', '.join(labels)}",
         f"- **Data**: {card.get('data') or 'not stated'}",
-        _recipe_line(recipe, t, card.get("lineage") or []),
+        _recipe_line(recipe, t, runs),
     ]
     if t:
-        runs = card.get("lineage") or []
         secs, total = t.get("train_seconds"), _minutes([*runs, t])
         where = f" of run ({len(runs) + 1})" if runs else ""
         spent = "" if secs is None else f"{secs / 60:.0f} min{f' ({total} for all runs)' if runs and total else ''} of "

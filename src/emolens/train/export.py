@@ -111,7 +111,7 @@ def export_onnx(
         "params": sum(p.numel() for p in model.parameters()),
         "mflops": round(count_mflops(model, spec), 2),
         "recipe": state["config"],
-        "training": {k: v for k, v in run_summary(state).items() if k != "recipe"},
+        "training": run_summary(state),
         "lineage": state.get("lineage", []),  # earlier runs this one started from (--init)
         "versions": state.get("versions", {}),
         "exported": time.strftime("%Y-%m-%d"),

@@ -355,13 +355,12 @@ def fit(
 
 
 def run_summary(state: dict) -> dict:
-    """One training run as a checkpoint records it: recipe, best epoch and its validation scores, time."""
+    """One training run as a checkpoint records it: best epoch, its validation scores, time, machine."""
     history = state.get("history", [])
     best = next((row for row in history if row["epoch"] == state["epoch"]), {})
     n_train = state.get("n_train")
     seconds = sum(n_train / row["train_images_per_s"] for row in history) if history and n_train else None
     return {
-        "recipe": state["config"],
         "epochs_planned": state["config"]["epochs"],
         "best_epoch": int(state["epoch"]) + 1,
         "val_accuracy": best.get("val_accuracy"),
@@ -373,7 +372,7 @@ def run_summary(state: dict) -> dict:
 
 def lineage_of(state: dict) -> list[dict]:
     """The runs that made a checkpoint, oldest first: what a run started from it passes to ``fit``."""
-    return [*state.get("lineage", []), run_summary(state)]
+    return [*state.get("lineage", []), {"recipe": state["config"], **run_summary(state)}]
 
 
 def _rng_state() -> dict:
