@@ -1,8 +1,9 @@
 """A bounded load test of `emolens serve` on loopback: N concurrent clients for a fixed time.
 
-Method: the server is started as a subprocess (`emolens serve`, one worker process) with a
-throw-away $EMOLENS_HOME, and is ready when /readyz answers 200. Then --clients asyncio tasks,
-sharing one httpx.AsyncClient with a connection each, post the built-in example photo
+Method: the server is started as a subprocess (`emolens serve --workers W`) with a throw-away
+$EMOLENS_HOME, on SQLite (the default, a file in that home) or on a throw-away PostgreSQL server
+(initdb + pg_ctl, see tests/pg.py), and is ready when every worker answers /readyz with 200.
+Then --clients asyncio tasks, sharing one httpx.AsyncClient with a connection each, post the built-in example photo
 (astronaut.jpg, 512x512 JPEG, one face) to /api/v1/analyze back to back: each sends its next
 request as soon as its previous answer arrives (a closed loop). The first --warmup seconds are
 not counted; then every request that *starts* within --duration seconds is counted when it
@@ -11,6 +12,7 @@ Latency is measured at the client, request sent to answer read. The clients run 
 machine as the server and take CPU from it.
 
     python benchmarks/load.py [--clients 8] [--duration 30] [--serve-threads 2] [--threads 1]
+    python benchmarks/load.py --workers 1 2 3 --database sqlite postgresql   # every pair, in one run
 
 Exits 1 when any request failed.
 """
@@ -40,7 +42,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, home: str, serve_threads: int, threads: int) -> subprocess.Popen:
+def start_server(
+    port: int, home: str, serve_threads: int, threads: int, workers: int = 1, database_url: str | None = None
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "EMOLENS_HOME": home,
@@ -49,22 +53,32 @@ def start_server(port: int, home: str, serve_threads: int, threads: int) -> subp
         "EMOLENS_SERVE_QUEUE": "1000",
     }
     env.pop("EMOLENS_CONFIG", None)
+    env.pop("EMOLENS_DATABASE_URL", None)
+    if database_url:
+        env["EMOLENS_DATABASE_URL"] = database_url
     cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    cmd += ["--workers", str(workers)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 120) -> None:
+def wait_ready(url: str, proc: subprocess.Popen | None, workers: int = 1, timeout: float = 180) -> None:
+    """Until ``workers`` different worker processes have answered /readyz with 200 (each new
+    connection goes to whichever worker accepts it)."""
     deadline = time.monotonic() + timeout
+    ready: set[int] = set()
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise SystemExit(f"the server exited: {proc.stderr.read()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
+            with httpx.Client(base_url=url, timeout=5) as c:
+                if c.get("/readyz").status_code == 200:
+                    ready.add(c.get("/healthz").json().get("pid", 0))
+                    if len(ready) >= workers:
+                        return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become ready")
+        time.sleep(0.1)
+    raise SystemExit(f"only {len(ready)} of {workers} workers became ready")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -137,33 +151,57 @@ def main() -> None:
         default=0,
         help="EMOLENS_THREADS: ONNX Runtime threads per analysis; 0: cores / serve threads",
     )
+    ap.add_argument("--workers", type=int, nargs="+", default=[1], help="server processes; several run in turn")
+    ap.add_argument(
+        "--database", nargs="+", default=["sqlite"], choices=["sqlite", "postgresql"], help="databases, in turn"
+    )
     ap.add_argument("--url", help="load an already running server instead of starting one")
     args = ap.parse_args()
 
-    proc = None
     load_start = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="emolens-load-") as home:
-        if args.url:
-            url = args.url.rstrip("/")
-        else:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            proc = start_server(port, home, args.serve_threads, args.threads)
+    rows = []
+    if args.url:
+        url = args.url.rstrip("/")
+        wait_ready(url, None)
+        rows = [
+            {"database": "?", "workers": "?", **asyncio.run(run_load(url, n, args.warmup, args.duration))}
+            for n in args.clients
+        ]
+    else:
+        pg = None
+        if "postgresql" in args.database:
+            sys.path.insert(0, str(ROOT / "tests"))
+            import pg as pg_helper  # the tests' throw-away PostgreSQL server
+
+            pg = pg_helper.start()
         try:
-            wait_ready(url, proc)
-            rows = [asyncio.run(run_load(url, n, args.warmup, args.duration)) for n in args.clients]
+            for database in args.database:
+                for workers in args.workers:
+                    with tempfile.TemporaryDirectory(prefix="emolens-load-") as home:
+                        port = free_port()
+                        url = f"http://127.0.0.1:{port}"
+                        db_url = pg.new_database() if database == "postgresql" else None
+                        proc = start_server(port, home, args.serve_threads, args.threads, workers, db_url)
+                        try:
+                            wait_ready(url, proc, workers)
+                            for n in args.clients:
+                                r = asyncio.run(run_load(url, n, args.warmup, args.duration))
+                                rows.append({"database": database, "workers": workers, **r})
+                        finally:
+                            proc.terminate()
+                            proc.wait(timeout=60)
         finally:
-            if proc:
-                proc.terminate()
-                proc.wait(timeout=30)
+            if pg:
+                pg.stop()
 
     print(f"## Load: POST /api/v1/analyze, example photo (512x512 JPEG, 1 face), {args.duration:g} s per run\n")
-    print("| clients | requests | throughput | p50 | p90 | p99 | max | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| database | workers | clients | requests | throughput | p50 | p90 | p99 | max | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['clients']} | {r['requests']} | {r['throughput']:.1f} req/s | {r['p50_ms']:.0f} ms | "
-            f"{r['p90_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['errors']} |"
+            f"| {r['database']} | {r['workers']} | {r['clients']} | {r['requests']} | {r['throughput']:.1f} req/s | "
+            f"{r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms | "
+            f"{r['errors']} |"
         )
     import onnxruntime
 
@@ -173,11 +211,12 @@ def main() -> None:
         " (above the core count: other processes shared the CPU)" if max(load_start, load_end) > os.cpu_count() else ""
     )
     print(
-        f"\nOne server process on 127.0.0.1 (`emolens serve`), {args.serve_threads} analysis threads "
-        f"(EMOLENS_SERVE_THREADS), {threads} ONNX Runtime thread(s) each (EMOLENS_THREADS); closed-loop "
-        f"httpx clients in the same machine; {args.warmup:g} s warm-up not counted. ONNX Runtime "
-        f"{onnxruntime.__version__}, Python {platform.python_version()}, {platform.machine()}, "
-        f"{os.cpu_count()} logical cores; load average {load_start:.1f} at start, {load_end:.1f} at end{busy}."
+        f"\n`emolens serve --workers W` on 127.0.0.1, each worker with {args.serve_threads} analysis threads "
+        f"(EMOLENS_SERVE_THREADS) of {threads} ONNX Runtime thread(s) (EMOLENS_THREADS); every analysis is "
+        f"also written to the database (kept for feedback by analysis id). Closed-loop httpx clients on the "
+        f"same machine; {args.warmup:g} s warm-up not counted. ONNX Runtime {onnxruntime.__version__}, Python "
+        f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} logical cores; load average "
+        f"{load_start:.1f} at start, {load_end:.1f} at end{busy}."
     )
     failed = {k: v for r in rows for k, v in r["error_kinds"].items()}
     if failed:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import pg
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,3 +40,33 @@ def emolens_home(tmp_path, monkeypatch) -> Path:
     yield home
     get_settings.cache_clear()
     load_emotion_model.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session; skips, saying why, where none can start."""
+    try:
+        server = pg.start()
+    except pg.Unavailable as exc:
+        pytest.skip(f"PostgreSQL half skipped: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, monkeypatch) -> str:
+    """Runs a storage test once on SQLite (in ``$EMOLENS_HOME``) and once on a fresh PostgreSQL database.
+
+    Sets ``EMOLENS_DATABASE_URL`` so that every store (and every subprocess the test starts)
+    uses that database; request it after ``emolens_home``."""
+    from emolens.settings import get_settings
+
+    if request.param == "sqlite":
+        monkeypatch.delenv("EMOLENS_DATABASE_URL", raising=False)
+        url = get_settings().database_url or f"sqlite:///{get_settings().home / 'emolens.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+        monkeypatch.setenv("EMOLENS_DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()

@@ -27,7 +27,16 @@ def analysed():
 
 
 @pytest.fixture
-def store(emolens_home):
+def store(emolens_home, database_url):
+    """The feedback store on SQLite, then on PostgreSQL (see ``database_url``)."""
+    from emolens.store.feedback import FeedbackStore
+
+    return FeedbackStore()
+
+
+@pytest.fixture
+def sqlite_store(emolens_home):
+    """The feedback store on SQLite only: for slow tests whose subject is not the database."""
     from emolens.store.feedback import FeedbackStore
 
     return FeedbackStore()
@@ -350,7 +359,8 @@ def fill(store, images, labels, classes) -> None:
         store.add(img, classes[y], predicted="happy" if classes[y] != "happy" else "sad", source="test")
 
 
-def test_finetune_refuses_below_the_minimum_and_without_data(store, emolens_home, fer_sets):
+def test_finetune_refuses_below_the_minimum_and_without_data(sqlite_store, emolens_home, fer_sets):
+    store = sqlite_store
     from emolens.learn import finetune_from_feedback
 
     replay, base, x, y, classes = fer_sets
@@ -368,7 +378,8 @@ def test_finetune_refuses_below_the_minimum_and_without_data(store, emolens_home
     assert r.exit_code == 2 and "fine-tuning needs at least 20" in r.output
 
 
-def test_failed_gate_keeps_the_active_model_and_passing_gate_promotes(store, emolens_home, fer_sets):
+def test_failed_gate_keeps_the_active_model_and_passing_gate_promotes(sqlite_store, emolens_home, fer_sets):
+    store = sqlite_store
     from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
     from emolens.registry import Registry
 

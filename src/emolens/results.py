@@ -134,6 +134,25 @@ class Results:
             **({"timestamp": round(self.timestamp, 4)} if self.timestamp is not None else {}),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict, thresholds: dict[str, float] | None = None) -> Results:
+        """Results from ``to_dict()`` output, without the image (``thresholds``: the model's, which
+        ``to_dict`` leaves out). Boxes and probabilities come back as rounded as they were written."""
+        faces = [
+            FaceResult(
+                box=np.asarray(f["box"], np.float32),
+                score=f["score"],
+                landmarks=None if f.get("landmarks") is None else np.asarray(f["landmarks"], np.float32),
+                probs=dict(f.get("probs") or {}),
+                error=f.get("error"),
+                track_id=f.get("track_id"),
+                thresholds=thresholds,
+            )
+            for f in d.get("faces", [])
+        ]
+        keys = ("source", "model", "detector", "timings_ms", "width", "height", "frame_index", "timestamp")
+        return cls(faces=faces, **{k: d[k] for k in keys if k in d})
+
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 

@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     allow_finetune_from_web: bool = True  # admin keys may start fine-tuning from the API and page
     serve_threads: int = 2  # analyses at once per server process (the rest queue); threads=0 splits the cores
     serve_queue: int = 64  # analyses allowed to wait; beyond that 503 "busy"
-    analysis_cache: int = 256  # recent analyses kept in memory so feedback can point at their faces
+    analysis_cache: int = 256  # recent analyses kept (in the database) so feedback can point at their faces
+    analysis_ttl_s: float = 3600.0  # ... for at most this long
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -23,8 +24,8 @@ def serve(
     workers: Annotated[
         int,
         typer.Option(
-            help="Server processes. Each loads the models and remembers its own analyses, so with more "
-            "than one, feedback by analysis_id needs sticky sessions."
+            help="Server processes on one port. They share the database (recent analyses, jobs), the "
+            "active model and the metrics; each loads the models once."
         ),
     ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: warning, info, debug.")] = "info",
@@ -57,6 +58,7 @@ def serve(
     # A live-mode frame may be as big as an upload: uvicorn's WebSocket limit (16 MiB) must not be lower.
     ws_max_size = int(s.max_upload_mb * 1024 * 1024) + 4096
     if workers > 1:
+        _share_metrics()
         uvicorn.run(
             "emolens.serve.app:create_app",
             factory=True,
@@ -70,6 +72,23 @@ def serve(
         from emolens.serve import create_app
 
         uvicorn.run(create_app(s), host=host, port=port, log_level=log_level, ws_max_size=ws_max_size)
+
+
+def _share_metrics() -> None:
+    """Workers add their Prometheus values up in one folder, which must start empty and be set
+    before any worker imports the client (they inherit the environment)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from emolens.serve.metrics import multiprocess_dir
+
+    folder = multiprocess_dir()
+    if folder:  # set by the caller (a process manager): theirs to create and clean
+        return
+    folder = tempfile.mkdtemp(prefix="emolens-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
 @keys.command("create")

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from emolens.serve.deps import InferenceGate, ServerState
 from emolens.serve.errors import install_handlers
+from emolens.serve.metrics import worker_stopped
 from emolens.serve.middleware import BodyLimitMiddleware, MetricsMiddleware, TimeoutMiddleware
 from emolens.settings import Settings
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.gate.shutdown()
             state.jobs.shutdown()
+            worker_stopped()
 
     app = FastAPI(
         title="EmoLens",

@@ -4,22 +4,20 @@ event loop, recent analyses, background jobs, and API-key checks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 
-from emolens.errors import EmoLensError, NotFoundError, RefusedError
+from emolens.errors import EmoLensError, NotFoundError
 from emolens.serve.errors import BusyError, ForbiddenError, UnauthorizedError
 from emolens.settings import Settings
 from emolens.store.keys import SCOPES, ApiKey, KeyStore
@@ -67,104 +65,84 @@ class InferenceGate:
 
 
 class AnalysisCache:
-    """The last ``size`` analyses, so feedback can name a face by analysis id and index.
+    """Recent analyses, so feedback can name a face by analysis id and index, whichever server
+    worker answered the analysis: kept in the database (``store.analyses``) with an expiry."""
 
-    Each is kept as its results without pixels plus the uploaded file as it came (a JPEG is a
-    tenth of its decoded pixels); the image is decoded again, the same way, when feedback needs to
-    crop a face. At most ``max_bytes`` of uploads are kept in all; the oldest go first."""
+    def __init__(self, url: str, size: int, max_pixels: int, ttl_s: float):
+        from emolens.store.analyses import AnalysisStore
 
-    def __init__(self, size: int, max_pixels: int, max_bytes: int = 256 * 2**20):
-        self.size = max(1, size)
+        self.store = AnalysisStore(url, size, ttl_s)
         self.max_pixels = max_pixels
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[Any, bytes]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
 
     def put(self, results, data: bytes) -> str:
         key = uuid.uuid4().hex
-        item = (dataclasses.replace(results, image=None), data)
-        with self._lock:
-            self._items[key] = item
-            self._bytes += len(data)
-            while len(self._items) > self.size or (self._bytes > self.max_bytes and len(self._items) > 1):
-                _, (_, old) = self._items.popitem(last=False)
-                self._bytes -= len(old)
+        thresholds = results.faces[0].thresholds if results.faces else None
+        self.store.put(key, {"results": results.to_dict(), "thresholds": thresholds}, data)
         return key
 
     def get(self, key: str):
         """The analysis ``key`` with its image (decoded now: call it off the event loop)."""
         from emolens.io import load_image
+        from emolens.results import Results
 
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
+        item = self.store.get(key)
         if item is None:
+            minutes = self.store.ttl.total_seconds() / 60
             raise NotFoundError(
-                f"no analysis {key!r}: the server keeps only its last {self.size} analyses, in memory "
-                "(a restart forgets them); analyse the image again"
+                f"no analysis {key!r}: the server keeps its last {self.store.size} analyses for "
+                f"{minutes:g} minutes; analyse the image again"
             )
-        results, data = item
+        doc, data = item
+        results = Results.from_dict(doc["results"], thresholds=doc.get("thresholds"))
         return dataclasses.replace(results, image=load_image(data, max_pixels=self.max_pixels))
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-@dataclass
-class Job:
-    id: str
-    kind: str
-    status: str = "queued"  # queued, running, succeeded, failed
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    started_at: str | None = None
-    finished_at: str | None = None
-    result: dict | None = None
-    error: dict | None = None
 
 
 class JobRunner:
-    """Long work (fine-tuning) in one background thread; one job at a time; the last 50 kept."""
+    """Long work (fine-tuning) in a background thread of this worker, recorded in the database
+    (``store.jobs``) so that every worker lists it and only one job runs across all of them."""
 
-    def __init__(self) -> None:
+    HEARTBEAT_S = 30.0
+
+    def __init__(self, url: str) -> None:
+        from emolens.store.jobs import JobStore
+
+        self.store = JobStore(url)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="emolens-job")
-        self.jobs: OrderedDict[str, Job] = OrderedDict()
-        self._lock = threading.Lock()
 
-    def start(self, kind: str, fn: Callable[[], Any]) -> Job:
-        with self._lock:
-            busy = [j for j in self.jobs.values() if j.status in ("queued", "running")]
-            if busy:
-                raise RefusedError(f"job {busy[0].id} ({busy[0].kind}) is still {busy[0].status}; wait for it to end")
-            job = Job(id=uuid.uuid4().hex[:12], kind=kind)
-            self.jobs[job.id] = job
-            while len(self.jobs) > 50:
-                self.jobs.popitem(last=False)
-        self.executor.submit(self._run, job, fn)
+    def start(self, kind: str, fn: Callable[[], Any]):
+        job = self.store.claim(kind)
+        self.executor.submit(self._run, job.id, fn)
         return job
 
-    @staticmethod
-    def _run(job: Job, fn: Callable[[], Any]) -> None:
+    def _run(self, job_id: str, fn: Callable[[], Any]) -> None:
         from emolens.serve.errors import error_type
 
-        job.status, job.started_at = "running", datetime.now(UTC).isoformat(timespec="seconds")
+        self.store.update(job_id, status="running")
+        done = threading.Event()
+
+        def beat() -> None:  # tells other workers this job's worker is alive
+            while not done.wait(self.HEARTBEAT_S):
+                with contextlib.suppress(Exception):
+                    self.store.update(job_id)
+
+        threading.Thread(target=beat, name="emolens-job-heartbeat", daemon=True).start()
         try:
             out = fn()
-            job.result = out.to_dict() if hasattr(out, "to_dict") else out
-            job.status = "succeeded"
+            result = out.to_dict() if hasattr(out, "to_dict") else out
+            self.store.update(job_id, status="succeeded", result=result)
         except EmoLensError as exc:
-            job.error, job.status = {"type": error_type(exc), "message": str(exc)}, "failed"
+            self.store.update(job_id, status="failed", error={"type": error_type(exc), "message": str(exc)})
         except Exception as exc:  # a bug in the job: report it, keep the server alive
-            job.error, job.status = {"type": "internal", "message": f"{type(exc).__name__}: {exc}"}, "failed"
+            error = {"type": "internal", "message": f"{type(exc).__name__}: {exc}"}
+            self.store.update(job_id, status="failed", error=error)
         finally:
-            job.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+            done.set()
 
-    def get(self, job_id: str) -> Job:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise NotFoundError(f"no job {job_id!r} (the server keeps its last 50 jobs, in memory)")
-        return job
+    def get(self, job_id: str):
+        return self.store.get(job_id)
+
+    def list(self):
+        return self.store.list()
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -180,8 +158,10 @@ class ServerState:
         self.db_url = settings.database_url or f"sqlite:///{settings.home / 'emolens.db'}"
         self.keys = KeyStore(self.db_url)
         self.metrics = Metrics()
-        self.analyses = AnalysisCache(settings.analysis_cache, settings.max_pixels)
-        self.jobs = JobRunner()
+        self.analyses = AnalysisCache(
+            self.db_url, settings.analysis_cache, settings.max_pixels, settings.analysis_ttl_s
+        )
+        self.jobs = JobRunner(self.db_url)
         self.gate = InferenceGate(settings.serve_threads, settings.serve_queue)  # renewed at each startup
         self._analyzer = None
         self._live_analyzer = None

@@ -1,9 +1,13 @@
 """Prometheus metrics, in a registry of each app's own (two apps in one process never clash).
 
-With ``--workers N`` every process counts for itself; scrape each, or run one worker per container.
+With ``emolens serve --workers N`` the workers share one count: ``PROMETHEUS_MULTIPROC_DIR`` is set
+before they start, every worker writes its values there, and ``/metrics`` (whichever worker
+answers) adds them up with the client's multiprocess collector.
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -38,7 +42,38 @@ class Metrics:
         self.feedback = Counter(
             "emolens_feedback", "Feedback records stored through the API, by kind", ["kind"], registry=r
         )
-        self.feedback_stored = Gauge("emolens_feedback_stored", "Feedback records in the store", registry=r)
-        self.inference_pending = Gauge(
-            "emolens_inference_pending", "Analyses running or waiting for a worker thread", registry=r
+        # Gauge modes matter only across workers: the store's count is one number (the latest
+        # reading); pending analyses add up over the live workers.
+        self.feedback_stored = Gauge(
+            "emolens_feedback_stored", "Feedback records in the store", registry=r, multiprocess_mode="mostrecent"
         )
+        self.inference_pending = Gauge(
+            "emolens_inference_pending",
+            "Analyses running or waiting for a worker thread",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+    def exposition(self) -> bytes:
+        """The text ``/metrics`` serves: this process's metrics, or every worker's added up."""
+        from prometheus_client import generate_latest
+
+        if not multiprocess_dir():
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)
+        return generate_latest(combined)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def worker_stopped() -> None:
+    """Drop this worker's live gauges from the shared count (called when its app shuts down)."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())

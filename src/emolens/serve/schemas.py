@@ -193,6 +193,7 @@ class InfoOut(BaseModel):
 class HealthOut(BaseModel):
     status: str
     uptime_s: float
+    pid: int = Field(description="The answering server process (with --workers N, one of N)")
 
 
 class ReadyOut(BaseModel):

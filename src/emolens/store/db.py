@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_KEY = 0x656D6F6C656E73  # "emolens": one advisory lock id for schema changes
 
 
 class Base(DeclarativeBase):
@@ -96,13 +97,18 @@ def migrate(engine: Engine) -> None:
         if set(MigrationContext.configure(conn).get_current_heads()) == heads:
             return
     with _migration_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several server workers may open a new database at once; the others wait here until the
+            # first commits, then find it current (upgrade is a no-op). Held until this commit.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "heads")
 
 
 @contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
-    """Several processes may open a new SQLite file at once: only one may create the tables."""
+    """Several processes may open a new SQLite file at once: only one may create the tables.
+    (PostgreSQL takes an advisory lock inside the migration's transaction instead.)"""
     if engine.url.get_backend_name() != "sqlite" or not engine.url.database:
         yield
         return

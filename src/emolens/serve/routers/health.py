@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from fastapi import APIRouter, Depends, Response
@@ -18,7 +19,7 @@ api = APIRouter(prefix="/api/v1", tags=["server"], responses=COMMON)
 
 @router.get("/healthz", response_model=HealthOut, summary="The process is up")
 def healthz(state: ServerState = Depends(get_state)) -> HealthOut:
-    return HealthOut(status="ok", uptime_s=round(time.time() - state.started, 1))
+    return HealthOut(status="ok", uptime_s=round(time.time() - state.started, 1), pid=os.getpid())
 
 
 def _database_ok(state: ServerState) -> str:
@@ -54,10 +55,10 @@ async def readyz(state: ServerState = Depends(get_state)):
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(state: ServerState = Depends(get_state)) -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
 
     state.metrics.inference_pending.set(state.gate.pending)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @api.get("/info", response_model=InfoOut, summary="Server settings a client needs: labels, limits, access")

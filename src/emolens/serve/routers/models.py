@@ -103,7 +103,7 @@ def finetune(
 
 @router.get("/jobs", response_model=list[JobOut], summary="Recent background jobs")
 def list_jobs(state: ServerState = Depends(get_state), _key=Depends(read_access)) -> list[JobOut]:
-    return [JobOut(**vars(j)) for j in reversed(state.jobs.jobs.values())]
+    return [JobOut(**vars(j)) for j in state.jobs.list()]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="A background job's status", responses=errors(404))
