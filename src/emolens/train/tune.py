@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,9 @@ def _plots(study, folder: Path) -> list[Path]:
     out = []
     for name, draw in (("history", vis.plot_optimization_history), ("importance", vis.plot_param_importances)):
         try:
-            ax = draw(study)
+            with warnings.catch_warnings():  # optuna marks its matplotlib plots experimental
+                warnings.simplefilter("ignore")
+                ax = draw(study)
         except (ValueError, RuntimeError):  # importance needs two complete trials with varied settings
             continue
         fig = ax.figure if hasattr(ax, "figure") else plt.gcf()
