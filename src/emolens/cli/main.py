@@ -338,6 +338,10 @@ def train(
     stages: Annotated[
         str | None, typer.Option(help='Fine-tuning stages, e.g. "head:2,all:8" (the epochs follow from them).')
     ] = None,
+    cv: Annotated[
+        int | None,
+        typer.Option(help="K-fold cross-validation on DATA (group-aware with a group column): one model per fold."),
+    ] = None,
 ) -> None:
     """Train an emotion model (defaults: the recipe of the shipped `fast` model), or fine-tune one
     with --init: with --stages the head learns alone first, then all layers (--set layer_decay=0.7
@@ -352,6 +356,8 @@ def train(
 
     shortcuts = (("arch", arch), ("epochs", epochs), ("stages", stages))
     overrides = list(set_ or []) + [f"{k}={v}" for k, v in shortcuts if v is not None]
+    if cv is not None:
+        return _cross_validate(data, config, overrides, cv, out)
     start = None
     try:
         train_ds = load_dataset(data)
@@ -397,6 +403,33 @@ def train(
     except EmoLensError as exc:
         fail(exc)
     console.print(f"best validation {cfg.select_on}: {result['best']:.4f} → {result['checkpoint']}")
+
+
+def _cross_validate(data: Path, config: Path | None, overrides: list[str], k: int, out: Path) -> None:
+    from emolens.data import load_dataset
+    from emolens.train.config import dump_config, load_config
+    from emolens.train.cv import cross_validate
+    from emolens.train.prepare import crops_of
+
+    try:
+        dataset = load_dataset(data)
+        cfg = load_config(config, overrides, base={"labels": dataset.classes})
+        crops = crops_of(dataset, cfg.labels, cfg.size, cfg.channels, progress=True)
+        for line in crops.skipped:
+            err.print(f"[yellow]skipped[/yellow] {escape(line)}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+        report = cross_validate(crops, cfg, k, out)
+    except EmoLensError as exc:
+        fail(exc)
+    table = Table(
+        "metric", "mean", "std", *[f"fold {f['fold']}" for f in report.folds], title=f"{k}-fold cross-validation"
+    )
+    for metric, s in report.summary.items():
+        table.add_row(metric, f"{s['mean']:.4f}", f"{s['std']:.4f}", *[f"{f[metric]:.4f}" for f in report.folds])
+    console.print(table)
+    folds = ",".join(f["onnx"] for f in report.folds)
+    console.print(f"fold models in {out}; evaluate them as an ensemble: emolens evaluate {folds} DATA")
 
 
 def _load_init_checkpoint(path: Path) -> dict:
@@ -691,9 +724,9 @@ def explain(
 
 def _register_feature_commands() -> None:
     """Each capability beside the image pipeline keeps its verbs in a module of its own."""
-    from emolens.cli import attendance, feedback, people, serve, video
+    from emolens.cli import attendance, feedback, people, serve, synth, video
 
-    for module in (feedback, people, attendance, video, serve):
+    for module in (feedback, people, attendance, video, serve, synth):
         module.register(app)
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -206,8 +207,12 @@ def fit(
     init: dict | None = None,
     init_labels: list[str] | None = None,
     lineage: list[dict] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train, keep the best EMA weights on the validation metric, write best.pt/last.pt + log.
+
+    ``on_epoch`` is called with each epoch's log row (``val_accuracy``, ``val_macro_f1``...) after
+    the checkpoints are written; an exception it raises ends training (a tuner pruning a trial).
 
     ``stop_after`` ends this call after that many epochs (a time-boxed run); ``resume`` with the
     written last.pt continues the same schedule where it stopped. ``init`` (a state dict) starts
@@ -346,6 +351,8 @@ def fit(
             torch.save(checkpoint(epoch, model.state_dict()), out / "last.pt")
             _write_log(out, history)
             _plot_curves(out, history)
+            if on_epoch is not None:
+                on_epoch(row)
             if cfg.patience and stale >= cfg.patience:
                 bar.console.print(f"early stop: no {cfg.select_on} gain for {stale} epochs")
                 break
