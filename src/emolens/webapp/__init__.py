@@ -19,7 +19,16 @@ BUILD_INFO = VENDOR / "BUILD.json"
 BUILD_COMMAND = "bash scripts/build_webapp.sh"  # needs Node.js 18+ and npm, from a source checkout
 
 # The app shell: cached by the service worker at install, so the app opens offline.
-SHELL = ("index.html", "app.js", "engine.js", "pipeline.js", "app.css", "manifest.webmanifest", "icon.svg", "icon-192.png")
+SHELL = (
+    "index.html",
+    "app.js",
+    "engine.js",
+    "pipeline.js",
+    "app.css",
+    "manifest.webmanifest",
+    "icon.svg",
+    "icon-192.png",
+)
 # ONNX Runtime Web for the WASM backend (every browser); the WebGPU build is fetched only where used.
 VENDOR_WASM = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 VENDOR_WEBGPU = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")

@@ -142,7 +142,9 @@ def service_worker(state: ServerState = Depends(get_state)) -> Response:
     for f in SHELL:  # an edited page or script is a new version too
         digest.update(_sha(STATIC / f).encode())
     text = (STATIC / "sw.js").read_text()
-    text = text.replace('"__VERSION__"', json.dumps(digest.hexdigest()[:16])).replace("[/*PRECACHE*/]", json.dumps(files))
+    text = text.replace('"__VERSION__"', json.dumps(digest.hexdigest()[:16])).replace(
+        "[/*PRECACHE*/]", json.dumps(files)
+    )
     return Response(text, media_type="text/javascript", headers=NO_CACHE)
 
 

@@ -104,6 +104,7 @@ function draw(source, result, labels) {
   });
   view.dataset.boxes = String(result.faces.length);
   view.dataset.labels = labels.join(",");
+  view.dataset.where = result.where;
 }
 
 function showFaces(result, labels, withFixes) {
@@ -300,7 +301,11 @@ function selectTab(name) {
 async function boot() {
   $("tab-photo").addEventListener("click", () => selectTab("photo"));
   $("tab-camera").addEventListener("click", () => selectTab("camera"));
-  $("file").addEventListener("change", (e) => e.target.files[0] && runPhoto(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    e.target.value = ""; // choosing the same photo again (say, after switching to the server) runs again
+    if (file) runPhoto(file);
+  });
   $("cam-start").addEventListener("click", startCamera);
   $("cam-stop").addEventListener("click", stopCamera);
   $("send-form").addEventListener("submit", sendCorrections);
