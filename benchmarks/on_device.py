@@ -47,7 +47,7 @@ def serve(home: Path):
     from emolens.serve import create_app
     from emolens.settings import Settings
 
-    app = create_app(Settings(threads=2))
+    app = ByteCounter(create_app(Settings(threads=2)))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -56,7 +56,7 @@ def serve(home: Path):
     for _ in range(600):
         try:
             if httpx.get(url + "/readyz").status_code == 200:
-                return url, server
+                return url, server, app
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
@@ -86,15 +86,36 @@ TIME_JS = """async ([b64, w, h, repeats, warmup]) => {
   const img = {width: w, height: h, data};
   let faces = 0;
   for (let i = 0; i < warmup; i++) faces = (await window.emolensApp.analyze(img)).faces.length;
-  const t = [];
+  const t = [], parts = {};
   for (let i = 0; i < repeats; i++) {
     const t0 = performance.now();
-    await window.emolensApp.analyze(img);
+    const r = await window.emolensApp.analyze(img);
     t.push(performance.now() - t0);
+    for (const [k, v] of Object.entries(r.timings_ms)) (parts[k] = parts[k] || []).push(v);
   }
+  const med = (a) => a.sort((x, y) => x - y)[a.length >> 1];
+  const split = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, med(v)]));
   t.sort((a, b) => a - b);
-  return {faces, median: t[t.length >> 1], p90: t[Math.floor(t.length * 0.9)]};
+  return {faces, median: t[t.length >> 1], p90: t[Math.floor(t.length * 0.9)], split};
 }"""
+
+
+class ByteCounter:
+    """ASGI wrapper: bytes of response bodies the server sends (what the browser downloads,
+    service worker included)."""
+
+    def __init__(self, app):
+        self.app, self.bytes, self.requests = app, 0, 0
+
+    async def __call__(self, scope, receive, send):
+        async def counted(message):
+            if message["type"] == "http.response.body":
+                self.bytes += len(message.get("body", b""))
+            await send(message)
+
+        if scope["type"] == "http":
+            self.requests += 1
+        await self.app(scope, receive, counted)
 
 
 def iou(a, b) -> float:
@@ -122,7 +143,7 @@ def main() -> None:
         raise SystemExit("the web app's runtime is not built: run scripts/build_webapp.sh")
     load = os.getloadavg()
     home = Path(tempfile.mkdtemp(prefix="emolens-bench-"))
-    url, server = serve(home)
+    url, server, counter = serve(home)
     app_url = f"{url}/app/?threads=2&model={a.model}"
     lines = []
     with sync_playwright() as p:
@@ -130,9 +151,8 @@ def main() -> None:
 
         # Cold start and download size: a fresh profile.
         ctx = browser.new_context()
-        wire: dict[str, int] = {}
-        ctx.on("requestfinished", lambda r: wire.__setitem__(r.url, r.sizes()["responseBodySize"]))
         page = ctx.new_page()
+        counter.bytes = counter.requests = 0
         t0 = time.perf_counter()
         page.goto(app_url)
         page.wait_for_selector("body[data-ready='true']", timeout=120_000)
@@ -142,6 +162,7 @@ def main() -> None:
         t_first = time.perf_counter() - t0
         page.evaluate("navigator.serviceWorker.ready.then(() => true)")
         page.wait_for_timeout(2000)  # the precache finishes
+        first_visit = counter.bytes, counter.requests
         backend = page.get_attribute("body", "data-backend"), page.get_attribute("body", "data-threads")
         page.reload()
         t1 = time.perf_counter()
@@ -202,7 +223,16 @@ def main() -> None:
 
     info = build_info()
     gpu_mb = sum(v["gzip_bytes"] for k, v in info["files"].items() if "webgpu" in k or "asyncify" in k) / 1e6
-    page_bytes = sum(wire.values())
+    # The Python pipeline on the same frame, on the same machine, at the same time: a yardstick for the load.
+    analyzer = Analyzer(model=a.model, threads=2)
+    f = frame(EXAMPLE, 1)
+    times = []
+    for i in range(a.warmup + a.repeats):
+        t = time.perf_counter()
+        analyzer(f)
+        if i >= a.warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    python_ms = sorted(times)[len(times) // 2]
     lines += [
         "# On-device web app (`/app/`) in headless Chromium",
         "",
@@ -219,14 +249,25 @@ def main() -> None:
             for k, v in fps.items()
         ),
         "",
+        "Median ms by step (RetinaFace's input in JavaScript, the network in ONNX Runtime Web, anchors and NMS, "
+        "alignment, the emotion model):",
+        "",
+        "| frame | " + " | ".join(next(iter(fps.values()))["split"]) + " |",
+        "|---|" + "---:|" * len(next(iter(fps.values()))["split"]),
+        *(f"| {k} | " + " | ".join(f"{x:.1f}" for x in v["split"].values()) + " |" for k, v in fps.items()),
+        "",
+        f"Yardstick: the Python pipeline (ONNX Runtime, 2 threads) on the same 1-face frame, in the same run: "
+        f"{python_ms:.1f} ms median (`benchmarks/results/speed.md` has it on an idle machine).",
+        "",
         "| start | seconds |",
         "|---|---:|",
         f"| cold (empty cache): page to models loaded | {t_ready:.2f} |",
         f"| cold: page to first result on the example photo | {t_first:.2f} |",
         f"| second visit (service worker cache): page to first result | {t_warm:.2f} |",
         "",
-        f"Download on the first visit, as measured by the browser: {page_bytes / 1e6:.2f} MB "
-        f"({len(wire)} requests). What the service worker keeps for offline use (bytes sent):",
+        f"Download on the first visit, counted by the server (page, runtime, models and the service worker's "
+        f"precache, until the first result): {first_visit[0] / 1e6:.2f} MB in {first_visit[1]} requests. "
+        "What the service worker keeps for offline use (bytes as sent):",
         "",
         "| file | bytes |",
         "|---|---:|",

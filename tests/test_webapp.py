@@ -40,11 +40,17 @@ def test_app_files_headers_and_models(tmp_path):
         other = httpx.get(f"{url}/app/config.json", params={"model": "fast-int8"}).json()["model"]
         assert hashlib.sha256(httpx.get(url + other["url"]).content).hexdigest() == other["sha256"]
 
-        for bad in ("/app/config.json?model=../../etc/passwd", "/app/config.json?model=nope",
-                    "/app/models/fast-0000.onnx", "/app/secret.py", "/app/vendor/none.js"):  # fmt: skip
+        bad_paths = ["/app/config.json?model=../../etc/passwd", "/app/config.json?model=nope"]
+        bad_paths += ["/app/models/fast-0000.onnx", "/app/secret.py", "/app/vendor/000000000000/ort.wasm.min.mjs"]
+        for bad in bad_paths:
             r = httpx.get(url + bad)
             assert r.status_code == 404 and r.json()["error"]["message"], bad
 
+        info = build_info()
+        if info is not None:  # the runtime, gzipped on the wire, byte for byte the npm package's
+            wasm = httpx.get(url + config["vendor"] + "ort-wasm-simd-threaded.wasm")
+            assert wasm.headers["content-encoding"] == "gzip" and "immutable" in wasm.headers["cache-control"]
+            assert hashlib.sha256(wasm.content).hexdigest() == info["files"]["ort-wasm-simd-threaded.wasm"]["sha256"]
         sw = httpx.get(f"{url}/app/sw.js").text
         assert config["model"]["url"] in sw and "__VERSION__" not in sw and "/*PRECACHE*/" not in sw
         manifest = httpx.get(f"{url}/app/manifest.webmanifest").json()

@@ -34,6 +34,14 @@ VENDOR_WASM = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-
 VENDOR_WEBGPU = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
 
 
+def build_id(info: dict) -> str:
+    """A short name for one build of the vendor files: their URLs carry it, so browsers may cache
+    them for good and a rebuilt runtime is a new URL."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def build_info() -> dict | None:
     """What ``web/build.mjs`` wrote: the onnxruntime-web version and each file's size and sha256;
     None when the vendor files were never built."""

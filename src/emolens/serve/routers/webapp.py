@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 
 from emolens.errors import ModelNotFoundError, NotFoundError
 from emolens.serve.deps import ServerState, get_state
-from emolens.webapp import BUILD_COMMAND, SHELL, STATIC, VENDOR, VENDOR_WASM, build_info
+from emolens.webapp import BUILD_COMMAND, SHELL, STATIC, VENDOR, VENDOR_WASM, build_id, build_info
 
 router = APIRouter(include_in_schema=False)
 
@@ -101,6 +101,7 @@ def _config(state: ServerState, model: str | None) -> dict:
         "built": info is not None,
         "build_command": BUILD_COMMAND,
         "onnxruntime_web": info and info.get("version"),
+        "vendor": info and f"/app/vendor/{build_id(info)}/",
         "settings": {
             "min_face_size": s.min_face_size,
             "detection_threshold": s.detection_threshold,
@@ -136,7 +137,7 @@ def service_worker(state: ServerState = Depends(get_state)) -> Response:
     config = _config(state, None)
     files = ["/app/", "/app/config.json", *(f"/app/{f}" for f in SHELL if f != "index.html")]
     if config["built"]:
-        files += [f"/app/vendor/{f}" for f in VENDOR_WASM]
+        files += [config["vendor"] + f for f in VENDOR_WASM]
     files += [config["detector"]["url"], config["model"]["url"]]
     digest = hashlib.sha256(json.dumps([files, build_info()], sort_keys=True).encode())
     for f in SHELL:  # an edited page or script is a new version too
@@ -165,17 +166,20 @@ def model_file(filename: str, state: ServerState = Depends(get_state)) -> Respon
     return FileResponse(path, media_type=TYPES[".onnx"], headers=IMMUTABLE)
 
 
-@router.get("/app/vendor/{filename}")
-def vendor_file(filename: str, request: Request) -> Response:
-    """ONNX Runtime Web, stored gzipped by the build: sent as is to browsers that accept gzip."""
+@router.get("/app/vendor/{build}/{filename}")
+def vendor_file(build: str, filename: str, request: Request) -> Response:
+    """ONNX Runtime Web, stored gzipped by the build: sent as is to browsers that accept gzip.
+    The URL names the build, so the files may be cached for good."""
+    info = build_info()
+    if info is None:
+        raise NotFoundError(f"the app's runtime was not built: run `{BUILD_COMMAND}`")
     packed = VENDOR / f"{filename}.gz"
-    if "/" in filename or not packed.is_file():
-        hint = "" if build_info() else f"; the app's runtime was not built: run `{BUILD_COMMAND}`"
-        raise NotFoundError(f"no file /app/vendor/{filename}{hint}")
+    if build != build_id(info) or filename not in info["files"] or not packed.is_file():
+        raise NotFoundError(f"no file /app/vendor/{build}/{filename} (the app was rebuilt? reload it)")
     media = TYPES.get(Path(filename).suffix, "application/octet-stream")
     if "gzip" in request.headers.get("accept-encoding", ""):
-        return FileResponse(packed, media_type=media, headers={**NO_CACHE, "Content-Encoding": "gzip"})
-    return Response(gzip.decompress(packed.read_bytes()), media_type=media, headers=NO_CACHE)
+        return FileResponse(packed, media_type=media, headers={**IMMUTABLE, "Content-Encoding": "gzip"})
+    return Response(gzip.decompress(packed.read_bytes()), media_type=media, headers=IMMUTABLE)
 
 
 @router.get("/app/{filename}")

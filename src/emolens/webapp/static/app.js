@@ -320,7 +320,9 @@ async function boot() {
     state.config = await res.json();
     if (!res.ok) throw new Error(state.config?.error?.message || `HTTP ${res.status}`);
     if (!state.config.built) throw new Error(`this server's copy of the app has no ONNX Runtime: run \`${state.config.build_command}\``);
-    const runtime = await loadRuntime({ backend: params.get("backend") || "auto", threads: Number(params.get("threads")) || 0 });
+    const runtime = await loadRuntime({
+      vendor: state.config.vendor, backend: params.get("backend") || "auto", threads: Number(params.get("threads")) || 0,
+    });
     state.engine = await Engine.create(state.config, runtime);
     const how = runtime.providers[0] === "webgpu" ? "WebGPU" : `WASM, ${runtime.threads} thread${runtime.threads > 1 ? "s" : ""}`;
     $("engine").textContent = `Model ${state.config.model.name} · ${how} · ONNX Runtime Web ${state.config.onnxruntime_web}`;

@@ -3,18 +3,18 @@
 // files (which the service worker keeps for offline use).
 import * as P from "./pipeline.js";
 
-const VENDOR = new URL("./vendor/", import.meta.url).href;
-
 // ONNX Runtime Web: WebGPU where the browser has an adapter, WASM otherwise. Threads need a
-// cross-origin isolated page (the server sends COOP/COEP for /app).
-export async function loadRuntime({ backend = "auto", threads = 0 } = {}) {
+// cross-origin isolated page (the server sends COOP/COEP for /app). `vendor`: where the build's
+// files are (config.json's `vendor`).
+export async function loadRuntime({ vendor, backend = "auto", threads = 0 }) {
+  const base = new URL(vendor, import.meta.url).href;
   let useGpu = false;
   if (backend !== "wasm" && typeof navigator !== "undefined" && navigator.gpu) {
     try { useGpu = Boolean(await navigator.gpu.requestAdapter()); } catch { useGpu = false; }
   }
   if (backend === "webgpu" && !useGpu) throw new Error("this browser has no WebGPU adapter");
-  const ort = await import(useGpu ? "./vendor/ort.webgpu.min.mjs" : "./vendor/ort.wasm.min.mjs");
-  ort.env.wasm.wasmPaths = VENDOR;
+  const ort = await import(base + (useGpu ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs"));
+  ort.env.wasm.wasmPaths = base;
   const isolated = typeof crossOriginIsolated !== "undefined" && crossOriginIsolated;
   const cores = (typeof navigator !== "undefined" && navigator.hardwareConcurrency) || 1;
   ort.env.wasm.numThreads = isolated ? (threads || Math.min(4, cores)) : 1;
@@ -57,11 +57,16 @@ export class Engine {
 
   get labels() { return this.meta.labels; }
 
-  async detect(img) {
+  async detect(img, timings = {}) {
+    const t0 = performance.now();
     const input = P.detectorInput(img, this.options);
     const { ort } = this.runtime;
+    const t1 = performance.now();
     const out = await this.detector.run({ input: new ort.Tensor("float32", input.tensor, input.dims) });
-    return P.decodeDetections(input, out.loc.data, out.conf.data, out.landmarks.data, this.options);
+    const t2 = performance.now();
+    const faces = P.decodeDetections(input, out.loc.data, out.conf.data, out.landmarks.data, this.options);
+    Object.assign(timings, { detect_prepare: t1 - t0, detect_network: t2 - t1, detect_decode: performance.now() - t2 });
+    return faces;
   }
 
   async classify(crops) {
@@ -82,8 +87,9 @@ export class Engine {
 
   // One image → faces shaped like the REST API's (box, score, landmarks, label, confidence, probs).
   async analyze(img) {
+    const timings = {};
     const t0 = performance.now();
-    const found = await this.detect(img);
+    const found = await this.detect(img, timings);
     const t1 = performance.now();
     const { size, channels } = this.meta.input;
     const faces = found.map((f, index) => ({ index, ...f, label: null, confidence: null, probs: {} }));
@@ -96,6 +102,7 @@ export class Engine {
         f.error = `alignment failed: ${e.message}`; // one bad face never aborts the image
       }
     });
+    const t2 = performance.now();
     if (crops.length) {
       const probs = await this.classify(crops);
       ok.forEach((i, n) => {
@@ -105,10 +112,10 @@ export class Engine {
         faces[i].confidence = Math.max(...probs[n]);
       });
     }
-    const t2 = performance.now();
+    const t3 = performance.now();
     return {
       width: img.width, height: img.height, model: this.config.model.name, detector: "retinaface", labels: this.labels,
-      faces, timings_ms: { detect: t1 - t0, classify: t2 - t1 },
+      faces, timings_ms: { detect: t1 - t0, ...timings, align: t2 - t1, classify: t3 - t2 },
     };
   }
 
