@@ -257,7 +257,8 @@ def main() -> None:
         *(f"| {k} | " + " | ".join(f"{x:.1f}" for x in v["split"].values()) + " |" for k, v in fps.items()),
         "",
         f"Yardstick: the Python pipeline (ONNX Runtime, 2 threads) on the same 1-face frame, in the same run: "
-        f"{python_ms:.1f} ms median (`benchmarks/results/speed.md` has it on an idle machine).",
+        f"{python_ms:.1f} ms median (`benchmarks/results/speed.md` has it on an idle machine); "
+        f"the browser took {fps['1 face']['median'] / python_ms:.1f}x as long in the same conditions.",
         "",
         "| start | seconds |",
         "|---|---:|",
