@@ -59,6 +59,20 @@ def test_app_files_headers_and_models(tmp_path):
             assert httpx.get(url + icon["src"]).status_code == 200
 
 
+def test_unbuilt_app_says_how_to_build_it(tmp_path, monkeypatch):
+    """A source checkout without the runtime: the page still opens and config.json names the command."""
+    from emolens.serve.routers import webapp
+
+    monkeypatch.setattr(webapp, "build_info", lambda: None)
+    with running_server(tmp_path / "home") as (url, _):
+        config = httpx.get(f"{url}/app/config.json").json()
+        assert config["built"] is False and config["build_command"] == "bash scripts/build_webapp.sh"
+        assert httpx.get(f"{url}/app/").status_code == 200
+        missing = httpx.get(f"{url}/app/vendor/000000000000/ort.wasm.min.mjs")
+        assert missing.status_code == 404 and "scripts/build_webapp.sh" in missing.json()["error"]["message"]
+        assert "/app/vendor/" not in httpx.get(f"{url}/app/sw.js").text  # nothing to precache that is not there
+
+
 def needs_browser(test):
     test = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")(test)
     reason = "the web app's runtime is not built: run scripts/build_webapp.sh"
