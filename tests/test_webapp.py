@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 
 import httpx
 import numpy as np
@@ -145,7 +146,7 @@ def test_offline_photo_camera_and_corrections(app_browser, shared_datasets):
     analyzer = Analyzer(model="fast", threads=1)
     page, errors = _open(context, url)
     assert page.evaluate("crossOriginIsolated")  # COOP/COEP: WASM threads
-    assert int(page.get_attribute("body", "data-threads")) >= 2
+    assert int(page.get_attribute("body", "data-threads")) == min(4, os.cpu_count() or 1)
     page.evaluate("navigator.serviceWorker.ready.then(() => true)")  # installed: shell, runtime and models cached
 
     context.set_offline(True)  # no network from here: the page, the runtime and the models come from the cache
