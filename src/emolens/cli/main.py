@@ -477,8 +477,11 @@ def eda(
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A best.pt / last.pt from `emolens train`.")],
-    out: Annotated[Path, typer.Argument(help="The .onnx file to write.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="A best.pt / last.pt from `emolens train`; for an .ort OUT also a model name or .onnx."),
+    ],
+    out: Annotated[Path, typer.Argument(help="The .onnx file to write, or .ort for ONNX Runtime Mobile.")],
     val: Annotated[Path | None, typer.Option(help="Labelled .npz: its metrics go into the model card.")] = None,
     name: Annotated[str, typer.Option(help="Model name for the card.")] = "",
     data: Annotated[str, typer.Option(help="What the model was trained on, for the card.")] = "",
@@ -490,10 +493,19 @@ def export(
         ),
     ] = False,
 ) -> None:
-    """Export a checkpoint to the self-describing ONNX format (parity-checked), with a model card."""
+    """Export a checkpoint to the self-describing ONNX format (parity-checked), with a model card;
+    or, to an .ort OUT, a model to ONNX Runtime's mobile format (metadata kept, parity-checked)."""
     from emolens.errors import require
 
+    if out.suffix == ".ort" and checkpoint.suffix not in (".pt", ".pth"):
+        _export_ort(str(checkpoint), out)
+        return
     require("torch", "train")
+    if out.suffix == ".ort":  # a checkpoint: ONNX first (beside it), then the mobile format
+        onnx_out = out.with_suffix(".onnx")
+        export(checkpoint, onnx_out, val, name or out.stem, data, val_name, weights)
+        _export_ort(str(onnx_out), out)
+        return
     from emolens.train.card import write_card
     from emolens.train.export import export_onnx
 
@@ -509,6 +521,20 @@ def export(
         metrics["dataset"] = val_name or val.name
         card_path = write_card(out, metrics)
         console.print(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} → {card_path}")
+
+
+def _export_ort(model: str, out: Path) -> None:
+    from emolens.export.ort import to_ort
+    from emolens.models import resolve_model
+
+    try:
+        report = to_ort(resolve_model(model), out)
+    except EmoLensError as exc:
+        fail(exc)
+    console.print(
+        f"wrote {out} ({report['bytes'] / 1e6:.2f} MB; ONNX {report['onnx_bytes'] / 1e6:.2f} MB), "
+        f"metadata kept, max |p_onnx - p_ort| = {report['max_abs_diff']:.1e}"
+    )
 
 
 @app.command()

@@ -45,6 +45,7 @@ def serve(
         fail(exc)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     err.print(f"EmoLens on http://{shown}:{port}/  (API docs: http://{shown}:{port}/docs)")
+    err.print(f"on-device app (analyses in the browser, offline): http://{shown}:{port}/app/")
     if n_keys == 0:
         err.print(
             "[yellow]no API keys yet:[/yellow] analysis works, but storing feedback needs one: "

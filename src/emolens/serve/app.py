@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.emolens = state
     install_handlers(app)
 
-    from emolens.serve.routers import analyze, feedback, health, live, models, people
+    from emolens.serve.routers import analyze, feedback, health, live, models, people, webapp
 
     for r in (
         analyze.router,
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         *people.ROUTERS,
         health.api,
         health.router,
+        webapp.router,  # /app/: the on-device web app (PWA)
     ):
         app.include_router(r)
 
