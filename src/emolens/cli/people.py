@@ -99,7 +99,9 @@ def remove(
     person: Annotated[str, typer.Argument(help="The person's id (see `emolens people list`).")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Erase a person: embeddings, stored face crops, attendance records, name in reports."""
+    """Erase a person and everything recorded about them.
+
+    Embeddings, stored face crops, attendance records; the name is redacted in reports."""
     from emolens.cli.main import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.gallery import People
@@ -125,7 +127,9 @@ def train(
         Path | None, typer.Option(help="Photos of people who will never be enrolled, to measure false accepts.")
     ] = None,
 ) -> None:
-    """Train a new recognizer version on every enrolled face (with its report) and activate it."""
+    """Train a new recognizer version and activate it.
+
+    Trains on every enrolled face and writes the version's report."""
     from emolens.identify.gallery import People
 
     _train(People(), classifier, strangers)
@@ -160,7 +164,9 @@ def _train(people, classifier: str, strangers: Path | None) -> None:
 
 @people_app.command("versions")
 def versions() -> None:
-    """List recognizer versions (all are kept; see `emolens people restore`)."""
+    """List recognizer versions.
+
+    All are kept: see `emolens people restore`."""
     from rich.table import Table
 
     from emolens.cli.main import console, fail
