@@ -127,7 +127,10 @@ def _cell(text: str | None) -> str:
 
 
 def _render_openapi(spec: dict) -> str:
-    out: list[str] = [f"EmoLens {spec['info']['version']}, OpenAPI {spec['openapi']}: [openapi.json](openapi.json).", ""]
+    out: list[str] = [
+        f"EmoLens {spec['info']['version']}, OpenAPI {spec['openapi']}: [openapi.json](openapi.json).",
+        "",
+    ]
     by_tag: dict[str, list[tuple[str, str, dict]]] = {}
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
@@ -195,9 +198,6 @@ def _render_settings() -> str:
         if not m or m.group(1) not in Settings.model_fields:
             continue
         name, kind, default, note = m.groups()
-        if name == "home":
-            default = "`~/.local/share/emolens`"
-        else:
-            default = f"`{default.strip()}`"
+        default = "`~/.local/share/emolens`" if name == "home" else f"`{default.strip()}`"
         lines.append(f"| `EMOLENS_{name.upper()}` | `{kind.strip()}` | {default} | {_cell(note)} |")
     return "\n".join(lines)

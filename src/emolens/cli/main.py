@@ -16,6 +16,7 @@ from rich.table import Table
 
 from emolens.errors import EmoLensError
 
+
 class _App(typer.Typer):
     """The ``emolens`` app: an EmoLensError that no command caught (a missing extra met on import,
     say) still ends as one line and exit code 2, never a traceback."""
@@ -95,7 +96,9 @@ def analyze(
     paths: Annotated[
         list[str] | None, typer.Argument(help="Images, folders or globs. None: the built-in example photo.")
     ] = None,
-    save: Annotated[Path | None, typer.Option(help="Folder for annotated images (input folders are mirrored inside it).")] = None,
+    save: Annotated[
+        Path | None, typer.Option(help="Folder for annotated images (input folders are mirrored inside it).")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON ('-' for stdout).")] = None,
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per face as CSV ('-' for stdout).")
