@@ -44,8 +44,8 @@ def on_config(config):
 
 def _title(path: Path) -> str:
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("# "):
-            return line[2:].strip()
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
     return path.stem
 
 

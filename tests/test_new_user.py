@@ -197,6 +197,7 @@ def test_a_small_dataset_gets_a_split_with_every_class_on_both_sides():
         split(_dataset({"happy": 2, "sad": 2, "fear": 2}), val=0.7)  # 5 held out, 1 left
 
 
+@pytest.mark.slow  # imports PyTorch in a fresh process
 def test_train_on_too_small_a_dataset_says_what_to_do(tmp_path):
     pytest.importorskip("torch", reason="training needs the train extra: pip install -e '.[train]'")
     data = tmp_path / "tiny.npz"
