@@ -255,14 +255,15 @@ def identify(
             box = ", ".join(f"{v:.0f}" for v in m.box)
             head = f"{escape(where)}face {i} [{box}]"
             if m.error:
-                console.print(f"{head}: [red]{escape(m.error)}[/red]")
+                console.print(f"{head}: [red]{escape(m.error)}[/red]", soft_wrap=True)
             elif m.known:
                 console.print(
                     f"{head}: {escape(m.key)} ({escape(m.name or '')}) "
-                    f"confidence {m.confidence:.2f}, similarity {m.similarity:.2f}"
+                    f"confidence {m.confidence:.2f}, similarity {m.similarity:.2f}",
+                    soft_wrap=True,  # a long file name is never broken across lines
                 )
             else:
-                console.print(f"{head}: unknown (best confidence {m.confidence:.2f})")
+                console.print(f"{head}: unknown (best confidence {m.confidence:.2f})", soft_wrap=True)
     if json_out:
         typer.echo(json.dumps(records if several else records[0] if records else {}, indent=2))
     if failed:
