@@ -42,6 +42,18 @@ def emolens_home(tmp_path, monkeypatch) -> Path:
     load_emotion_model.cache_clear()
 
 
+# Modules whose tests train networks, run dlib on LFW, drive a browser or fine-tune: the quick
+# subset (`QUICK=1 bash scripts/test.sh`, i.e. `-m "not slow"`) leaves them out. A single slow test
+# elsewhere takes `@pytest.mark.slow`.
+SLOW_MODULES = {"test_web.py", "test_train.py", "test_identity.py", "test_feedback.py", "test_explain.py"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """A throwaway PostgreSQL server for the session; skips, saying why, where none can start."""

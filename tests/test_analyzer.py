@@ -313,7 +313,7 @@ def test_to_pandas_one_row_per_face(analyzer, grid_results):
 
 
 def test_summary_and_sequence_protocol(astronaut_results):
-    assert astronaut_results.summary().startswith("image: 1 face: happy ")
+    assert astronaut_results.summary().startswith("image: 1 face: [0] happy ")
     assert list(astronaut_results) == astronaut_results.faces and astronaut_results[0] is astronaut_results.faces[0]
 
 

@@ -247,7 +247,7 @@ def test_missing_extra_stops_before_the_batch_and_names_the_install_command(tmp_
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
     )
     assert proc.returncode == 2, proc.stderr
-    assert "pip install 'emolens[dlib]'" in proc.stderr
+    assert "pip install -e '.[dlib]'" in proc.stderr
     assert "Traceback" not in proc.stderr and "analyzed" not in proc.stderr
 
 

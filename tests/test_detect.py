@@ -190,7 +190,7 @@ def test_score_threshold_between_scores(mosaic):
 def test_missing_dlib_names_the_extra(monkeypatch, astronaut):
     monkeypatch.setitem(sys.modules, "dlib", None)
     det = create_detector("dlib-hog")  # constructing loads nothing
-    with pytest.raises(MissingExtraError, match=r"pip install 'emolens\[dlib\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[dlib\]'"):
         det(astronaut)
 
 

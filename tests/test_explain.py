@@ -148,7 +148,7 @@ def test_missing_lime_names_the_extra(monkeypatch, face, torch_model):
     monkeypatch.setitem(sys.modules, "lime", None)  # import lime now fails as if it were not installed
     monkeypatch.delitem(sys.modules, "lime.lime_image", raising=False)
     model, state = torch_model
-    with pytest.raises(MissingExtraError, match=r"pip install 'emolens\[lime\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[lime\]'"):
         explain_crop(face["crop"], face["target"], "lime", model, state["input"])
 
 

@@ -440,6 +440,13 @@ def test_cli_enroll_identify_attend_remove(lfw, emolens_home, tmp_path):
     faces = json.loads(run("identify", probe, "--json", stdout=True))["faces"]
     main = max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))
     assert main["label"] == "STU102" and main["name"] == "Angelina Jolie"
+    probes = tmp_path / "probes"  # a folder, as `analyze` takes: one record per photo
+    probes.mkdir()
+    shutil.copy(probe, probes / "a.jpg")
+    shutil.copy(photos(lfw, "Al_Gore")[3], probes / "b.jpg")
+    records = json.loads(run("identify", probes, "--json", stdout=True))
+    assert [Path(r["source"]).name for r in records] == ["a.jpg", "b.jpg"]
+    assert "b.jpg: face 0" in run("identify", probes) and "STU101" in run("identify", probes / "b.jpg")
     assert "present: STU101" in run("attendance", "start", photos(lfw, "Al_Gore")[3], "--stop", "--name", "cli")
     rows = list(csv.DictReader(io.StringIO(run("attendance", "report", "--csv", "-", stdout=True))))
     assert {r["key"]: r["present"] for r in rows} == {"STU101": "yes", "STU102": "no"}

@@ -430,7 +430,7 @@ def test_finetune_refusals(server, client, monkeypatch):
         raise MissingExtraError("train", "torch")
 
     monkeypatch.setattr(models, "check_train_extra", no_torch)
-    assert_error(client.post("/api/v1/models/finetune", headers=a), 501, "missing_extra", "emolens[train]")
+    assert_error(client.post("/api/v1/models/finetune", headers=a), 501, "missing_extra", "pip install -e '.[train]'")
     assert_error(client.get("/api/v1/jobs/nope"), 404, "not_found")
     assert client.get("/api/v1/jobs").json() == []
 

@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="training tests need the train extra: pip install 'emolens[train]'")
+torch = pytest.importorskip("torch", reason="training tests need the train extra: pip install -e '.[train]'")
 
 from emolens.classify import EmotionModel  # noqa: E402
 from emolens.train.archs import create_arch, list_archs  # noqa: E402

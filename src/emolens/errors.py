@@ -62,8 +62,10 @@ class MissingExtraError(EmoLensError, ImportError):
     http_status = 501
 
     def __init__(self, extra: str, module: str):
+        # EmoLens is installed from its source folder, not from PyPI: 'emolens[x]' would fail.
         super().__init__(
-            f"this feature needs the optional package {module!r}; install it with: pip install 'emolens[{extra}]'"
+            f"this feature needs the optional package {module!r}; "
+            f"install it from the EmoLens folder with: pip install -e '.[{extra}]'"
         )
         self.extra, self.module = extra, module
 

@@ -25,6 +25,15 @@ _PIL_LIMIT_LOCK = threading.Lock()
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
 
+def is_url(item: object) -> bool:
+    """``https://...`` and the like: Path() would quietly mangle them into ``https:/...``."""
+    return isinstance(item, str) and "://" in item and item.split("://", 1)[0].isalpha()
+
+
+def offline_url_error(url: str) -> BadImageError:
+    return BadImageError(f"{url}: EmoLens is offline and never fetches URLs: download the file and pass its path")
+
+
 def load_image(source: ImageInput, max_pixels: int | None = None) -> np.ndarray:
     """Decode ``source`` to an RGB uint8 array, applying EXIF orientation."""
     if max_pixels is None:
@@ -43,6 +52,8 @@ def load_image(source: ImageInput, max_pixels: int | None = None) -> np.ndarray:
         if not source:
             raise BadImageError("empty input: 0 bytes is not an image")
         return _open(io.BytesIO(source), "image bytes", max_pixels)
+    if is_url(source):
+        raise offline_url_error(source)
     path = Path(source)
     if not path.exists():
         raise BadImageError(f"{path}: no such file")
@@ -131,11 +142,15 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def iter_image_paths(inputs: list[str | Path]) -> list[Path]:
-    """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated list."""
+    """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated list.
+
+    A URL raises BadImageError at once: nothing is fetched, and nothing has been done yet."""
     import glob
 
     found: list[Path] = []
     for item in inputs:
+        if is_url(item):
+            raise offline_url_error(str(item))
         p = Path(item)
         if p.is_dir():
             found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)

@@ -61,6 +61,12 @@ class FaceResult:
     def confidence(self) -> float | None:
         return max(self.probs.values()) if self.probs else None
 
+    def __repr__(self) -> str:
+        box = ", ".join("nan" if not np.isfinite(v) else f"{float(v):.0f}" for v in self.box)
+        what = self.caption or (f"error: {self.error}" if self.error else "no emotion")
+        track = "" if self.track_id is None else f"track {self.track_id}, "
+        return f"FaceResult({track}box=[{box}], {what})"
+
     def to_dict(self) -> dict:
         return {
             "box": [_num(v, 1) for v in self.box],
@@ -114,10 +120,18 @@ class Results:
     def labels(self) -> list[str | None]:
         return [f.label for f in self.faces]
 
+    def __repr__(self) -> str:
+        # The image array would flood the terminal: say what the analysis found instead.
+        size = f"{self.width}x{self.height}, " if self.width else ""
+        n = len(self.faces)
+        faces = ", ".join(f.caption or "error" for f in self.faces[:5]) + (", ..." if n > 5 else "")
+        return f"Results({self.source or 'image'}: {size}{n} face{'s' if n != 1 else ''}{': ' + faces if n else ''})"
+
     def summary(self) -> str:
+        """One line; faces are numbered as on the annotated image (the index ``--face`` takes)."""
         if not self.faces:
             return f"{self.source or 'image'}: no face found"
-        parts = [f.caption or f"error ({f.error})" for f in self.faces]
+        parts = [f"[{i}] {f.caption or f'error ({f.error})'}" for i, f in enumerate(self.faces)]
         n = len(self.faces)
         return f"{self.source or 'image'}: {n} face{'s' if n != 1 else ''}: " + ", ".join(parts)
 
@@ -191,7 +205,10 @@ class Results:
         return require("pandas", "pandas").DataFrame(self.to_rows())
 
     def plot(self, landmarks: bool = True) -> np.ndarray:
-        """An annotated copy of the image (RGB uint8): boxes coloured by emotion, label and confidence."""
+        """An annotated copy of the image (RGB uint8): boxes coloured by emotion, label and confidence.
+
+        Each face is numbered (``0: happy 87%``) as in ``summary()`` and the web page, so a face can
+        be named for feedback; video faces carry their track id instead (``#3 happy 87%``)."""
         import cv2
 
         if self.image is None:
@@ -200,7 +217,7 @@ class Results:
         h, w = canvas.shape[:2]
         thick = max(1, round(max(h, w) / 400))
         font = max(0.4, max(h, w) / 1400)
-        for f in self.faces:
+        for i, f in enumerate(self.faces):
             if not np.isfinite(f.box).all():  # a face that failed on a broken box: nothing to draw
                 continue
             color = COLORS.get(f.label or "", (255, 255, 255))
@@ -210,8 +227,7 @@ class Results:
                 for x, y in f.landmarks:
                     cv2.circle(canvas, (int(x), int(y)), thick + 1, (0, 255, 0), -1)
             text = f.caption or "?"
-            if f.track_id is not None:
-                text = f"#{f.track_id} {text}"
+            text = f"{i}: {text}" if f.track_id is None else f"#{f.track_id} {text}"
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
             ty = y1 - 4 if y1 - th - base - 4 > 0 else y2 + th + 4
             cv2.rectangle(canvas, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)

@@ -86,7 +86,9 @@ def start(
     emotions: Emotions = True,
     stop_after: Annotated[bool, typer.Option("--stop", help="Stop the session once the inputs are fed.")] = False,
 ) -> None:
-    """Start a session (with the active recognizer) and feed it images, videos or a camera."""
+    """Start a session and feed it images, videos or a camera.
+
+    The session uses the active recognizer version."""
     from emolens.cli.main import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
@@ -154,7 +156,9 @@ def report(
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the attendance as CSV ('-' for stdout).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Who was present, first seen when, with what confidence, and how they looked."""
+    """Report who was present.
+
+    First seen when, with what confidence, and how they looked."""
     from rich.table import Table
 
     from emolens.cli.main import console, fail

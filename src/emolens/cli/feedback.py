@@ -14,7 +14,7 @@ from emolens.cli.main import console, err, fail
 from emolens.errors import EmoLensError
 
 feedback = typer.Typer(
-    help="Store corrections of wrong predictions (and confirmations of right ones).", no_args_is_help=True
+    help="Store corrections of wrong predictions. Confirmations of right ones too.", no_args_is_help=True
 )
 models = typer.Typer(help="Emotion models: list them, promote a version, roll back.", invoke_without_command=True)
 
@@ -31,7 +31,9 @@ def add(
     user: Annotated[str | None, typer.Option("--user", help="Who says so (optional).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose prediction is judged.")] = None,
 ) -> None:
-    """Say what the emotion of a face in IMAGE really is (--label) or that it was right (--correct)."""
+    """Correct or confirm the emotion of a face.
+
+    Say what the emotion of face --face in IMAGE really is (--label) or that it was right (--correct)."""
     from emolens.analyzer import Analyzer
     from emolens.store.feedback import FeedbackStore
 
@@ -81,7 +83,9 @@ def list_(
 
 @feedback.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Counts: corrections and confirmations, per label, the commonest mistakes, per source."""
+    """Count the stored feedback.
+
+    Corrections and confirmations, per label, the commonest mistakes, per source."""
     from emolens.store.feedback import FeedbackStore
 
     try:
@@ -111,7 +115,9 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 def export(
     folder: Annotated[Path, typer.Argument(help="Folder to write images/<label>/*.png and feedback.csv to.")],
 ) -> None:
-    """Export the feedback as an image folder (usable as a training dataset) plus a CSV."""
+    """Export the feedback as an image folder and a CSV.
+
+    The folder is usable as a training dataset."""
     from emolens.store.feedback import FeedbackStore
 
     try:
@@ -128,7 +134,9 @@ def import_(
     ],
     user: Annotated[str | None, typer.Option("--user", help="Record these under this user id.")] = None,
 ) -> None:
-    """Import the earlier Streamlit app's feedback; bad rows are listed and skipped."""
+    """Import the earlier Streamlit app's feedback.
+
+    Bad rows are listed and skipped."""
     from emolens.store.feedback import FeedbackStore
 
     try:
@@ -161,7 +169,9 @@ def check(
 
 @feedback.command()
 def remove(uid: Annotated[str, typer.Argument(help="Record id (from `feedback list --json`).")]) -> None:
-    """Delete one record (and its files when no other record uses them)."""
+    """Delete one feedback record.
+
+    Its files go too when no other record uses them."""
     from emolens.store.feedback import FeedbackStore
 
     try:
@@ -188,7 +198,9 @@ def finetune(
     max_base_drop: Annotated[float, typer.Option(help="Gate: base accuracy may drop at most this much.")] = 0.01,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
 ) -> None:
-    """Fine-tune the active model on stored corrections; promote it only if it measures better."""
+    """Fine-tune the active model on stored corrections.
+
+    The new version is promoted only if it measures better."""
     from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
 
     if not from_feedback:
@@ -235,7 +247,9 @@ def models_main(ctx: typer.Context) -> None:
 
 @models.command("list")
 def list_models() -> None:
-    """Models available by name, and the registry's versions (the active one marked)."""
+    """List the models available by name and the registry's versions.
+
+    The active version is marked."""
     from emolens.models import available_models, load_emotion_model
     from emolens.registry import Registry
 
@@ -285,7 +299,9 @@ def promote(
         str, typer.Argument(help="Registry version (v3), or a model name (accurate) to register as the next version.")
     ],
 ) -> None:
-    """Make VERSION the active model (the analyzer and server pick it up without a restart).
+    """Make VERSION the active model.
+
+    The analyzer and the server pick it up without a restart.
 
     A model by name, e.g. the flagship `accurate`, becomes a new version: fine-tuning from
     feedback then starts from it, and `emolens models rollback` returns to the previous one."""

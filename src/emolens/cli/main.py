@@ -16,11 +16,26 @@ from rich.table import Table
 
 from emolens.errors import EmoLensError
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The ``emolens`` app: an EmoLensError that no command caught (a missing extra met on import,
+    say) still ends as one line and exit code 2, never a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except EmoLensError as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            sys.exit(2)
+
+
+app = _App(
     help="EmoLens: find faces and read their emotions, offline.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Click's plain help: paragraphs re-wrapped to the terminal, flags without a "<bool>" type.
+    rich_markup_mode=None,
 )
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one message per line, file names never broken
@@ -33,12 +48,57 @@ def fail(exc: EmoLensError, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from emolens import __version__
+
+        typer.echo(f"emolens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the EmoLens version and exit."),
+    ] = False,
+) -> None:
+    """EmoLens: find faces and read their emotions, offline."""
+
+
+def annotated_targets(files: list[Path], out: Path) -> list[Path]:
+    """Where ``analyze --save`` writes each file's annotated copy: the input tree mirrored under
+    ``out`` (``coll/a/x.jpg`` and ``coll/b/x.jpg`` become ``out/a/x_emolens.jpg`` and
+    ``out/b/x_emolens.jpg``), every target distinct."""
+    import os
+
+    parents = [str(p.resolve().parent) for p in files]
+    try:
+        base = Path(os.path.commonpath(parents)) if parents else Path()
+    except ValueError:  # different drives: no common folder to mirror
+        base = None
+    targets, used = [], set()
+    for p, parent in zip(files, parents, strict=True):
+        folder = out / Path(parent).relative_to(base) if base is not None else out
+        target = folder / f"{p.stem}_emolens.jpg"
+        if target in used:  # x.jpg and x.png in one folder
+            target = folder / f"{p.stem}_{p.suffix.lstrip('.').lower()}_emolens.jpg"
+        n = 2
+        while target in used:
+            target, n = folder / f"{p.stem}_emolens-{n}.jpg", n + 1
+        used.add(target)
+        targets.append(target)
+    return targets
+
+
 @app.command()
 def analyze(
     paths: Annotated[
         list[str] | None, typer.Argument(help="Images, folders or globs. None: the built-in example photo.")
     ] = None,
-    save: Annotated[Path | None, typer.Option(help="Folder for annotated images.")] = None,
+    save: Annotated[
+        Path | None, typer.Option(help="Folder for annotated images (input folders are mirrored inside it).")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON ('-' for stdout).")] = None,
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per face as CSV ('-' for stdout).")
@@ -52,7 +112,7 @@ def analyze(
     max_faces: Annotated[int | None, typer.Option(help="Keep at most this many faces per image.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
 ) -> None:
-    """Find every face in the images and tell how each person feels."""
+    """Find every face in the images and tell how each one feels."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from emolens.analyzer import Analyzer
@@ -63,9 +123,14 @@ def analyze(
         save = save or Path("emolens-output")
         if not quiet:
             err.print(f"no image given: analyzing the built-in example {EXAMPLE.name}")
-    files = iter_image_paths(paths)
+    try:
+        files = iter_image_paths(paths)
+    except EmoLensError as exc:
+        fail(exc)
     if not files:
         fail(EmoLensError(f"no images found in: {' '.join(paths)}"))
+    targets = dict(zip(files, annotated_targets(files, save), strict=True)) if save else {}
+    replaced = 0
     try:
         analyzer = Analyzer(
             model=model,
@@ -104,7 +169,8 @@ def analyze(
                 progress.console.print(escape(res.summary()))
             if save:
                 try:
-                    res.save(save / f"{path.stem}_emolens.jpg")
+                    replaced += targets[path].exists()
+                    res.save(targets[path])
                 except OSError as exc:  # a full disk loses the annotation, not the results
                     unsaved += 1
                     progress.console.print(f"[red]✗[/red] {escape(f'{path}: could not save annotated image: {exc}')}")
@@ -128,6 +194,8 @@ def analyze(
         f"{'s' if n_faces != 1 else ''} found, {no_face} without a face, {len(failures)} failed"
         + (f", {unsaved} annotated image{'s' if unsaved != 1 else ''} not saved" if unsaved else "")
     )
+    if replaced:
+        summary += f"; {replaced} annotated image{'s' if replaced != 1 else ''} from an earlier run replaced"
     err.print(summary if not (failures or unsaved) else f"[yellow]{summary}[/yellow]")
     if save and len(results) > unsaved:
         err.print(f"annotated images in {escape(str(save))}")
@@ -196,9 +264,11 @@ def evaluate(
         Path | None, typer.Option("--report", help="Folder for report.md, report.html, metrics.json and plots.")
     ] = None,
 ) -> None:
-    """Measure a model or an ensemble on labelled faces: accuracy, macro-F1, per-class precision,
-    recall and F1, confusion, calibration (ECE) and accuracy against coverage; optionally with
-    test-time augmentation, and per-class thresholds below which the model answers "uncertain".
+    """Measure a model or an ensemble on labelled faces.
+
+    Prints accuracy, macro-F1, per-class precision, recall and F1, confusion, calibration (ECE) and
+    accuracy against coverage; optionally with test-time augmentation, and per-class thresholds
+    below which the model answers "uncertain".
 
     Photos are detected and aligned first; images without a face are listed, not counted."""
     import shlex
@@ -343,9 +413,11 @@ def train(
         typer.Option(help="K-fold cross-validation on DATA (group-aware with a group column): one model per fold."),
     ] = None,
 ) -> None:
-    """Train an emotion model (defaults: the recipe of the shipped `fast` model), or fine-tune one
-    with --init: with --stages the head learns alone first, then all layers (--set layer_decay=0.7
-    gives the layers further from the head smaller learning rates)."""
+    """Train an emotion model, or fine-tune one with --init.
+
+    The defaults are the recipe of the shipped `fast` model. With --stages the head learns alone
+    first, then all layers (--set layer_decay=0.7 gives the layers further from the head smaller
+    learning rates). Without --val, a stratified share of DATA is held out for validation."""
     from emolens.errors import require
 
     require("torch", "train")
@@ -452,7 +524,9 @@ def eda(
         "runs/eda"
     ),
 ) -> None:
-    """Explore a dataset: balance, sizes and modes, quality, duplicates, corrupt files."""
+    """Explore a dataset: balance, quality, duplicates.
+
+    Counts per class, sizes and modes, blur, brightness and contrast, duplicates and corrupt files."""
     from emolens.data import load_dataset
     from emolens.data.eda import explore, write_report
 
@@ -493,8 +567,8 @@ def export(
         ),
     ] = False,
 ) -> None:
-    """Export a checkpoint to the self-describing ONNX format (parity-checked), with a model card;
-    or, to an .ort OUT, a model to ONNX Runtime's mobile format (metadata kept, parity-checked)."""
+    """Export a checkpoint to a self-describing ONNX model (parity-checked against PyTorch, with a
+    model card); or, to an .ort OUT, a model to ONNX Runtime's mobile format (metadata kept, parity-checked)."""
     from emolens.errors import require
 
     if out.suffix == ".ort" and checkpoint.suffix not in (".pt", ".pth"):
@@ -550,7 +624,9 @@ def annotate(
     output: Annotated[str, typer.Option(help="logits or probabilities.")] = "logits",
     out: Annotated[Path | None, typer.Option(help="Write here instead of in place.")] = None,
 ) -> None:
-    """Make any ONNX emotion model self-describing, so every EmoLens command can use it."""
+    """Make an ONNX emotion model from elsewhere usable by EmoLens.
+
+    Writes the metadata (labels, input, output) every EmoLens command reads."""
     import numpy as np
 
     from emolens.classify.emotion import EmotionModel
@@ -597,7 +673,9 @@ def quantize(
     per_channel: Annotated[bool, typer.Option(help="Per-channel (not per-tensor) weight scales.")] = True,
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads for the speed measurement.")] = 2,
 ) -> None:
-    """Quantize a model to static INT8 (ONNX QDQ), keeping its metadata; with --val, measure the cost and the gain."""
+    """Quantize a model to INT8.
+
+    Static ONNX QDQ quantization, keeping the metadata; with --val, measure the cost and the gain."""
     from emolens.errors import require
 
     require("onnx", "export")
@@ -687,7 +765,9 @@ def explain(
         bool, typer.Option("--compare", help="Score every method's faithfulness (deletion, insertion) on the faces.")
     ] = False,
 ) -> None:
-    """Show which pixels made the model read each face's emotion: a heat map over the photo."""
+    """Show which pixels drove each face's emotion.
+
+    Writes a heat map over the photo; --compare scores every method's faithfulness."""
     import time
 
     import numpy as np
@@ -754,6 +834,11 @@ def _register_feature_commands() -> None:
 
     for module in (feedback, people, attendance, video, serve, synth):
         module.register(app)
+    groups = list(app.registered_groups)
+    while groups:  # every sub-command group gets the same plain help as the app
+        info = groups.pop()
+        info.typer_instance.rich_markup_mode = None
+        groups += info.typer_instance.registered_groups
 
 
 _register_feature_commands()

@@ -99,7 +99,9 @@ def remove(
     person: Annotated[str, typer.Argument(help="The person's id (see `emolens people list`).")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Erase a person: embeddings, stored face crops, attendance records, name in reports."""
+    """Erase a person and everything recorded about them.
+
+    Embeddings, stored face crops, attendance records; the name is redacted in reports."""
     from emolens.cli.main import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.gallery import People
@@ -125,7 +127,9 @@ def train(
         Path | None, typer.Option(help="Photos of people who will never be enrolled, to measure false accepts.")
     ] = None,
 ) -> None:
-    """Train a new recognizer version on every enrolled face (with its report) and activate it."""
+    """Train a new recognizer version and activate it.
+
+    Trains on every enrolled face and writes the version's report."""
     from emolens.identify.gallery import People
 
     _train(People(), classifier, strangers)
@@ -160,7 +164,9 @@ def _train(people, classifier: str, strangers: Path | None) -> None:
 
 @people_app.command("versions")
 def versions() -> None:
-    """List recognizer versions (all are kept; see `emolens people restore`)."""
+    """List recognizer versions.
+
+    All are kept: see `emolens people restore`."""
     from rich.table import Table
 
     from emolens.cli.main import console, fail
@@ -204,37 +210,65 @@ def restore(version: Annotated[str, typer.Argument(help="A version number, e.g. 
 
 
 def identify(
-    image: Annotated[Path, typer.Argument(help="A photo.")],
+    paths: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or globs.")],
     threshold: Annotated[float | None, typer.Option(help="Override the version's recommended threshold.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON: one object for one photo, a list for several.")
+    ] = False,
 ) -> None:
-    """Say who is in a photo: an enrolled person, or "unknown"."""
+    """Say who is in each photo: an enrolled person, or "unknown".
+
+    Takes files, folders and globs as `emolens analyze` does. A file that cannot be read is listed
+    and the others go on (exit code 1)."""
     from rich.markup import escape
 
     from emolens.cli.main import console, err, fail
-    from emolens.errors import EmoLensError
+    from emolens.errors import BadImageError, EmoLensError
     from emolens.identify.gallery import People
+    from emolens.io import iter_image_paths
 
     try:
-        matches = People().identify(image, threshold=threshold)
+        files = iter_image_paths(paths)
+        if not files:
+            raise EmoLensError(f"no images found in: {' '.join(paths)}")
+        people = People()
     except EmoLensError as exc:
         fail(exc)
+    several = len(files) > 1 or any(Path(p).is_dir() for p in paths)
+    records, failed = [], 0
+    for image in files:
+        try:
+            matches = people.identify(image, threshold=threshold)
+        except BadImageError as exc:  # this file only; a missing model or extra stops the run below
+            failed += 1
+            err.print(f"[red]✗[/red] {escape(str(exc))}")
+            continue
+        except EmoLensError as exc:
+            fail(exc)
+        records.append({"source": str(image), "faces": [m.to_dict() for m in matches]})
+        if json_out:
+            continue
+        where = f"{image}: " if several else ""
+        if not matches:
+            err.print(f"{escape(str(image))}: no face found")
+        for i, m in enumerate(matches):
+            box = ", ".join(f"{v:.0f}" for v in m.box)
+            head = f"{escape(where)}face {i} [{box}]"
+            if m.error:
+                console.print(f"{head}: [red]{escape(m.error)}[/red]", soft_wrap=True)
+            elif m.known:
+                console.print(
+                    f"{head}: {escape(m.key)} ({escape(m.name or '')}) "
+                    f"confidence {m.confidence:.2f}, similarity {m.similarity:.2f}",
+                    soft_wrap=True,  # a long file name is never broken across lines
+                )
+            else:
+                console.print(f"{head}: unknown (best confidence {m.confidence:.2f})", soft_wrap=True)
     if json_out:
-        typer.echo(json.dumps({"source": str(image), "faces": [m.to_dict() for m in matches]}, indent=2))
-        return
-    if not matches:
-        err.print(f"{escape(str(image))}: no face found")
-    for i, m in enumerate(matches):
-        box = ", ".join(f"{v:.0f}" for v in m.box)
-        if m.error:
-            console.print(f"face {i} [{box}]: [red]{escape(m.error)}[/red]")
-        elif m.known:
-            console.print(
-                f"face {i} [{box}]: {escape(m.key)} ({escape(m.name or '')}) "
-                f"confidence {m.confidence:.2f}, similarity {m.similarity:.2f}"
-            )
-        else:
-            console.print(f"face {i} [{box}]: unknown (best confidence {m.confidence:.2f})")
+        typer.echo(json.dumps(records if several else records[0] if records else {}, indent=2))
+    if failed:
+        err.print(f"{len(records)} images identified, {failed} failed")
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,7 @@ from emolens.cli.main import console, err, fail
 from emolens.errors import EmoLensError
 
 keys = typer.Typer(
-    help="API keys for `emolens serve`: needed to store feedback (write) or change models (admin).",
+    help="API keys for `emolens serve`. Needed to store feedback (write) or change models (admin).",
     no_args_is_help=True,
 )
 
@@ -30,7 +30,9 @@ def serve(
     ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: warning, info, debug.")] = "info",
 ) -> None:
-    """Serve the REST API (/api/v1, docs at /docs) and the web page (/) with uvicorn.
+    """Serve the REST API and the web page.
+
+    The API is under /api/v1 (interactive docs at /docs), the page at /; uvicorn runs the app.
 
     Limits, timeouts, CORS origins and whether reads need a key are settings: EMOLENS_* variables or config.toml."""
     import uvicorn
@@ -136,7 +138,9 @@ def list_keys(
 
 @keys.command("revoke")
 def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `emolens keys list`).")]) -> None:
-    """Revoke a key: requests with it are refused (403) from now on."""
+    """Revoke a key.
+
+    Requests with it are refused (403) from now on."""
     from emolens.store.keys import KeyStore
 
     try:

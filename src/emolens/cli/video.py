@@ -63,7 +63,9 @@ def video(
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (0 = all cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
 ) -> None:
-    """Track every face through a video, camera or stream and follow each one's emotions over time.
+    """Follow every face's emotions through a video or camera.
+
+    Tracks every face through a video file, camera or stream and smooths its emotions over time.
 
     Writes an annotated video, a per-track timeline (CSV and JSON) and a timeline plot; shows the
     live FPS. Exit code 1 when the stream dropped or the file ended early (what was analysed is
@@ -118,6 +120,8 @@ class _Outcome:
         self.video_path: Path | None = None
         self.written: list[Path] = []
         self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.codec: str | None = None
 
 
 def _analyse(va, src, folder: Path, max_frames, write_video: bool, show_fps: bool, quiet: bool) -> _Outcome:
@@ -154,6 +158,7 @@ def _analyse(va, src, folder: Path, max_frames, write_video: bool, show_fps: boo
         run.close()
         outcome.seconds = time.perf_counter() - start
     if writer is not None:
+        outcome.codec = writer.codec
         outcome.video_path = writer.close()
     _write_outputs(outcome, va, src, folder)
     return outcome
@@ -201,19 +206,23 @@ def _write_outputs(outcome: _Outcome, va, src, folder: Path) -> None:
         "method": va.describe(),
         "interrupted": outcome.interrupted,
     }
+    import importlib.util
+
     tl = outcome.timeline
-    steps = (
+    steps = [
         ("timeline.csv", lambda p: tl.to_csv(p)),
         ("timeline.json", lambda p: tl.to_json(p, stats)),
-        ("timeline.png", lambda p: tl.plot(p)),
-    )
+    ]
+    # The plot is the one output that needs an extra; a core install still completes the run.
+    if importlib.util.find_spec("matplotlib") is not None:
+        steps.append(("timeline.png", lambda p: tl.plot(p)))
+    else:
+        outcome.notes.append("timeline plot not drawn: it needs matplotlib (pip install -e '.[train]')")
     for name, write in steps:
         try:
             path = write(folder / name)
             if path is not None:
                 outcome.written.append(path)
-            elif name.endswith(".png"):
-                outcome.problems.append("timeline plot skipped: matplotlib is not installed")
         except OSError as exc:
             outcome.problems.append(f"could not write {folder / name}: {exc}")
     if outcome.video_path:
@@ -256,6 +265,11 @@ def _report(outcome: _Outcome, src, folder: Path) -> int:
         err.print(f"[red]warning:[/red] {escape(stats.ended_early)}; the outputs cover the frames before it")
     for p in outcome.problems:
         err.print(f"[red]✗[/red] {escape(p)}")
+    for note in outcome.notes:
+        err.print(f"note: {escape(note)}")
+    if outcome.video_path and outcome.codec:
+        hint = "" if "H.264" in outcome.codec else " (browsers need H.264: pip install -e '.[video]')"
+        err.print(f"annotated video encoded as {escape(outcome.codec)}{escape(hint)}")
     if outcome.written:
         err.print("wrote " + ", ".join(escape(str(p)) for p in outcome.written))
     return 1 if bad else 0

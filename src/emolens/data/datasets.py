@@ -183,16 +183,37 @@ def split(dataset: FaceDataset, val: float = 0.1, test: float = 0.0, seed: int =
 
     def cut(index: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
         y = dataset.labels[index]
-        rare = [dataset.classes[c] for c, n in zip(*np.unique(y, return_counts=True), strict=True) if n < 2]
+        present, counts = np.unique(y, return_counts=True)
+        sizes = ", ".join(f"{dataset.classes[c]} {n}" for c, n in zip(present, counts, strict=True))
+        rare = [dataset.classes[c] for c, n in zip(present, counts, strict=True) if n < 2]
         if rare:
-            raise BadLabelError(f"classes {rare} have fewer than 2 samples: too few to split; merge or drop them")
-        if dataset.groups is None:
-            splitter = ms.StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-            keep, held = next(splitter.split(index, y))
-        else:
-            folds = max(2, round(1 / fraction))
-            splitter = ms.StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-            keep, held = next(splitter.split(index, y, dataset.groups[index]))
+            raise BadLabelError(
+                f"classes {rare} have fewer than 2 samples ({sizes}): too few to split; "
+                "add photos, merge or drop those classes, or give the validation data yourself (--val)"
+            )
+        # A small dataset still gets a usable split: at least one face of every class held out.
+        held_n = max(int(np.ceil(fraction * len(index))), len(present))
+        if len(index) - held_n < len(present):
+            raise BadLabelError(
+                f"{len(index)} faces ({sizes}) are too few to hold out {fraction:.0%} with every class on both "
+                "sides; add photos or give the validation data yourself (--val)"
+            )
+        try:
+            if dataset.groups is None:
+                splitter = ms.StratifiedShuffleSplit(n_splits=1, test_size=held_n, random_state=seed)
+                keep, held = next(splitter.split(index, y))
+            else:
+                n_groups = len(np.unique(dataset.groups[index]))
+                folds = min(max(2, round(1 / fraction)), n_groups)
+                if folds < 2:
+                    raise ValueError("only one group")
+                splitter = ms.StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+                keep, held = next(splitter.split(index, y, dataset.groups[index]))
+        except ValueError as exc:  # scikit-learn's word for "too few" of something
+            raise BadLabelError(
+                f"cannot split {len(index)} faces ({sizes}) into training and validation: {exc}; "
+                "add photos or give the validation data yourself (--val)"
+            ) from None
         return index[keep], index[held]
 
     out = {}

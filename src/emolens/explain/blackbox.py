@@ -1,6 +1,6 @@
 """Model-agnostic explanations: LIME and SHAP, built only on a batch probability function.
 
-Both libraries are optional (``pip install 'emolens[lime]'`` / ``'emolens[shap]'``) and imported
+Both libraries are optional (``pip install -e '.[lime]'`` / ``'.[shap]'``) and imported
 lazily. The core functions ``lime_map`` and ``shap_map`` take an (H, W, C) image (uint8 or
 normalised floats), a ``predict`` from (N, H, W, C) images to probabilities (N, classes), and the
 target class; ``lime``/``shap`` wrap a PyTorch model (same signature as every method in

@@ -31,7 +31,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from emolens.detect import Detector, DetectorOptions, Face, create_detector
-from emolens.errors import BadImageError, EmoLensError, NotFoundError
+from emolens.errors import BadImageError, EmoLensError, MissingExtraError, NotFoundError
 from emolens.identify.embed import Embedder, create_embedder
 from emolens.io import ImageInput, iter_image_paths, load_image
 from emolens.store.db import get_engine, session
@@ -383,6 +383,8 @@ class People:
             face, n_faces = enrollment_face(pixels, self.detector)
             chip = self.embedder.align(pixels, face)
             vector = self.embedder.embed_chips([chip])[0]
+        except MissingExtraError:  # no image can be enrolled: stop, do not skip them one by one
+            raise
         except EmoLensError as exc:
             report.skipped.append((src, _reason(exc, image)))
             return report

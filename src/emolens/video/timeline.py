@@ -171,7 +171,7 @@ class Timeline:
             import matplotlib
         except ImportError:
             warnings.warn(
-                "the timeline plot needs matplotlib (pip install 'emolens[train]' or matplotlib); skipped",
+                "the timeline plot needs matplotlib (pip install -e '.[train]'); skipped",
                 stacklevel=2,
             )
             return None

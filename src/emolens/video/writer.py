@@ -20,30 +20,41 @@ class AnnotatedVideoWriter:
     """``write(results)`` draws and appends one frame; ``close()`` finishes the file.
 
     The size is fixed by the first frame; a later frame of another size (a stream that changed
-    resolution) is resized to it. mp4v in an .mp4 needs no codec beyond OpenCV's own FFmpeg.
+    resolution) is resized to it. ``codec="auto"`` writes H.264 through PyAV (the ``video``
+    extra) when its FFmpeg has an H.264 encoder, which browsers play; otherwise MPEG-4 Part 2
+    (``mp4v``) through OpenCV's own FFmpeg, which needs nothing more but which browsers do not
+    play. ``codec`` names what was used, once the first frame is written.
     """
 
-    def __init__(self, path: str | Path, fps: float | None = None, fourcc: str = "mp4v"):
+    def __init__(self, path: str | Path, fps: float | None = None, fourcc: str = "auto"):
         self.path = Path(path)
         self.fps = float(fps) if fps and fps > 0 else DEFAULT_FPS
-        self.fourcc = fourcc
-        # The temporary name keeps the suffix: OpenCV picks the container from it.
+        self.fourcc = fourcc  # "auto" (H.264 when PyAV offers it), or an OpenCV fourcc such as "mp4v"
+        # The temporary name keeps the suffix: the container follows it.
         self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.frames = 0
+        self.codec: str | None = None
         self._writer = None
         self._size: tuple[int, int] | None = None
 
     def _open(self, width: int, height: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.fourcc == "auto":
+            writer = _PyAVWriter.open(self.tmp, self.fps, width, height)
+            if writer is not None:
+                self._writer, self._size, self.codec = writer, (width, height), "H.264 (PyAV)"
+                return
         import cv2
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (width, height))
+        fourcc = "mp4v" if self.fourcc == "auto" else self.fourcc
+        writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, (width, height))
         if not writer.isOpened():
             raise EmoLensError(
-                f"cannot write {self.path}: OpenCV has no {self.fourcc!r} encoder for {self.path.suffix or 'this'} "
+                f"cannot write {self.path}: OpenCV has no {fourcc!r} encoder for {self.path.suffix or 'this'} "
                 "files here, or the folder is not writable"
             )
         self._writer, self._size = writer, (width, height)
+        self.codec = "MPEG-4 Part 2 (mp4v, OpenCV)" if fourcc == "mp4v" else f"{fourcc} (OpenCV)"
 
     def write(self, results: Results, overlay: str | None = None) -> None:
         """Append the annotated frame of ``results`` (which must still hold its image)."""
@@ -86,6 +97,55 @@ class AnnotatedVideoWriter:
     def __exit__(self, exc_type, *exc) -> None:
         # Even after an error the frames so far are worth keeping: the user sees where it stopped.
         self.close()
+
+
+class _PyAVWriter:
+    """H.264 in the container the suffix names, through PyAV: the same write/release as OpenCV's."""
+
+    ENCODERS = ("libx264", "h264", "libopenh264")
+
+    def __init__(self, container, stream):
+        self.container, self.stream = container, stream
+
+    @classmethod
+    def open(cls, path: Path, fps: float, width: int, height: int) -> _PyAVWriter | None:
+        """A writer, or None when PyAV or an H.264 encoder is missing (the caller falls back)."""
+        try:
+            import av
+        except ImportError:
+            return None
+        from fractions import Fraction
+
+        for name in cls.ENCODERS:
+            try:
+                av.codec.Codec(name, "w")
+            except Exception:  # PyAV raises its own "unknown codec" types
+                continue
+            container = av.open(str(path), mode="w")
+            try:
+                stream = container.add_stream(name, rate=Fraction(fps).limit_denominator(1001))
+                # H.264 in yuv420p needs even sides: an odd side loses its last pixel row or column.
+                stream.width, stream.height = width - width % 2, height - height % 2
+                stream.pix_fmt = "yuv420p"
+                return cls(container, stream)
+            except Exception:
+                container.close()
+                path.unlink(missing_ok=True)
+        return None
+
+    def write(self, bgr: np.ndarray) -> None:
+        import av
+
+        if bgr.shape[1] != self.stream.width or bgr.shape[0] != self.stream.height:
+            bgr = bgr[: self.stream.height, : self.stream.width]
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def release(self) -> None:
+        for packet in self.stream.encode():  # flush the encoder's delayed frames
+            self.container.mux(packet)
+        self.container.close()
 
 
 def _put_overlay(bgr: np.ndarray, text: str) -> None:
