@@ -8,6 +8,9 @@
 #     PyAV, the docs tooling and the test tools (about 2 GB);
 #   - as root on a Debian-like system without chromium, installs Debian's `chromium` package
 #     with apt-get for the browser tests (otherwise those tests skip and say why);
+#   - builds the on-device web app's runtime from npm (scripts/build_webapp.sh, when npm exists);
+#   - starts throw-away PostgreSQL servers (initdb/pg_ctl from /usr/lib/postgresql/15/bin, run as
+#     `nobody` under root) in temporary folders for the storage tests, and stops them;
 #   - builds the documentation into site/ (mkdocs build --strict) and runs pytest.
 # A first run takes about 12 minutes on 2 cores, installs included.
 #
@@ -33,6 +36,12 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     export DEBIAN_FRONTEND=noninteractive
     { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } >/dev/null 2>&1 ||
         echo "note: could not install chromium; the browser test will be skipped" >&2
+fi
+# The on-device web app's runtime (ONNX Runtime Web) comes from npm, pinned by web/package-lock.json.
+if command -v npm >/dev/null 2>&1; then
+    bash scripts/build_webapp.sh
+else
+    echo "note: npm is missing; the web app's browser tests will be skipped" >&2
 fi
 if [ "$QUICK" = 1 ]; then
     .venv/bin/python -m pytest -q -m "not slow" "$@"

@@ -45,7 +45,18 @@ def emolens_home(tmp_path, monkeypatch) -> Path:
 # Modules whose tests train networks, run dlib on LFW, drive a browser or fine-tune: the quick
 # subset (`QUICK=1 bash scripts/test.sh`, i.e. `-m "not slow"`) leaves them out. A single slow test
 # elsewhere takes `@pytest.mark.slow`.
-SLOW_MODULES = {"test_web.py", "test_train.py", "test_identity.py", "test_feedback.py", "test_explain.py"}
+SLOW_MODULES = {
+    "test_web.py",
+    "test_train.py",
+    "test_identity.py",
+    "test_feedback.py",
+    "test_explain.py",
+    "test_synth.py",
+    "test_serve_workers.py",
+    "test_deploy.py",
+    "test_webapp.py",
+    "test_storage_backends.py",
+}
 
 
 def pytest_collection_modifyitems(config, items) -> None:
