@@ -567,8 +567,10 @@ def export(
         ),
     ] = False,
 ) -> None:
-    """Export a checkpoint to a self-describing ONNX model (parity-checked against PyTorch, with a
-    model card); or, to an .ort OUT, a model to ONNX Runtime's mobile format (metadata kept, parity-checked)."""
+    """Export a checkpoint to ONNX, or a model to .ort.
+
+    ONNX: a self-describing model, parity-checked against PyTorch, with a model card. To an .ort OUT:
+    a model in ONNX Runtime's mobile format, metadata kept, parity-checked."""
     from emolens.errors import require
 
     if out.suffix == ".ort" and checkpoint.suffix not in (".pt", ".pth"):

@@ -14,7 +14,7 @@ from rich.table import Table
 from emolens.cli.main import console, fail
 from emolens.errors import EmoLensError
 
-data = typer.Typer(help="Check image folders against quality gates, and merge synthetic images into a training set.")
+data = typer.Typer(help="Quality gates for image folders; merge synthetic images in.")
 
 
 def generate(
@@ -34,8 +34,10 @@ def generate(
         bool, typer.Option("--filter/--no-filter", help="Run the quality gates on the images and record what passed.")
     ] = True,
 ) -> None:
-    """Generate face images per emotion with a Stable Diffusion model you already have (nothing is
-    downloaded), then check them with the quality gates. Image quality needs a real model."""
+    """Generate faces per emotion with Stable Diffusion.
+
+    Uses a model you already have (nothing is downloaded), then checks the images with the quality
+    gates. Image quality needs a real model."""
     from emolens.synth import generate as run
     from emolens.synth.generate import update_kept
 
@@ -155,8 +157,10 @@ def tune(
     name: Annotated[str, typer.Option(help="Study name: its folder is $EMOLENS_HOME/tune/NAME.")] = "emolens",
     seed: Annotated[int, typer.Option(help="Seed of the sampler and the split.")] = 0,
 ) -> None:
-    """Search training settings with Optuna (TPE, median pruning on validation macro-F1). The study is
-    kept in SQLite, so a stopped search resumes; the best settings are written as a training YAML."""
+    """Search training settings with Optuna.
+
+    TPE sampling, median pruning on validation macro-F1. The study is kept in SQLite, so a stopped
+    search resumes; the best settings are written as a training YAML."""
     from emolens.errors import require
 
     require("torch", "train")
