@@ -417,11 +417,10 @@ def test_onnx_embedder_takes_size_and_normalisation_from_metadata(lfw, models, t
 
 
 def test_cli_enroll_identify_attend_remove(lfw, emolens_home, tmp_path):
+    from PIL import Image
     from typer.testing import CliRunner
 
     from emolens.cli import app
-
-    from PIL import Image
 
     klass = tmp_path / "class"
     for folder, name in (("STU101_Al_Gore", "Al_Gore"), ("STU102_Angelina_Jolie", "Angelina_Jolie")):

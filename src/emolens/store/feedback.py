@@ -13,7 +13,9 @@ feedback it is judged by. The split is by group, not by crop: records of one per
 known), else of one source photo or video, else of one upload session, and near-duplicates
 (perceptual hashes within ``NEAR_DUPLICATE_BITS``) form one group, and a group never sits on
 both sides. A burst of near-identical photos or the frames of one video would otherwise put a
-twin of almost every held-out face in the training part and flatter the gate.
+twin of almost every held-out face in the training part and flatter the gate. Hashes tie most
+bursts but not all (a frame can stray further), so a caller that knows the person or the source
+should say so.
 """
 
 from __future__ import annotations
