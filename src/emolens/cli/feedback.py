@@ -186,6 +186,9 @@ def finetune(
     lr: Annotated[float, typer.Option(help="Peak learning rate (low: it starts from trained weights).")] = 2e-4,
     replay_size: Annotated[int, typer.Option(help="Replayed faces from the base data.")] = 6000,
     max_base_drop: Annotated[float, typer.Option(help="Gate: base accuracy may drop at most this much.")] = 0.01,
+    min_gain: Annotated[
+        float, typer.Option(help="Gate: the low end of the held-out gain's 95% interval must be above this.")
+    ] = 0.0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
 ) -> None:
     """Fine-tune the active model on stored corrections; promote it only if it measures better."""
@@ -215,7 +218,7 @@ def finetune(
             base_val=base_val,
             min_feedback=minimum,
             options=FinetuneOptions(epochs=epochs, lr=lr, replay_size=replay_size),
-            gates=Gates(max_base_drop=max_base_drop),
+            gates=Gates(min_feedback_gain=min_gain, max_base_drop=max_base_drop),
             promote=ask,
         )
     except EmoLensError as exc:
