@@ -30,6 +30,10 @@ def add(
     ] = False,
     user: Annotated[str | None, typer.Option("--user", help="Who says so (optional).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose prediction is judged.")] = None,
+    person: Annotated[
+        str | None, typer.Option(help="Who the face is, when known: keeps a person's faces on one side of the split.")
+    ] = None,
+    session: Annotated[str | None, typer.Option(help="An upload session that ties these faces together.")] = None,
 ) -> None:
     """Say what the emotion of a face in IMAGE really is (--label) or that it was right (--correct)."""
     from emolens.analyzer import Analyzer
@@ -43,8 +47,9 @@ def add(
             store.check_label(label)  # before the (slower) analysis
         results = Analyzer(model=model)(image)
         rec = store.add_from_results(
-            results, face, label, correct=correct, keep_image=keep_image, source="cli", user_id=user
-        )
+            results, face, label, correct=correct, keep_image=keep_image, source="cli", user_id=user,
+            person=person, upload_session=session,
+        )  # fmt: skip
     except EmoLensError as exc:
         fail(exc)
     verb = f"corrected {rec.predicted} → {rec.label}" if rec.is_correction else f"confirmed {rec.label}"
