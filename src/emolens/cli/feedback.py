@@ -276,8 +276,9 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
         print(json.dumps({"models": named, "registry": registry}, indent=2, default=str))
         return
     # Paths fold onto more lines rather than being cut; --json gives them on one line.
-    table = Table("name", "labels", "input", "accuracy")
-    table.add_column("path", overflow="fold")
+    table = Table()
+    for col in ("name", "labels", "input", "accuracy", "path"):
+        table.add_column(col, overflow="fold")
     for m in named:
         if m["error"]:
             table.add_row(m["name"], f"[red]{escape(m['error'])}[/red]", "", "", m["path"])
@@ -288,10 +289,9 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     if not versions:
         console.print("registry: empty (the active model is the shipped `fast`)")
         return
-    table = Table("version", "active", "parent", title="registry")
-    table.add_column("source", overflow="fold")
-    for col in ("created", "base acc", "feedback acc", "promoted"):
-        table.add_column(col)
+    table = Table(title="registry")
+    for col in ("version", "active", "parent", "source", "created", "base acc", "feedback acc", "promoted"):
+        table.add_column(col, overflow="fold")
     for v in versions:
         m = v.metrics
         base = m.get("base_accuracy", m.get("accuracy"))
