@@ -118,8 +118,8 @@ def add(
 ) -> None:
     """Feed more images, videos or a camera to an open session (the latest open one unless --session).
 
-    The older form `emolens attendance add SESSION_ID IMAGES...` still works: a first argument that
-    is no existing path and has no file suffix or wildcard is taken as the session id."""
+    The older form, `emolens attendance add SESSION_ID IMAGES...`, still works."""
+    # A first argument that is no existing path and has no file suffix or wildcard is a session id.
     from emolens.cli.main import fail
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
