@@ -384,7 +384,7 @@ def render_report(o: FinetuneOutcome) -> str:
         "",
         f"Verdict: **{'gates passed' if o.passed else 'gates failed: the active model stays'}**",
         "",
-        "| set | faces | groups | active model | candidate | change | 95% CI |",
+        "| set | faces | groups | active model | candidate | change | confidence interval |",
         "|---|---|---|---|---|---|---|",
     ]
     gate_of = {"feedback": "feedback_improves", "base": "base_holds"}
