@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -227,6 +228,18 @@ def test_evaluate_matches_a_hand_computation(small_npz, tmp_path):
     for label, recall in report["per_class_recall"].items():
         k = model.labels.index(label)
         assert recall == pytest.approx(float((y_pred[y_true == k] == k).mean()))
+
+
+def test_machine_output_on_stdout_is_only_that(small_npz, tmp_path):
+    """`--json -` / `--csv -`: the data alone on stdout (pipeable), tables and notes on stderr."""
+    proc = run_cli("evaluate", "fast", small_npz, "--json", "-", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n"] == 300
+    assert "precision" in proc.stderr and "accuracy 0." in proc.stderr
+    proc = run_cli("analyze", EXAMPLE, "--csv", "-", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert rows and rows[0]["label"] and "1 image analyzed" in proc.stderr
 
 
 def test_evaluate_missing_file(tmp_path):

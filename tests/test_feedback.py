@@ -334,6 +334,14 @@ def test_models_cli_lists_promotes_and_rolls_back(emolens_home, tmp_path):
     assert r.exit_code == 0 and "v1 is active again" in r.output
     r = runner.invoke(app, ["models", "promote", "v7"])
     assert r.exit_code == 2 and "no model version 'v7'" in r.output
+    # Long paths are folded onto more lines, never cut; --json gives them whole, and alone on stdout.
+    long = emolens_home / "models" / ("a-model-with-a-name-long-enough-to-overflow-any-column-" * 2 + ".onnx")
+    long.write_bytes(resolve_model("fast").read_bytes())
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0 and "…" not in r.output  # nothing cut short
+    r = runner.invoke(app, ["models", "--json"])
+    doc = json.loads(r.stdout)
+    assert str(long) in [m["path"] for m in doc["models"]] and [v["version"] for v in doc["registry"]] == ["v1", "v2"]
 
 
 # -- fine-tuning with gates ------------------------------------------------------------------
@@ -379,6 +387,9 @@ def test_finetune_refuses_below_the_minimum_and_without_data(sqlite_store, emole
 
 
 def test_failed_gate_keeps_the_active_model_and_passing_gate_promotes(sqlite_store, emolens_home, fer_sets):
+    from emolens.classify.emotion import EmotionModel
+    from emolens.cli import app
+
     store = sqlite_store
     from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
     from emolens.registry import Registry
@@ -387,26 +398,41 @@ def test_failed_gate_keeps_the_active_model_and_passing_gate_promotes(sqlite_sto
     fill(store, x, y, classes)
     opts = FinetuneOptions(epochs=1, replay_size=400, batch_size=64, threads=2)
     reg = Registry()
-    # An impossible gate (base accuracy must rise 100 points) must fail: v1 stays active.
+    # An impossible gate (base accuracy must rise 100 points) must fail: v1 stays active. So must
+    # a gain judged on fewer independent held-out groups than the gate asks for.
     failed = finetune_from_feedback(
-        replay=replay, base_val=base, min_feedback=10, options=opts, gates=Gates(max_base_drop=-1.0),
-        promote=True, progress=False,
+        replay=replay, base_val=base, min_feedback=10, options=opts,
+        gates=Gates(max_base_drop=-1.0, min_holdout_groups=1000), promote=True, progress=False,
     )  # fmt: skip
     assert not failed.passed and not failed.promoted and not failed.gates["base_holds"]["passed"]
+    fb_gate = failed.gates["feedback_improves"]
+    assert not fb_gate["passed"] and "at least 1000 are needed" in fb_gate["why"]
+    assert (
+        fb_gate["low"] <= fb_gate["change"] <= fb_gate["high"] and fb_gate["groups"] == failed.counts["holdout_groups"]
+    )
     assert reg.active_name() == "v1" and failed.candidate == "v2"
     v2 = reg.get("v2")
     assert not v2.promoted and v2.parent == "v1" and v2.checkpoint and v2.report
-    assert "gates failed" in v2.report.read_text()
+    report = v2.report.read_text()
+    assert "gates failed" in report and "95% CI" in report and "Recall per class" in report and "ECE" in report
     assert failed.counts["feedback_holdout"] > 0 and failed.counts["replay"] == 400
-    # Lenient gates pass; the caller is asked (the CLI asks the user, or --yes) before promotion.
-    asked = []
-    accepted = finetune_from_feedback(
-        replay=replay, base_val=base, min_feedback=10, options=opts,
-        gates=Gates(min_feedback_gain=-1.0, max_base_drop=1.0), promote=lambda o: asked.append(o.candidate) or True,
-        progress=False,
+    # The temperature fitted on the held-out feedback is in the candidate's model file.
+    cal = failed.calibration
+    assert EmotionModel(v2.path).meta.temperature == cal["temperature"] and 0.1 <= cal["temperature"] <= 10
+    assert {"ece_parent", "ece_before", "ece_after", "base_ece_after"} <= set(cal)
+    # Lenient gates pass; the CLI shows the whole report, then asks; the answer promotes.
+    r = CliRunner().invoke(
+        app,
+        ["finetune", "--from-feedback", "--replay", str(replay), "--base-val", str(base), "--min", "10",
+         "--epochs", "1", "--replay-size", "400", "--min-gain", "-1", "--max-base-drop", "1"],
+        input="y\n",
     )  # fmt: skip
-    assert asked == ["v3"] and accepted.promoted and reg.active_name() == accepted.candidate == "v3"
-    assert reg.get("v3").metrics["gates_passed"] is True
+    assert r.exit_code == 0, r.output
+    question = r.output.index("make v3 the active model?")
+    for part in ("held-out feedback", "feedback_improves", "Recall per class", "Calibration", "surprise"):
+        assert -1 < r.output.find(part) < question, part
+    assert "v3 is now active" in r.output[question:]
+    assert reg.active_name() == "v3" and reg.get("v3").metrics["gates_passed"] is True
     assert reg.rollback().name == "v1"
 
 
@@ -414,7 +440,7 @@ def test_feedback_cli_add_list_stats_export_import_check(emolens_home, analysed,
     from emolens.cli import app
 
     runner = CliRunner()
-    r = runner.invoke(app, ["feedback", "add", str(EXAMPLE), "--label", "sad", "--user", "ann"])
+    r = runner.invoke(app, ["feedback", "add", str(EXAMPLE), "--label", "sad", "--user", "ann", "--person", "p1"])
     assert r.exit_code == 0 and f"corrected {analysed[0].label} → sad" in r.output
     r = runner.invoke(app, ["feedback", "add", str(EXAMPLE), "--correct"])
     assert r.exit_code == 0 and "confirmed" in r.output
@@ -425,6 +451,9 @@ def test_feedback_cli_add_list_stats_export_import_check(emolens_home, analysed,
     r = runner.invoke(app, ["feedback", "list", "--json"])
     rows = [json.loads(line) for line in r.output.splitlines()]
     assert [row["label"] for row in rows] == [analysed[0].label, "sad"] and rows[1]["user_id"] == "ann"
+    # One face of one photo: the same side of the split, whatever ties were given.
+    assert rows[1]["person"] == "p1" and rows[0]["origin"].startswith("photo:") and len(rows[0]["phash"]) == 16
+    assert rows[0]["holdout"] == rows[1]["holdout"]
     r = runner.invoke(app, ["feedback", "stats", "--json"])
     assert json.loads(r.output)["total"] == 2
     r = runner.invoke(app, ["feedback", "export", str(tmp_path / "exp")])

@@ -417,6 +417,7 @@ def test_onnx_embedder_takes_size_and_normalisation_from_metadata(lfw, models, t
 
 
 def test_cli_enroll_identify_attend_remove(lfw, emolens_home, tmp_path):
+    from PIL import Image
     from typer.testing import CliRunner
 
     from emolens.cli import app
@@ -426,6 +427,11 @@ def test_cli_enroll_identify_attend_remove(lfw, emolens_home, tmp_path):
         (klass / folder).mkdir(parents=True)
         for p in photos(lfw, name)[:2]:
             shutil.copy(p, klass / folder / p.name)
+    # A third person whose second photo has no face: the skipped line names them, and they are
+    # left with fewer photos than the others, which enrolment warns about.
+    (klass / "STU103_Ana_Palacio").mkdir()
+    shutil.copy(photos(lfw, "Ana_Palacio")[0], klass / "STU103_Ana_Palacio")
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(klass / "STU103_Ana_Palacio" / "wall.png")
     runner = CliRunner()
 
     def run(*args: str, stdout: bool = False) -> str:
@@ -434,7 +440,13 @@ def test_cli_enroll_identify_attend_remove(lfw, emolens_home, tmp_path):
         return result.stdout if stdout else result.output
 
     out = run("people", "enroll", klass)
-    assert "4 faces enrolled for 2 people" in out and "version 1" in out
+    assert "5 faces enrolled for 3 people" in out and "version 1" in out
+    assert "skipped STU103: wall.png: no face found" in out
+    assert "STU103 (Ana Palacio) has 1 photo(s) enrolled, most people have 2" in out
+    assert "STU101 (" not in out.split("version 1")[0].split("warning")[-1]  # only the short one is warned about
+    stranger = sorted((lfw / "strangers").glob("*.jpg"))[0]
+    unknown = run("identify", stranger)
+    assert "unknown (best confidence" in unknown and "similarity 0." in unknown
     assert "Angelina Jolie" in run("people", "list")
     probe = photos(lfw, "Angelina_Jolie")[3]
     faces = json.loads(run("identify", probe, "--json", stdout=True))["faces"]
@@ -447,13 +459,41 @@ def test_cli_enroll_identify_attend_remove(lfw, emolens_home, tmp_path):
     records = json.loads(run("identify", probes, "--json", stdout=True))
     assert [Path(r["source"]).name for r in records] == ["a.jpg", "b.jpg"]
     assert "b.jpg: face 0" in run("identify", probes) and "STU101" in run("identify", probes / "b.jpg")
-    assert "present: STU101" in run("attendance", "start", photos(lfw, "Al_Gore")[3], "--stop", "--name", "cli")
-    rows = list(csv.DictReader(io.StringIO(run("attendance", "report", "--csv", "-", stdout=True))))
-    assert {r["key"]: r["present"] for r in rows} == {"STU101": "yes", "STU102": "no"}
+    started = run("attendance", "start", photos(lfw, "Al_Gore")[3], "--name", "cli")
+    assert "present: STU101" in started
+    # `add` feeds the open session without its id; the older form with the id first still works.
+    assert "present: STU102" in run("attendance", "add", photos(lfw, "Angelina_Jolie")[4])
+    uid = started.split("session ")[1].split()[0]
+    assert f"session {uid} (open)" in run("attendance", "add", uid, photos(lfw, "Al_Gore")[4])
+    run("attendance", "stop")
+    no_open = runner.invoke(app, ["attendance", "add", str(photos(lfw, "Al_Gore")[5])])
+    assert no_open.exit_code == 2 and "no open attendance session" in no_open.output
+    report = runner.invoke(app, ["attendance", "report", "--csv", "-"])
+    assert report.exit_code == 0 and "session " not in report.stdout  # the CSV alone on stdout
+    rows = list(csv.DictReader(io.StringIO(report.stdout)))
+    assert {r["key"]: r["present"] for r in rows} == {"STU101": "yes", "STU102": "yes", "STU103": "no"}
     assert "removed STU101" in run("people", "remove", "STU101", "--yes")
     assert "STU101" not in run("people", "list")
     bad = runner.invoke(app, ["people", "remove", "STU101", "--yes"])
     assert bad.exit_code == 2 and "no enrolled person" in bad.output
+
+
+def test_cli_training_with_one_photo_each_says_what_cannot_be_estimated(lfw, emolens_home, tmp_path):
+    from typer.testing import CliRunner
+
+    from emolens.cli import app
+
+    klass = tmp_path / "class"
+    for n, name in enumerate(("Al_Gore", "Angelina_Jolie", "Andre_Agassi")):
+        (klass / f"STU20{n}_{name}").mkdir(parents=True)
+        shutil.copy(photos(lfw, name)[0], klass / f"STU20{n}_{name}")
+    result = CliRunner().invoke(app, ["people", "enroll", str(klass)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "accuracy and false rejects cannot be estimated: nobody has a second photo" in out
+    assert "cross-validated accuracy" not in out
+    # What can be measured: how close never-enrolled faces come, against the acceptance minimum.
+    assert "faces probed as strangers; never-enrolled faces reach similarity" in out and "(highest)" in out
 
 
 # ---------------------------------------------------------------- helpers

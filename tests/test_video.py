@@ -391,7 +391,7 @@ def test_cli_writes_video_timeline_and_plot(two_faces, tmp_path):
     path, _ = two_faces
     proc = run_cli(path, "--out", tmp_path / "out", "--every", "4", "--window", "5", "--show-fps", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "60 frames analysed" in proc.stderr and "2 tracks" in proc.stderr and "FPS" in proc.stderr
+    assert "60 frames analysed" in proc.stderr and "2 tracks" in proc.stderr and "FPS on average" in proc.stderr
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"annotated.mp4", "timeline.csv", "timeline.json"} <= names
     doc = json.loads((tmp_path / "out" / "timeline.json").read_text())

@@ -17,6 +17,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def scale_probabilities(y: np.ndarray, output: str = "logits", temperature: float | None = None) -> np.ndarray:
+    """A model's raw output (logits or probabilities) as probabilities, softened or sharpened by
+    ``temperature`` (probabilities are taken back to log space first; T=1 or None changes nothing)."""
+    if output == "probabilities":
+        if not temperature or temperature == 1.0:
+            return y
+        y = np.log(np.clip(y, 1e-12, None))
+    return softmax(y / (temperature or 1.0))
+
+
 def to_input(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
     """uint8 crops (N, S, S) or (N, S, S, C) → the float input tensor that ``spec`` describes."""
     if crops.ndim == 3:
@@ -108,5 +118,5 @@ class EmotionModel:
         out = []
         for i in range(0, len(crops), batch_size):
             y = self._session.run(None, {self._input_name: self.preprocess(crops[i : i + batch_size])})[0]
-            out.append(y if self.meta.output == "probabilities" else softmax(y))
+            out.append(scale_probabilities(y, self.meta.output, self.meta.temperature))
         return np.concatenate(out).astype(np.float32)

@@ -8,7 +8,9 @@ Keys in the ONNX ``metadata_props``:
 - ``emolens.output``: ``"logits"`` or ``"probabilities"``;
 - ``emolens.card``: JSON model card (name, version, data, recipe, metrics, MFLOPs, ...);
 - ``emolens.thresholds`` (optional): JSON ``{label: threshold}``; a face whose top probability is
-  below the threshold of its top label is answered "uncertain" (``emolens evaluate --save-thresholds``).
+  below the threshold of its top label is answered "uncertain" (``emolens evaluate --save-thresholds``);
+- ``emolens.temperature`` (optional): a positive number T; probabilities are ``softmax(logits / T)``
+  (fitted on held-out feedback when a model is fine-tuned, so confidences stay calibrated).
 
 Reading needs only ONNX Runtime; writing (``annotate``) needs the ``onnx`` package.
 """
@@ -26,6 +28,7 @@ INPUT_KEY = "emolens.input"
 OUTPUT_KEY = "emolens.output"
 CARD_KEY = "emolens.card"
 THRESHOLDS_KEY = "emolens.thresholds"
+TEMPERATURE_KEY = "emolens.temperature"
 UNCERTAIN = "uncertain"  # the answer of a model with thresholds when a face falls below them
 
 
@@ -54,10 +57,16 @@ class ModelMeta:
     output: str = "logits"
     card: dict = field(default_factory=dict)
     thresholds: dict[str, float] | None = None  # per-class confidence thresholds: below → "uncertain"
+    temperature: float | None = None  # logits are divided by it before the softmax
 
     def __post_init__(self) -> None:
         if self.thresholds is not None:
             self.thresholds = check_thresholds(self.thresholds, self.labels)
+        if self.temperature is not None:
+            t = self.temperature
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.01 <= t <= 100:
+                raise ModelError(f"{TEMPERATURE_KEY} must be a number between 0.01 and 100, not {t!r}")
+            self.temperature = float(t)
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -68,6 +77,8 @@ class ModelMeta:
         }
         if self.thresholds is not None:
             props[THRESHOLDS_KEY] = json.dumps(self.thresholds)
+        if self.temperature is not None:
+            props[TEMPERATURE_KEY] = json.dumps(self.temperature)
         return props
 
     @classmethod
@@ -83,6 +94,7 @@ class ModelMeta:
             spec = InputSpec(**json.loads(props[INPUT_KEY]))
             card = json.loads(props.get(CARD_KEY, "{}") or "{}")
             thresholds = json.loads(props[THRESHOLDS_KEY]) if props.get(THRESHOLDS_KEY) else None
+            temperature = json.loads(props[TEMPERATURE_KEY]) if props.get(TEMPERATURE_KEY) else None
         except (ValueError, TypeError) as exc:
             raise ModelError(f"{source} has malformed EmoLens metadata: {exc}") from None
         output = props.get(OUTPUT_KEY, "logits")
@@ -91,7 +103,9 @@ class ModelMeta:
         if not isinstance(labels, list) or not labels or not all(isinstance(s, str) for s in labels):
             raise ModelError(f"{source}: {LABELS_KEY} must be a non-empty JSON list of names")
         try:
-            return cls(labels=labels, input=spec, output=output, card=card, thresholds=thresholds)
+            return cls(
+                labels=labels, input=spec, output=output, card=card, thresholds=thresholds, temperature=temperature
+            )
         except ModelError as exc:
             raise ModelError(f"{source}: {exc}") from None
 
@@ -132,6 +146,8 @@ def annotate(path: str | Path, meta: ModelMeta, out: str | Path | None = None) -
     props.update(meta.to_props())
     if meta.thresholds is None:  # thresholds belong to one set of labels and outputs: never keep stale ones
         props.pop(THRESHOLDS_KEY, None)
+    if meta.temperature is None:
+        props.pop(TEMPERATURE_KEY, None)
     del model.metadata_props[:]
     for k, v in props.items():
         entry = model.metadata_props.add()

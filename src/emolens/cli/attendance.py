@@ -109,18 +109,26 @@ def start(
 
 @attendance_app.command("add")
 def add(
-    session_id: Annotated[str, typer.Argument(help="Session id (a unique prefix is enough).")],
     inputs: Inputs = None,
+    session_id: Annotated[
+        str | None, typer.Option("--session", "-s", help="Session id (default: the latest open session).")
+    ] = None,
     camera: Camera = None,
     every: Every = 15,
     frames: Frames = None,
     emotions: Emotions = True,
 ) -> None:
-    """Feed more images, videos or a camera to an open session."""
+    """Feed more images, videos or a camera to an open session (the latest open one unless --session).
+
+    The older form, `emolens attendance add SESSION_ID IMAGES...`, still works."""
+    # A first argument that is no existing path and has no file suffix or wildcard is a session id.
     from emolens.cli.main import fail
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
+    first = inputs[0] if inputs else ""
+    if session_id is None and first and not Path(first).exists() and not Path(first).suffix and "*" not in first:
+        session_id, inputs = first, inputs[1:]
     try:
         session = AttendanceSession.open(session_id, emotions=emotions)
         session._check_open()  # noqa: SLF001 - refuse before any work, not on the first frame
@@ -161,11 +169,12 @@ def report(
     First seen when, with what confidence, and how they looked."""
     from rich.table import Table
 
-    from emolens.cli.main import console, fail
+    from emolens.cli.main import console, fail, human_to_stderr
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession, _find_session
     from emolens.store.db import session as db_session
 
+    human_to_stderr(json_out, csv_out)
     try:
         if session_id is None:  # the latest session, open or stopped
             with db_session() as s:

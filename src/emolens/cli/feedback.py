@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.main import console, err, fail
+from emolens.cli.main import console, err, fail, human_to_stderr
 from emolens.errors import EmoLensError
 
 feedback = typer.Typer(
@@ -30,6 +30,10 @@ def add(
     ] = False,
     user: Annotated[str | None, typer.Option("--user", help="Who says so (optional).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose prediction is judged.")] = None,
+    person: Annotated[
+        str | None, typer.Option(help="Who the face is, when known: keeps a person's faces on one side of the split.")
+    ] = None,
+    session: Annotated[str | None, typer.Option(help="An upload session that ties these faces together.")] = None,
 ) -> None:
     """Correct or confirm the emotion of a face.
 
@@ -45,8 +49,9 @@ def add(
             store.check_label(label)  # before the (slower) analysis
         results = Analyzer(model=model)(image)
         rec = store.add_from_results(
-            results, face, label, correct=correct, keep_image=keep_image, source="cli", user_id=user
-        )
+            results, face, label, correct=correct, keep_image=keep_image, source="cli", user_id=user,
+            person=person, upload_session=session,
+        )  # fmt: skip
     except EmoLensError as exc:
         fail(exc)
     verb = f"corrected {rec.predicted} → {rec.label}" if rec.is_correction else f"confirmed {rec.label}"
@@ -196,6 +201,9 @@ def finetune(
     lr: Annotated[float, typer.Option(help="Peak learning rate (low: it starts from trained weights).")] = 2e-4,
     replay_size: Annotated[int, typer.Option(help="Replayed faces from the base data.")] = 6000,
     max_base_drop: Annotated[float, typer.Option(help="Gate: base accuracy may drop at most this much.")] = 0.01,
+    min_gain: Annotated[
+        float, typer.Option(help="Gate: the low end of the held-out gain's 95% interval must be above this.")
+    ] = 0.0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
 ) -> None:
     """Fine-tune the active model on stored corrections.
@@ -206,7 +214,19 @@ def finetune(
     if not from_feedback:
         fail(EmoLensError("say what to learn from: --from-feedback"))
 
+    shown = []
+
+    def show(outcome) -> None:  # the whole report, once, before any question
+        from rich.markdown import Markdown
+
+        from emolens.learn import render_report
+
+        if not shown:
+            console.print(Markdown(render_report(outcome)))
+            shown.append(outcome.candidate)
+
     def ask(outcome) -> bool:
+        show(outcome)
         return yes or typer.confirm(f"gates passed: make {outcome.candidate} the active model?", default=False)
 
     try:
@@ -215,20 +235,12 @@ def finetune(
             base_val=base_val,
             min_feedback=minimum,
             options=FinetuneOptions(epochs=epochs, lr=lr, replay_size=replay_size),
-            gates=Gates(max_base_drop=max_base_drop),
+            gates=Gates(min_feedback_gain=min_gain, max_base_drop=max_base_drop),
             promote=ask,
         )
     except EmoLensError as exc:
         fail(exc)
-    table = Table("set", "faces", f"active ({outcome.parent})", f"candidate ({outcome.candidate})")
-    for name, title in (("feedback", "held-out feedback"), ("base", "base validation")):
-        p, c = outcome.metrics["parent"][name], outcome.metrics["candidate"][name]
-        table.add_row(title, str(p["n"]), f"{p['accuracy']:.2%}", f"{c['accuracy']:.2%}")
-    console.print(table)
-    for name, g in outcome.gates.items():
-        console.print(
-            f"gate {name}: {'[green]passed[/green]' if g['passed'] else '[red]failed[/red]'} ({g['change']:+.2%})"
-        )
+    show(outcome)
     if outcome.promoted:
         console.print(f"{outcome.candidate} is now active (undo: emolens models rollback)")
     else:
@@ -238,44 +250,62 @@ def finetune(
             raise typer.Exit(3)
 
 
+JSON_OPTION = typer.Option("--json", help="Print JSON (paths and sources whole) instead of tables.")
+
+
 @models.callback()
-def models_main(ctx: typer.Context) -> None:
+def models_main(ctx: typer.Context, as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Emotion models by name (shipped and user models) and the registry's versions."""
     if ctx.invoked_subcommand is None:
-        list_models()
+        list_models(as_json)
 
 
 @models.command("list")
-def list_models() -> None:
+def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """List the models available by name and the registry's versions.
 
     The active version is marked."""
     from emolens.models import available_models, load_emotion_model
     from emolens.registry import Registry
 
-    table = Table("name", "labels", "input", "accuracy", "path")
+    named = []
     for name, path in available_models().items():
         try:
             m = load_emotion_model(str(path))
             spec = m.meta.input
             acc = m.card.get("metrics", {}).get("accuracy")
-            table.add_row(
-                name,
-                " ".join(m.labels),
-                f"{spec.size}x{spec.size}x{spec.channels}",
-                f"{acc:.1%}" if acc else "",
-                str(path),
-            )
+            named.append({"name": name, "labels": m.labels, "input": f"{spec.size}x{spec.size}x{spec.channels}",
+                          "accuracy": acc, "path": str(path), "error": None})  # fmt: skip
         except EmoLensError as exc:
-            table.add_row(name, f"[red]{escape(str(exc))}[/red]", "", "", str(path))
-    console.print(table)
+            named.append({"name": name, "labels": None, "input": None, "accuracy": None, "path": str(path),
+                          "error": str(exc)})  # fmt: skip
     versions = Registry().versions()
+    human_to_stderr(as_json)
+    if as_json:
+        registry = [
+            {"version": v.name, "active": v.active, "parent": v.parent, "source": v.source, "created": v.created_at,
+             "promoted": v.promoted, "metrics": v.metrics, "path": str(v.path)}
+            for v in versions
+        ]  # fmt: skip
+        print(json.dumps({"models": named, "registry": registry}, indent=2, default=str))
+        return
+    # Paths fold onto more lines rather than being cut; --json gives them on one line.
+    table = Table()
+    for col in ("name", "labels", "input", "accuracy", "path"):
+        table.add_column(col, overflow="fold")
+    for m in named:
+        if m["error"]:
+            table.add_row(m["name"], f"[red]{escape(m['error'])}[/red]", "", "", m["path"])
+        else:
+            acc = m["accuracy"]
+            table.add_row(m["name"], " ".join(m["labels"]), m["input"], f"{acc:.1%}" if acc else "", m["path"])
+    console.print(table)
     if not versions:
         console.print("registry: empty (the active model is the shipped `fast`)")
         return
-    table = Table(
-        "version", "active", "parent", "source", "created", "base acc", "feedback acc", "promoted", title="registry"
-    )
+    table = Table(title="registry")
+    for col in ("version", "active", "parent", "source", "created", "base acc", "feedback acc", "promoted"):
+        table.add_column(col, overflow="fold")
     for v in versions:
         m = v.metrics
         base = m.get("base_accuracy", m.get("accuracy"))

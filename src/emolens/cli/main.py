@@ -43,6 +43,18 @@ err = Console(stderr=True, soft_wrap=True)  # one message per line, file names n
 EXAMPLE = Path(__file__).parents[1] / "assets" / "examples" / "astronaut.jpg"
 
 
+@app.callback()
+def _start() -> None:
+    console.stderr = False  # human output goes to stdout unless a command sends machine output there
+
+
+def human_to_stderr(*targets: Path | str | bool | None) -> None:
+    """When a machine format goes to stdout (``--json -``, ``--csv -``, a ``--json`` flag), send the
+    human output (tables, notes) to stderr, so that stdout can be piped into a parser."""
+    if any(t is True or (t is not None and t is not False and str(t) == "-") for t in targets):
+        console.stderr = True
+
+
 def fail(exc: EmoLensError, code: int = 2) -> None:
     err.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(code)
@@ -144,6 +156,7 @@ def analyze(
         fail(exc)
 
     to_stdout = "-" in (str(json_out), str(csv_out))
+    human_to_stderr(json_out, csv_out)
     show = not quiet and not to_stdout
     results, failures, unsaved, n_faces = [], [], 0, 0
     progress = Progress(
@@ -235,7 +248,10 @@ def evaluate(
     data: Annotated[
         Path, typer.Argument(help="Labelled data: .npz of crops, class folders of photos, FER2013 or labels CSV.")
     ],
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON.")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the metrics as JSON ('-' for stdout; tables then go to stderr)."),
+    ] = None,
     more: Annotated[
         list[str] | None, typer.Option("--model", help="Another ensemble member (repeatable); probabilities averaged.")
     ] = None,
@@ -277,6 +293,7 @@ def evaluate(
     from emolens.data.datasets import to_crops
     from emolens.evaluate import evaluate_arrays, model_names
 
+    human_to_stderr(json_out)
     save = save_thresholds or thresholds_out is not None
     tta = tta or tta_shift > 0
     try:

@@ -59,9 +59,19 @@ def enroll(
     except EmoLensError as exc:
         fail(exc)
     for src, reason in report.skipped:
-        err.print(f"[yellow]skipped[/yellow] {escape(src)}: {escape(reason)}")
+        who = f"{report.person_of[src]}: " if src in report.person_of else ""
+        err.print(f"[yellow]skipped[/yellow] {escape(who + src)}: {escape(reason)}")
     for src, note in report.notes:
         err.print(f"[dim]note[/dim] {escape(src)}: {escape(note)}")
+    try:
+        short = people.short_of_photos({k for k, _ in report.enrolled} | set(report.person_of.values()))
+    except EmoLensError as exc:
+        fail(exc)
+    for person, have, typical in short:
+        err.print(
+            f"[yellow]warning[/yellow] {escape(person.key)} ({escape(person.name)}) has {have} photo(s) enrolled, "
+            f"most people have {typical}: recognition of {escape(person.key)} is less reliable; enroll more photos"
+        )
     keys = {k for k, _ in report.enrolled}
     console.print(
         f"{len(report.enrolled)} faces enrolled for {len(keys)} people ({len(report.people_added)} new), "
@@ -155,10 +165,25 @@ def _train(people, classifier: str, strangers: Path | None) -> None:
         f"version {result.version.version}: {s['classifier']} on {s['n_people']} people / {s['n_faces']} faces; "
         f"threshold {s['threshold']:.2f} (min similarity {s['min_similarity']:.2f})"
     )
-    console.print(
-        f"  cross-validated accuracy {pct(s['cv_accuracy'])}; at the threshold: accuracy {pct(s['accuracy'])}, "
-        f"false rejects {pct(s['false_reject_rate'])}, false accepts {pct(s['false_accept_rate'])}"
+    imp = s.get("impostor_similarity")
+    spread = (
+        f"; never-enrolled faces reach similarity {imp['median']:.2f} (median), {imp['p95']:.2f} (95th "
+        f"percentile), {imp['max']:.2f} (highest) against the minimum {s['min_similarity']:.2f}"
+        if imp
+        else ""
     )
+    far = "n/a (no one to probe as a stranger)" if s["false_accept_rate"] is None else pct(s["false_accept_rate"])
+    if not s.get("genuine_probes"):
+        console.print(
+            "  accuracy and false rejects cannot be estimated: nobody has a second photo to test recognition "
+            "on (enroll 2 or more photos per person; later photos of a person may still come back unknown)"
+        )
+        console.print(f"  false accepts {far} of {s['impostor_probes']} faces probed as strangers{spread}")
+    else:
+        console.print(
+            f"  cross-validated accuracy {pct(s['cv_accuracy'])}; at the threshold: accuracy {pct(s['accuracy'])}, "
+            f"false rejects {pct(s['false_reject_rate'])}, false accepts {far}{spread}"
+        )
     console.print(f"  report: {result.report_dir / 'report.md'}")
 
 
@@ -262,8 +287,9 @@ def identify(
                     f"confidence {m.confidence:.2f}, similarity {m.similarity:.2f}",
                     soft_wrap=True,  # a long file name is never broken across lines
                 )
-            else:
-                console.print(f"{head}: unknown (best confidence {m.confidence:.2f})", soft_wrap=True)
+            else:  # the similarity often decides: a confident classifier but a face unlike any enrolled one
+                sim = "n/a" if m.similarity is None else f"{m.similarity:.2f}"
+                console.print(f"{head}: unknown (best confidence {m.confidence:.2f}, similarity {sim})", soft_wrap=True)
     if json_out:
         typer.echo(json.dumps(records if several else records[0] if records else {}, indent=2))
     if failed:

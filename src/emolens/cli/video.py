@@ -185,7 +185,7 @@ def _progress(src, max_frames, quiet: bool):
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn() if total else TextColumn("{task.completed} frames"),
-        TextColumn("[bold]{task.fields[fps]:5.1f} FPS[/bold]"),
+        TextColumn("[bold]{task.fields[fps]:5.1f} FPS now[/bold]"),  # the last ~10 frames; the summary: all
         TextColumn("{task.fields[faces]} faces, {task.fields[tracks]} tracks"),
         TimeElapsedColumn(),
         console=err,
@@ -249,7 +249,8 @@ def _report(outcome: _Outcome, src, folder: Path) -> int:
         console.print(table)
     fps = outcome.frames / outcome.seconds if outcome.seconds > 0 else 0.0
     line = (
-        f"{outcome.frames} frames analysed in {outcome.seconds:.1f} s ({fps:.1f} FPS), {len(summary)} track"
+        f"{outcome.frames} frames analysed in {outcome.seconds:.1f} s ({fps:.1f} FPS on average, start-up "
+        f"included; the progress bar shows the rate over the last ~10 frames), {len(summary)} track"
         f"{'s' if len(summary) != 1 else ''}, {stats.undecodable} undecodable frame"
         f"{'s' if stats.undecodable != 1 else ''} skipped"
     )

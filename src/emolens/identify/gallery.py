@@ -173,16 +173,18 @@ class EnrollReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
     people_added: list[str] = field(default_factory=list)  # keys of people created by this call
     notes: list[tuple[str, str]] = field(default_factory=list)  # (source, note), e.g. several faces
+    person_of: dict[str, str] = field(default_factory=dict)  # skipped source -> the person it was for
 
     def merge(self, other: EnrollReport) -> EnrollReport:
         for k in ("enrolled", "skipped", "people_added", "notes"):
             getattr(self, k).extend(getattr(other, k))
+        self.person_of.update(other.person_of)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "enrolled": [{"key": k, "source": s} for k, s in self.enrolled],
-            "skipped": [{"source": s, "reason": r} for s, r in self.skipped],
+            "skipped": [{"source": s, "reason": r, "person": self.person_of.get(s)} for s, r in self.skipped],
             "people_added": self.people_added,
             "notes": [{"source": s, "note": n} for s, n in self.notes],
         }
@@ -387,6 +389,7 @@ class People:
             raise
         except EmoLensError as exc:
             report.skipped.append((src, _reason(exc, image)))
+            report.person_of[src] = key
             return report
         if n_faces > 1:
             report.notes.append((src, f"{n_faces} faces: enrolled the largest"))
@@ -419,6 +422,7 @@ class People:
             )
             if dup is not None:
                 report.skipped.append((src, "already enrolled for this person"))
+                report.person_of[src] = key
                 return
             s.add(
                 FaceRow(
@@ -461,6 +465,17 @@ class People:
         if not jobs:
             raise EmoLensError(f"{root}: no photos found in person subfolders (e.g. {root}/STU001_Jane_Doe/1.jpg)")
         return report.merge(self._enroll_many(jobs, progress))
+
+    def short_of_photos(self, keys: Iterable[str]) -> list[tuple[Person, int, int]]:
+        """Those of ``keys`` left with fewer enrolled photos than most people have:
+        (person, their photos, the median over everyone). A person with fewer photos is
+        recognised less reliably, so enrolment warns about them."""
+        everyone = self.list()
+        if len(everyone) < 2:
+            return []
+        typical = int(np.median([p.faces for p in everyone]))
+        wanted = set(keys)
+        return [(p, p.faces, typical) for p in everyone if p.key in wanted and p.faces < typical]
 
     def _enroll_many(self, jobs: list[tuple[Path, str, str | None]], progress: Progress | None) -> EnrollReport:
         report = EnrollReport()

@@ -40,6 +40,9 @@ def build_report(analysis, names: dict[int, tuple[str, str]], embedder: str, ver
         "false_accept_rate": at.get("false_accept_rate"),
         "impostor_probes": 0 if chosen.impostor is None else len(chosen.impostor.pred),
         "genuine_probes": 0 if chosen.genuine is None else len(chosen.genuine.pred),
+        # How close never-enrolled faces come to an enrolled one: measurable even with one photo
+        # per person, when accuracy and false rejects are not.
+        "impostor_similarity": _spread(None if chosen.impostor is None else chosen.impostor.sim),
         "fit_seconds": round(fit_seconds, 3),
     }
     return {
@@ -61,6 +64,13 @@ def build_report(analysis, names: dict[int, tuple[str, str]], embedder: str, ver
         "thresholds": chosen.table,
         **_per_person(chosen.genuine, names),
     }
+
+
+def _spread(values: np.ndarray | None) -> dict[str, float] | None:
+    if values is None or not len(values):
+        return None
+    q = np.quantile(values, [0.5, 0.95, 1.0])
+    return {"median": round(float(q[0]), 4), "p95": round(float(q[1]), 4), "max": round(float(q[2]), 4)}
 
 
 def _per_person(genuine, names: dict[int, tuple[str, str]]) -> dict[str, Any]:

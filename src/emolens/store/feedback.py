@@ -7,14 +7,21 @@ points at them. The file is written (atomically) before the row is committed, so
 leave an unreferenced file, which ``check(repair=True)`` removes, but never a row without its
 crop. Concurrent writers, in threads or processes, are serialised by the database.
 
-Each record is put, once and for good, in the training or the held-out part by the hash of its
-crop: the held-out part is what the promotion gate measures a fine-tuned model on, so a model
-never trains on the feedback it is judged by, and the same face always lands on the same side.
+Each record is put, once and for good, in the training or the held-out part: the held-out part
+is what the promotion gate measures a fine-tuned model on, so a model never trains on the
+feedback it is judged by. The split is by group, not by crop: records of one person (when
+known), else of one source photo or video, else of one upload session, and near-duplicates
+(perceptual hashes within ``NEAR_DUPLICATE_BITS``) form one group, and a group never sits on
+both sides. A burst of near-identical photos or the frames of one video would otherwise put a
+twin of almost every held-out face in the training part and flatter the gate. Hashes tie most
+bursts but not all (a frame can stray further), so a caller that knows the person or the source
+should say so.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 import uuid
@@ -24,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
@@ -35,6 +43,9 @@ from emolens.store.db import Base, session
 
 CROP_SIZE = 96  # stored crops are aligned like the models' inputs, at twice the usual 48 px
 HOLDOUT_FRACTION = 0.25
+# 64-bit DCT hashes of two frames of one face differ by up to ~10 bits on degraded webcam crops
+# (benchmarks/feedback_loop.py); crops of different faces differ by 16 or more.
+NEAR_DUPLICATE_BITS = 10
 
 
 class FeedbackRow(Base):
@@ -55,6 +66,10 @@ class FeedbackRow(Base):
     holdout: Mapped[bool] = mapped_column(Boolean)
     source: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[str | None] = mapped_column(String(128))
+    person: Mapped[str | None] = mapped_column(String(128))
+    origin: Mapped[str | None] = mapped_column(String(128))
+    upload_session: Mapped[str | None] = mapped_column(String(128))
+    phash: Mapped[str | None] = mapped_column(String(16))
 
 
 @dataclass
@@ -75,6 +90,14 @@ class Feedback:
     probs: dict[str, float] | None
     crop_key: str
     image_key: str | None
+    person: str | None = None  # who the face is, when known
+    origin: str | None = None  # the source photo or video it came from
+    upload_session: str | None = None
+    phash: str | None = None  # perceptual hash of the crop (hex), for near-duplicates
+
+    @property
+    def group_key(self) -> str | None:
+        return group_key(self.person, self.origin, self.upload_session)
 
     @classmethod
     def from_row(cls, row: FeedbackRow) -> Feedback:
@@ -107,8 +130,74 @@ def _uses(key: str):
     return (FeedbackRow.crop_key == key) | (FeedbackRow.image_key == key)
 
 
-def _is_holdout(crop_key: str, fraction: float = HOLDOUT_FRACTION) -> bool:
-    return int(crop_key[:8], 16) / 0x1_0000_0000 < fraction
+def group_key(person: str | None, origin: str | None, upload_session: str | None) -> str | None:
+    """What ties a record to others: the person when known, else its source, else its upload session."""
+    for kind, value in (("person", person), ("origin", origin), ("upload_session", upload_session)):
+        if value:
+            return f"{kind}:{value}"
+    return None
+
+
+def _is_holdout(key: str, fraction: float = HOLDOUT_FRACTION) -> bool:
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000 < fraction
+
+
+def crop_phash(crop: np.ndarray) -> str:
+    """The crop's 64-bit perceptual hash as 16 hex digits (grey, so colour and grey copies match)."""
+    from emolens.data.eda import phash
+
+    grey = crop if crop.ndim == 2 else cv2.cvtColor(crop[..., :3], cv2.COLOR_RGB2GRAY)
+    return f"{phash(grey):016x}"
+
+
+@dataclass
+class FeedbackSplit:
+    """The feedback in its two parts, with the group of every record."""
+
+    train: list[Feedback]
+    holdout: list[Feedback]
+    group: dict[str, int]  # record uid -> group number
+    moved: int  # records whose stored side their group overrode (a new record joined two groups)
+
+    def groups(self, part: str) -> int:
+        return len({self.group[r.uid] for r in getattr(self, part)})
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "train": len(self.train),
+            "holdout": len(self.holdout),
+            "train_groups": self.groups("train"),
+            "holdout_groups": self.groups("holdout"),
+            "moved": self.moved,
+        }
+
+
+def group_records(records: Sequence[Feedback], max_bits: int = NEAR_DUPLICATE_BITS) -> list[int]:
+    """A group number per record: records sharing a person, source or session (see
+    ``Feedback.group_key``) or with perceptual hashes within ``max_bits`` are joined, transitively."""
+    from emolens.data.eda import near_duplicate_pairs
+
+    parent = list(range(len(records)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        parent[root(i)] = root(j)
+
+    first: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if (key := r.group_key) is not None:
+            join(i, first.setdefault(key, i))
+    hashes = [int(r.phash, 16) if r.phash else None for r in records]
+    for i, j, _ in near_duplicate_pairs(hashes, max_bits):
+        join(i, j)
+    roots = [root(i) for i in range(len(records))]
+    number = {r: n for n, r in enumerate(dict.fromkeys(roots))}
+    return [number[r] for r in roots]
 
 
 class FeedbackStore:
@@ -117,6 +206,7 @@ class FeedbackStore:
     >>> store = FeedbackStore()
     >>> results = Analyzer()("photo.jpg")
     >>> store.add_from_results(results, face=0, label="sad")
+    >>> store.add(crop, "sad", predicted="happy", person="ana", origin="clip-07.mp4")  # a crop of your own
     """
 
     def __init__(self, url: str | None = None, blobs: str | Path | None = None, labels: Sequence[str] = FERPLUS8):
@@ -148,10 +238,16 @@ class FeedbackStore:
         source: str = "python",
         user_id: str | None = None,
         created_at: datetime | None = None,
+        person: str | None = None,
+        origin: str | None = None,
+        upload_session: str | None = None,
     ) -> Feedback:
         """Store one statement about a face crop (uint8, grey or RGB).
 
-        Give the true ``label``, or ``correct=True`` to confirm the ``predicted`` one.
+        Give the true ``label``, or ``correct=True`` to confirm the ``predicted`` one. ``person``
+        (who it is), ``origin`` (the photo or video it came from) and ``upload_session`` keep
+        related faces on one side of the training/held-out split; near-identical crops are kept
+        together by their perceptual hash even without them.
         """
         if correct:
             if predicted is None:
@@ -166,6 +262,8 @@ class FeedbackStore:
             raise BadImageError(f"a face crop must be a uint8 image of 8x8 px or more, not {crop.dtype} {crop.shape}")
         crop_key = self.blobs.put(_png(crop))
         image_key = self.blobs.put(_png(np.asarray(image))) if image is not None else None
+        phash = crop_phash(crop)
+        holdout = self._side_of_group(phash, group_key(person, origin, upload_session), crop_key)
         row = FeedbackRow(
             uid=uuid.uuid4().hex,
             created_at=created_at or datetime.now(UTC),
@@ -178,13 +276,38 @@ class FeedbackStore:
             model_version=model_version,
             label=label,
             is_correction=predicted is None or label != predicted,
-            holdout=_is_holdout(crop_key),
+            holdout=holdout,
             source=source,
             user_id=user_id,
+            person=person,
+            origin=origin,
+            upload_session=upload_session,
+            phash=phash,
         )
         with session(self.url) as s:
             s.add(row)
         return Feedback.from_row(row)
+
+    def _side_of_group(self, phash: str, key: str | None, crop_key: str) -> bool:
+        """The part a new record goes to: that of the earliest record of its group, or for a new
+        group a hash of what ties it (its crop when nothing does)."""
+        column = {
+            "person": FeedbackRow.person,
+            "origin": FeedbackRow.origin,
+            "upload_session": FeedbackRow.upload_session,
+        }
+        with session(self.url) as s:
+            if key is not None:
+                kind, value = key.split(":", 1)
+                q = select(FeedbackRow.holdout).where(column[kind] == value).order_by(FeedbackRow.id).limit(1)
+                if (side := s.scalar(q)) is not None:
+                    return bool(side)
+            h = int(phash, 16)
+            rows = s.execute(select(FeedbackRow.phash, FeedbackRow.holdout).order_by(FeedbackRow.id)).all()
+        for other, side in rows:
+            if other and (int(other, 16) ^ h).bit_count() <= NEAR_DUPLICATE_BITS:
+                return bool(side)
+        return _is_holdout(key or crop_key)
 
     def add_from_results(
         self,
@@ -196,9 +319,13 @@ class FeedbackStore:
         keep_image: bool = False,
         source: str = "python",
         user_id: str | None = None,
+        person: str | None = None,
+        origin: str | None = None,
+        upload_session: str | None = None,
     ) -> Feedback:
         """Feedback on face ``face`` of an analysis (``Analyzer()(image)``): the crop is aligned
-        from the analysed photo, and the prediction, box and model are taken from the results."""
+        from the analysed photo, and the prediction, box and model are taken from the results.
+        ``origin`` defaults to the photo (its content hash); see ``add`` for the others."""
         from emolens.align import align_face
 
         if results.image is None:
@@ -207,6 +334,8 @@ class FeedbackStore:
             raise NotFoundError(f"no face {face}: the analysis found {len(results)} face(s)")
         f = results[face]
         crop = align_face(results.image, f.box, f.landmarks, CROP_SIZE, channels=3)
+        # The photo itself ties its faces together (a face corrected twice, or re-encoded copies).
+        origin = origin or "photo:" + BlobStore.key_of(np.ascontiguousarray(results.image).tobytes(), "")[:32]
         return self.add(
             crop,
             label,
@@ -219,6 +348,9 @@ class FeedbackStore:
             image=results.image if keep_image else None,
             source=source,
             user_id=user_id,
+            person=person,
+            origin=origin,
+            upload_session=upload_session,
         )
 
     def delete(self, uid: str) -> None:
@@ -305,13 +437,35 @@ class FeedbackStore:
             return np.asarray(im)
 
     def dataset(self, part: str = "all", classes: Sequence[str] | None = None):
-        """The stored crops as a FaceDataset (``part``: "all", "train" or "holdout"); labels the
-        ``classes`` lack are left out."""
-        from emolens.data.datasets import FaceDataset
-
+        """The stored crops as a FaceDataset (``part``: "all", "train" or "holdout", split by
+        group: see ``split``); labels the ``classes`` lack are left out."""
         if part not in ("all", "train", "holdout"):
             raise ValueError(f"part must be all, train or holdout, not {part!r}")
-        records = [r for r in self.list(limit=None) if part == "all" or r.holdout == (part == "holdout")]
+        records = self.list(limit=None) if part == "all" else getattr(self.split(), part)
+        return self.to_dataset(records, classes, part)
+
+    def split(self) -> FeedbackSplit:
+        """Every record in its part, by group: each group goes where its earliest record went."""
+        records = self.list(limit=None)[::-1]  # oldest first
+        for r in records:
+            if r.phash is None:  # stored before hashes were kept
+                r.phash = crop_phash(self.crop(r))
+        groups = group_records(records)
+        side: dict[int, bool] = {}
+        for r, g in zip(records, groups, strict=True):
+            side.setdefault(g, r.holdout)
+        moved = sum(side[g] != r.holdout for r, g in zip(records, groups, strict=True))
+        return FeedbackSplit(
+            train=[r for r, g in zip(records, groups, strict=True) if not side[g]],
+            holdout=[r for r, g in zip(records, groups, strict=True) if side[g]],
+            group={r.uid: g for r, g in zip(records, groups, strict=True)},
+            moved=moved,
+        )
+
+    def to_dataset(self, records: Sequence[Feedback], classes: Sequence[str] | None = None, part: str = "all"):
+        """Records as a FaceDataset of their crops; labels the ``classes`` lack are left out."""
+        from emolens.data.datasets import FaceDataset
+
         classes = list(classes or self.labels)
         records = [r for r in records if r.label in classes]
         paths = [self.blobs.path(r.crop_key) for r in records]
