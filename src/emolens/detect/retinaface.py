@@ -169,7 +169,12 @@ class RetinaFaceDetector(Detector):
         sure = raw.select(raw.probs >= p_keep)
         parts = [sure]
         if two:
-            regions = self._candidate_regions(raw, sure, first, w, h)
+            # A sure face a little under min_face_size here may measure above it enlarged (box
+            # regression differs by a few pixels between scales): look at it again, like a maybe.
+            smallest = self._min_face_hint(image)
+            big = _sides(sure.boxes) >= smallest
+            parts = [sure.select(big)]
+            regions = self._candidate_regions(raw, parts[0], first, w, h)
             if regions and sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in regions) > _REGIONS_MAX_SHARE * w * h:
                 parts = [self._infer(image, full, p_keep)]  # regions would cost as much as the whole image
             else:
@@ -206,22 +211,21 @@ class RetinaFaceDetector(Detector):
         return _Raw(boxes.astype(np.float32), probs[keep], points.astype(np.float32))
 
     def _candidate_regions(self, raw: _Raw, sure: _Raw, first: float, w: int, h: int) -> list[tuple[int, ...]]:
-        """Regions (x1, y1, x2, y2, image pixels) around "maybe" faces too small for the first pass to
-        be sure of: not overlapping a sure face, smaller than ONE_PASS_FACE_PX at the first-pass scale."""
+        """Regions (x1, y1, x2, y2, image pixels) around anchors too small for the first pass to be sure
+        of (under ONE_PASS_FACE_PX at the first-pass scale) that do not overlap a face kept (``sure``)."""
         import cv2
 
-        maybe = raw.select(raw.probs < score_to_probability(self.options.score_threshold))
-        if len(maybe.probs) == 0:
-            return []
-        sizes = np.minimum(maybe.boxes[:, 2] - maybe.boxes[:, 0], maybe.boxes[:, 3] - maybe.boxes[:, 1])
-        maybe = maybe.select(sizes * first < ONE_PASS_FACE_PX)
+        maybe = raw.select(_sides(raw.boxes) * first < ONE_PASS_FACE_PX)
         if len(maybe.probs) == 0:
             return []
         xywh = np.column_stack([maybe.boxes[:, :2], maybe.boxes[:, 2:] - maybe.boxes[:, :2]])
         idx = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), maybe.probs.tolist(), 0.0, 0.3), dtype=np.int64).reshape(-1)
         boxes = maybe.boxes[idx]
-        if len(sure.probs):
-            boxes = boxes[_iou(boxes, sure.boxes).max(axis=1) < 0.3]
+        if len(sure.probs):  # a small anchor on a kept face (its centre inside that face's box) is that face
+            cx, cy = (boxes[:, None, 0] + boxes[:, None, 2]) / 2, (boxes[:, None, 1] + boxes[:, None, 3]) / 2
+            k = sure.boxes[None]
+            on_face = ((cx >= k[..., 0]) & (cx <= k[..., 2]) & (cy >= k[..., 1]) & (cy <= k[..., 3])).any(axis=1)
+            boxes = boxes[~on_face]
         regions = []
         for x1, y1, x2, y2 in boxes:
             cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
@@ -266,14 +270,9 @@ class RetinaFaceDetector(Detector):
         return self._priors[key]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4)."""
-    a, b = a[:, None, :], b[None, :, :]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    area = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / np.maximum(area - inter, 1e-9)
+def _sides(boxes: np.ndarray) -> np.ndarray:
+    """The shorter side of each box, as the min_face_size filter measures it."""
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
 
 
 def _bridges(boxes: np.ndarray) -> np.ndarray:
