@@ -25,7 +25,8 @@ plus the VOC photos shrunk so that their boxed faces measure about 20 px and 30 
 Physical bound: the detector's multiply-adds (x2 = FLOPs) at the input sizes it used, counted from
 the ONNX graph's Conv/Gemm shapes, divided by this CPU's float32 rate measured with a 1024x1024
 matrix product (numpy/OpenBLAS) on the same threads: the time the detector would need if every
-operation ran at matrix-product speed. With ``--mediapipe DIR`` (a folder where
+operation ran at matrix-product speed (counting needs ``onnx``, in the ``export`` extra).
+With ``--mediapipe DIR`` (a folder where
 ``pip install --no-deps --target DIR mediapipe==0.10.14`` put mediapipe, which cannot live in the
 project's environment), BlazeFace short and full range are measured on the same speed and recall
 checks and their eye/nose points compared with RetinaFace's.
