@@ -90,9 +90,12 @@ class Analyzer:
     def analyze(self, source: ImageInput) -> Results:
         """Analyze one image. Raises BadImageError for an unreadable image; a face-free image is
         an empty result, and a face that cannot be classified carries an ``error`` of its own."""
-        name = str(source) if isinstance(source, (str, Path)) else ""
         t0 = time.perf_counter()
         image = load_image(source)
+        return self._analyze_decoded(source, image, (time.perf_counter() - t0) * 1e3)
+
+    def _analyze_decoded(self, source: ImageInput, image: np.ndarray, decode_ms: float) -> Results:
+        name = str(source) if isinstance(source, (str, Path)) else ""
         t1 = time.perf_counter()
         faces = self.detector(image)
         t2 = time.perf_counter()
@@ -104,7 +107,7 @@ class Analyzer:
             source=name,
             model=self._loaded or self.model_name,
             detector=self.detector.name,
-            timings_ms={"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3},
+            timings_ms={"decode": decode_ms, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3},
         )
 
     def classify_faces(self, image: np.ndarray, faces) -> list[FaceResult]:
@@ -126,15 +129,33 @@ class Analyzer:
                 out[i].probs = {label: float(v) for label, v in zip(model.labels, p, strict=True)}
         return out
 
-    def stream(self, sources: Iterable[ImageInput]) -> Iterator[Results | EmoLensError]:
+    def stream(self, sources: Iterable[ImageInput], *, prefetch: bool = True) -> Iterator[Results | EmoLensError]:
         """Analyze many images; yields a Results or the EmoLensError for each, so one bad file
-        never stops the batch."""
-        for src in sources:
-            try:
-                yield self.analyze(src)
-            except EmoLensError as exc:
-                exc.source = str(src) if isinstance(src, (str, Path)) else ""
-                yield exc
+        never stops the batch. With ``prefetch`` the next image is decoded in a background thread
+        while this one is analysed (decoders and ONNX Runtime release the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def decode(src: ImageInput) -> tuple[np.ndarray, float]:
+            t = time.perf_counter()
+            return load_image(src), (time.perf_counter() - t) * 1e3
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emolens-decode") as pool:
+            it = iter(sources)
+            nxt = next(it, _END)
+            pending = pool.submit(decode, nxt) if prefetch and nxt is not _END else None
+            while nxt is not _END:
+                src, job = nxt, pending
+                nxt = next(it, _END)
+                pending = pool.submit(decode, nxt) if prefetch and nxt is not _END else None
+                try:
+                    image, decode_ms = job.result() if job is not None else decode(src)
+                    yield self._analyze_decoded(src, image, decode_ms)
+                except EmoLensError as exc:
+                    exc.source = str(src) if isinstance(src, (str, Path)) else ""
+                    yield exc
+
+
+_END = object()  # end of the sources in Analyzer.stream
 
 
 def analyze(source: ImageInput, **kwargs) -> Results:

@@ -91,10 +91,9 @@ class EmotionModel:
 
             if not self.path.is_file():
                 raise ModelError(f"model file not found: {self.path}")
-            opts = ort.SessionOptions()
-            if self.threads:
-                opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
+            from emolens.runtime import session_options
+
+            opts = session_options(self.threads)
             try:
                 session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # ORT raises its own exception types for corrupt files

