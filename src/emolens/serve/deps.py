@@ -298,3 +298,14 @@ def read_access(state: ServerState = Depends(get_state), token: str | None = Dep
     if state.settings.api_read_key_required or token:
         return _check(state, token, "read")
     return None
+
+
+def personal_read_access(
+    state: ServerState = Depends(get_state), token: str | None = Depends(api_key_header)
+) -> ApiKey | None:
+    """Reads of personal data (faces, names, attendance) need a key unless the server opens them
+    explicitly (``api_personal_reads_open``); a key that is sent is checked anyway."""
+    s = state.settings
+    if s.api_read_key_required or not s.api_personal_reads_open or token:
+        return _check(state, token, "read")
+    return None

@@ -34,6 +34,15 @@ def _database_ok(state: ServerState) -> str:
         return f"error: {type(exc).__name__}: {exc}"[:300]
 
 
+def _model_ok(state: ServerState) -> str:
+    """The model analyses would use now loads: the active version may have changed since startup."""
+    try:
+        _ = state.analyzer.model.meta  # cheap once loaded: reads the active pointer, reuses the model
+        return "ok"
+    except Exception as exc:  # a version that cannot load is "not ready", whatever the error
+        return f"error: {exc}"[:300]
+
+
 @router.get(
     "/readyz",
     response_model=ReadyOut,
@@ -46,6 +55,8 @@ async def readyz(state: ServerState = Depends(get_state)):
         model = "loading"
     elif state.warm_error:
         model = f"error: {state.warm_error}"
+    else:
+        model = await run_in_threadpool(_model_ok, state)
     checks = {"model_and_detector": model, "database": await run_in_threadpool(_database_ok, state)}
     ready = all(v == "ok" for v in checks.values())
     body = ReadyOut(status="ready" if ready else "not_ready", checks=checks)

@@ -34,10 +34,12 @@ def list_models(state: ServerState = Depends(get_state), _key=Depends(read_acces
     "/models/{name}/promote",
     response_model=ModelVersionOut,
     summary="Make a version the active model",
-    responses=errors(401, 403, 404),
+    responses=errors(401, 403, 404, 409),
 )
 def promote(name: str, state: ServerState = Depends(get_state), _key: ApiKey = Depends(require("admin"))):
-    """The analyzer switches to it at its next analysis, without a restart. Needs ``admin``."""
+    """``name`` is a registered version (``v3``) or a model by name (``accurate``), never a path.
+    The model must load and run before it becomes active (409 otherwise); the analyzer switches
+    to it at its next analysis, without a restart. Needs ``admin``."""
     return ModelVersionOut.of(state.registry().promote(name))
 
 
