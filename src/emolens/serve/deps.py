@@ -191,6 +191,13 @@ class ServerState:
         self.started = time.time()
 
     @property
+    def analysis_threads(self) -> int:
+        """ONNX Runtime threads per analysis. Analyses run side by side: by default they share the
+        cores instead of each taking all of them (ONNX Runtime's default), which only adds contention."""
+        s = self.settings
+        return s.threads or max(1, (os.cpu_count() or 1) // max(1, s.serve_threads))
+
+    @property
     def analyzer(self):
         if self._analyzer is None:
             with self._analyzer_lock:
@@ -198,9 +205,7 @@ class ServerState:
                     from emolens.analyzer import Analyzer
 
                     s = self.settings
-                    # Analyses run side by side: by default they share the cores instead of each
-                    # taking all of them (ONNX Runtime's default), which only adds contention.
-                    threads = s.threads or max(1, (os.cpu_count() or 1) // max(1, s.serve_threads))
+                    threads = self.analysis_threads
                     self._analyzer = Analyzer(
                         model=s.model,
                         detector=s.detector,
