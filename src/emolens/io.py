@@ -175,13 +175,14 @@ def _composite_bgra_in_place(arr: np.ndarray) -> np.ndarray:
     rows never reach input rows not yet read (3 bytes per pixel out, 4 in)."""
     h, w = arr.shape[:2]
     flat = arr.reshape(-1)
-    rows = max(1, _STRIP // (4 * w))
+    rows = max(1, 4 * _STRIP // (4 * w))
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
-        strip = flat[y0 * w * 4 : y1 * w * 4].reshape(-1, 4).astype(np.float32)
-        a = strip[:, 3:4] / 255
-        bgr = strip[:, :3] * a + 255 * (1 - a) + 0.5
-        flat[y0 * w * 3 : y1 * w * 3] = bgr[:, ::-1].astype(np.uint8).reshape(-1)
+        px = flat[y0 * w * 4 : y1 * w * 4].reshape(-1, 4)
+        alpha = px[:, 3:4].astype(np.uint16)
+        # c·a/255 + 255·(1 − a/255) = 255 − (255 − c)·a/255, rounded, in 16-bit integers
+        dark = ((255 - px[:, 2::-1]).astype(np.uint16) * alpha + 127) // 255
+        flat[y0 * w * 3 : y1 * w * 3] = (255 - dark).astype(np.uint8).reshape(-1)
     return flat[: h * w * 3].reshape(h, w, 3)
 
 
