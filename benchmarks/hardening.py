@@ -64,6 +64,7 @@ ATTACKS = {
 
 
 def extract(ref: str, into: Path) -> Path:
+    into.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", ref, "src"], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "src"
