@@ -112,7 +112,7 @@ def pytest_outcomes(src: Path, target: str, **extra: str) -> tuple[dict[str, str
 
 def fuzz(src: Path, examples: int) -> tuple[int, int, list[str]]:
     outcomes, text = pytest_outcomes(src, "tests/test_fuzz.py", FUZZ_EXAMPLES=str(examples))
-    failing = sorted(set(re.findall(r"^E?\s*((?:GET|POST|DELETE|PUT|PATCH) /\S+): ", text, re.M)))
+    failing = sorted(set(re.findall(r"((?:GET|POST|DELETE|PUT|PATCH) /[^\s:]+): \w+: ", text)))
     ops = int(m.group(1)) if (m := re.search(r"operations: (\d+)", text)) else 0
     return len(failing), ops, failing
 

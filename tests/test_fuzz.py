@@ -53,7 +53,7 @@ def test_openapi_fuzz_no_5xx_and_answers_match_the_schema(tmp_path):
 
             try:
                 run()
-            except Exception as exc:  # collect every operation's failure, then report them all
+            except (Exception, BaseExceptionGroup) as exc:  # collect every operation's failures, then report all
                 failures.append(f"{operation.label}: {type(exc).__name__}: {str(exc)[:1500]}")
         print(f"operations: {operations}, examples each: {EXAMPLES}")
         assert operations >= 30
