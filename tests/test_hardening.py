@@ -501,3 +501,10 @@ def test_onnxruntime_writes_no_telemetry(tmp_path):
     out = subprocess.run([sys.executable, "-c", script, str(example)], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
     assert not (tmp_path / ".cache" / "Microsoft").exists()
+
+
+def test_cli_people_restore_with_a_huge_version_is_a_clear_error(emolens_home):
+    from emolens.cli import app
+
+    r = CliRunner().invoke(app, ["people", "restore", "99999999999999999999"])
+    assert r.exit_code == 2 and "no recognizer version" in r.output and "Traceback" not in r.output, r.output

@@ -105,7 +105,11 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
 def _format_hint(fp: io.BytesIO | Path) -> str:
     """Why an image was not recognised, when its first bytes say what it is; else the formats read."""
     try:
-        head = fp.getvalue()[:16] if isinstance(fp, io.BytesIO) else fp.open("rb").read(16)
+        if isinstance(fp, io.BytesIO):
+            head = fp.getvalue()[:16]
+        else:
+            with fp.open("rb") as f:
+                head = f.read(16)
     except OSError:
         head = b""
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"heim", b"avif"):
