@@ -43,7 +43,6 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (im
 
 # test name (prefix) -> (attack or fault, tries per run)
 ATTACKS = {
-    "test_large_image_decoding_matches": ("large images decode to the same pixels as small ones (34 files)", 34),
     "test_float_tiff_with_nan": ("float TIFF with NaN: the error names the file", 1),
     "test_heic_says": ("HEIC photo: the error says it is not supported and what is", 1),
     "test_hostile_files_through_the_cli": ("hostile files through `emolens analyze` (9 files)", 9),
@@ -53,6 +52,7 @@ ATTACKS = {
     "test_faces_names_and_attendance": ("personal data without a key (8 endpoints)", 8),
     "test_out_of_range_numbers": ("out-of-range numbers over HTTP (offset, restore, classifier)", 5),
     "test_cli_feedback_list_refuses": ("`feedback list --limit` 1e20, -5, 0", 3),
+    "test_cli_people_restore_with_a_huge": ("`people restore 99999999999999999999`", 1),
     "test_feedback_uploads_decode_inside": ("feedback uploads decoded outside the analysis gate", 2),
     "test_import_refuses_links": ("import follows a symlink out of feedback_images/", 1),
     "test_database_and_its_wal": ("emolens.db, -wal, -shm readable by others", 3),

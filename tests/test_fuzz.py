@@ -1,6 +1,7 @@
 """An OpenAPI-driven fuzz run against the real server on loopback: every operation in the schema,
-with generated valid and invalid inputs and an admin key. No answer may be a 5xx, and every answer
-must match what the schema documents for it (status, content type, body).
+with generated valid and invalid inputs (schemathesis' positive and negative modes) and an admin
+key. No answer may be a 5xx, and every answer must match what the schema documents for it
+(status, content type, body).
 
 Bounded so it fits the suite's budget: ``FUZZ_EXAMPLES`` per operation (15 by default; set the
 environment variable for a longer run)."""
@@ -14,6 +15,8 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="the fuzz run needs schemathesis (the test extra)")
 
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
@@ -38,6 +41,9 @@ def test_openapi_fuzz_no_5xx_and_answers_match_the_schema(tmp_path):
         for result in schema.get_all_operations():
             operation = result.ok()
             operations += 1
+            # Valid inputs and invalid ones (wrong types, out-of-range numbers, missing fields).
+            modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+            cases = st.one_of(*(operation.as_strategy(mode) for mode in modes))
 
             @settings(
                 max_examples=EXAMPLES,
@@ -47,7 +53,7 @@ def test_openapi_fuzz_no_5xx_and_answers_match_the_schema(tmp_path):
                 phases=[Phase.explicit, Phase.generate],
                 suppress_health_check=list(HealthCheck),
             )
-            @given(case=operation.as_strategy())
+            @given(case=cases)
             def run(case) -> None:
                 case.call_and_validate(base_url=url, headers={"X-API-Key": admin}, checks=CHECKS, timeout=60)
 

@@ -30,6 +30,7 @@ from test_serve import ASTRONAUT, assert_error, png, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+SRC = Path(__import__("emolens").__file__).resolve().parents[1]  # the sources under test, for subprocesses
 
 
 def write_png(path: Path, width: int, height: int, color_type: int, bit_depth: int = 8) -> Path:
@@ -67,7 +68,7 @@ def test_decoding_a_large_accepted_image_stays_within_4_bytes_per_pixel(tmp_path
     """A PNG under the 100 MP limit decoded in a fresh process: the peak RSS grows by at most
     4 bytes per pixel plus 64 MB (the issue measured 30 bytes per pixel for the 16-bit one)."""
     path = write_png(tmp_path / "big.png", side, side, color_type, bits)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
     out = subprocess.run(
         [sys.executable, "-c", PEAK_SCRIPT, str(path)], capture_output=True, text=True, env=env, timeout=300
     )
@@ -237,7 +238,7 @@ def test_api_promote_refuses_and_readyz_fails_when_the_active_model_cannot_load(
 def test_concurrent_promotions_on_an_empty_registry_register_once(tmp_path):
     """Two `emolens models promote accurate` at once: v1 (the default) and v2 (accurate), v2 active
     with only v1 in its history (the issue saw v3 and the active version in its own history)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
     env.pop("EMOLENS_MODEL", None)
     command = [sys.executable, "-m", "emolens.cli", "models", "promote", "accurate"]
     for trial in range(2):
@@ -493,7 +494,7 @@ def test_half_open_connections_are_closed(tmp_path):
 def test_onnxruntime_writes_no_telemetry(tmp_path):
     """Analyzing a photo in a fresh process with an empty home directory leaves it empty of
     ONNX Runtime's device id and event queue (~/.cache/Microsoft/DeveloperTools/.onnxruntime)."""
-    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT / "src"), "EMOLENS_HOME": str(tmp_path / "e")}
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(SRC), "EMOLENS_HOME": str(tmp_path / "e")}
     env.pop("ORT_DISABLE_TELEMETRY", None)
     env.pop("XDG_CACHE_HOME", None)
     script = "from emolens import Analyzer; print(len(Analyzer()(__import__('sys').argv[1])))"

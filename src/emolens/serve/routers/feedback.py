@@ -13,13 +13,13 @@ from fastapi.responses import StreamingResponse
 
 from emolens.errors import EmoLensError
 from emolens.serve.deps import ServerState, get_state, personal_read_access, read_access, require
-from emolens.serve.schemas import COMMON, FeedbackIn, FeedbackList, FeedbackOut, FeedbackStats, errors
+from emolens.serve.schemas import BODY, COMMON, FeedbackIn, FeedbackList, FeedbackOut, FeedbackStats, errors
 from emolens.serve.uploads import JsonRoute, MultipartRoute, check_image_part
 from emolens.store.keys import ApiKey
 
 router = APIRouter(prefix="/api/v1", tags=["feedback"], responses=COMMON)
-json_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=JsonRoute, responses=COMMON)
-upload_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=MultipartRoute, responses=COMMON)
+json_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=JsonRoute, responses=BODY)
+upload_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=MultipartRoute, responses=BODY)
 
 MAX_CROP_SIDE = 512  # uploaded crops larger than this are shrunk before they are stored
 MAX_OFFSET = 10**12  # far beyond any store, and inside a database's 64-bit integers

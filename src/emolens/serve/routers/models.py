@@ -7,12 +7,12 @@ from fastapi import APIRouter, Body, Depends
 from emolens.errors import MissingExtraError, RefusedError
 from emolens.serve.deps import ServerState, get_state, read_access, require
 from emolens.serve.errors import ForbiddenError
-from emolens.serve.schemas import COMMON, FinetuneIn, JobOut, ModelsOut, ModelVersionOut, errors
+from emolens.serve.schemas import BODY, COMMON, FinetuneIn, JobOut, ModelsOut, ModelVersionOut, errors
 from emolens.serve.uploads import JsonRoute
 from emolens.store.keys import ApiKey
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=COMMON)
-json_router = APIRouter(prefix="/api/v1", tags=["models"], route_class=JsonRoute, responses=COMMON)
+json_router = APIRouter(prefix="/api/v1", tags=["models"], route_class=JsonRoute, responses=BODY)
 
 
 @router.get("/models", response_model=ModelsOut, summary="Model versions and their metrics")

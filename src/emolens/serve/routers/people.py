@@ -17,13 +17,13 @@ from pydantic import BaseModel, Field
 from emolens.errors import RefusedError
 from emolens.identify.recognize import KINDS
 from emolens.serve.deps import ServerState, get_state, personal_read_access, require
-from emolens.serve.schemas import COMMON, errors
+from emolens.serve.schemas import BODY, COMMON, errors
 from emolens.serve.uploads import JsonRoute, MultipartRoute, check_image_part, safe_name
 
 TAGS = ["people"]
 router = APIRouter(prefix="/api/v1", tags=TAGS, responses=COMMON)
-json_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=JsonRoute, responses=COMMON)
-upload_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=MultipartRoute, responses=COMMON)
+json_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=JsonRoute, responses=BODY)
+upload_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=MultipartRoute, responses=BODY)
 ROUTERS = (upload_router, json_router, router)
 
 _people_lock = threading.Lock()
