@@ -109,6 +109,15 @@ def test_large_image_decoding_matches_the_small_image_path(monkeypatch):
         assert np.abs(lean.astype(int) - reference).max() <= 1, name
 
 
+def test_a_truncated_large_jpeg_is_still_refused(monkeypatch):
+    """OpenCV would fill the missing part with grey without a word: the lean path leaves it to PIL."""
+    import emolens.io as eio
+
+    monkeypatch.setattr(eio, "LEAN_MIN_PIXELS", 0)
+    with pytest.raises(BadImageError, match="truncated"):
+        load_image(ASTRONAUT[: len(ASTRONAUT) * 2 // 3])
+
+
 # -- 10. error messages with context -----------------------------------------------------------
 
 

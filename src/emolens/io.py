@@ -82,6 +82,7 @@ def _open(fp: io.BytesIO | Path, name: str, max_pixels: int) -> np.ndarray:
             _check_pixels(img.size, max_pixels, name)
             lean = _decode_lean(fp, img) if _lean(img) else None
             if lean is not None:
+                img.close()
                 return lean
             img.load()
             return _from_pil(img, name, owned=True)  # inside the try: EXIF and mode conversion can fail too
@@ -136,6 +137,8 @@ def _decode_lean(fp: io.BytesIO | Path, img: Image.Image) -> np.ndarray | None:
     channel is composited). None when OpenCV cannot decode it: PIL then does."""
     import cv2
 
+    if img.format == "JPEG" and _tail(fp) != b"\xff\xd9":
+        return None  # libjpeg fills a truncated file with grey without an error; PIL reports it
     alpha = _has_alpha(img)
     # RGB straight from the decoder: an in-place cvtColor would make a whole-image copy.
     flags = (cv2.IMREAD_UNCHANGED if alpha else cv2.IMREAD_COLOR_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
@@ -151,6 +154,14 @@ def _decode_lean(fp: io.BytesIO | Path, img: Image.Image) -> np.ndarray | None:
     if alpha:
         arr = _composite_bgra_in_place(arr)
     return _orient(arr, _orientation(img))
+
+
+def _tail(fp: io.BytesIO | Path) -> bytes:
+    if isinstance(fp, io.BytesIO):
+        return bytes(fp.getbuffer()[-2:])
+    with fp.open("rb") as f:
+        f.seek(-2, os.SEEK_END)
+        return f.read(2)
 
 
 @contextmanager
