@@ -101,6 +101,7 @@ def server(tmp_path_factory):
         cors_origins=["http://allowed.example"],
         min_feedback=1,
         request_timeout_s=60,
+        api_personal_reads_open=True,  # these tests read records without a key; test_hardening checks the default
     ) as (url, app):
         from emolens.store.keys import KeyStore
 

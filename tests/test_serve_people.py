@@ -42,7 +42,8 @@ def photos(lfw: Path, key: str) -> list[Path]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve_people_home")
-    with running_server(home, max_upload_mb=2.0, request_timeout_s=120) as (url, app):
+    # Reads without a key here; test_hardening checks that personal reads need one by default.
+    with running_server(home, max_upload_mb=2.0, request_timeout_s=120, api_personal_reads_open=True) as (url, app):
         from emolens.store.keys import KeyStore
 
         store = KeyStore(app.state.emolens.db_url)

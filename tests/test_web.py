@@ -102,7 +102,7 @@ def test_upload_see_boxes_mark_wrong_feedback_stored(browser, tmp_path):
         finally:
             page.close()
 
-        stored = httpx.get(f"{url}/api/v1/feedback").json()
+        stored = httpx.get(f"{url}/api/v1/feedback", headers={"X-API-Key": key}).json()
         assert stored["total"] == 1
         rec = stored["items"][0]
         assert (rec["label"], rec["predicted"], rec["is_correction"], rec["source"]) == ("sad", "happy", True, "web")

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from emolens._lazy import lazy_exports
+import os as _os
+import sys as _sys
+
+# Nothing leaves the machine: ONNX Runtime would otherwise write a device id and queue telemetry
+# events under ~/.cache/Microsoft/DeveloperTools/ from the moment it is imported. The variable must
+# be set before that import; when the caller imported it first, its events are switched off.
+_os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+if "onnxruntime" in _sys.modules:
+    _sys.modules["onnxruntime"].disable_telemetry_events()
+
+from emolens._lazy import lazy_exports  # noqa: E402
 
 _LAZY = {
     "Analyzer": "emolens.analyzer",

@@ -3,13 +3,22 @@
 Accepts a path, raw bytes, a PIL image or a numpy array (numpy arrays are taken as RGB, or
 grayscale when 2-D). The pixel count is checked from the header before any pixel is decoded,
 so a decompression bomb costs nothing.
+
+Memory: decoding costs at most about 4 bytes per pixel (the RGB result is 3) plus the file and a
+few MB. Large 8-bit PNG, JPEG and WebP files are decoded by OpenCV straight into the result (PIL
+keeps RGB in 4 bytes per pixel, so PIL plus the result would be 7); other images go from PIL to
+the result in strips of rows, never as a whole-image float copy.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
@@ -23,6 +32,12 @@ ImageInput = Union[str, Path, bytes, bytearray, Image.Image, np.ndarray]
 _PIL_LIMIT_LOCK = threading.Lock()
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF, PPM/PGM"
+LEAN_MIN_PIXELS = 4_000_000  # above this, decode with OpenCV straight into the result (see the module doc)
+_LEAN_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "PPM"}
+_LEAN_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA"}
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # more than 8 bits per sample: stretched to 8
+_STRIP = 1 << 20  # values per strip of a conversion: a few MB of temporaries at most
 
 
 def is_url(item: object) -> bool:
@@ -45,7 +60,7 @@ def load_image(source: ImageInput, max_pixels: int | None = None) -> np.ndarray:
     if isinstance(source, Image.Image):
         _check_pixels(source.size, max_pixels, "image")
         try:  # a lazily opened PIL image decodes here, so a truncated file fails here
-            return _from_pil(source)
+            return _from_pil(source, "image")
         except (OSError, SyntaxError, ValueError) as exc:
             raise BadImageError(f"image: corrupt, truncated or of an unsupported mode ({exc})") from None
     if isinstance(source, (bytes, bytearray)):
@@ -64,7 +79,7 @@ def load_image(source: ImageInput, max_pixels: int | None = None) -> np.ndarray:
     return _open(path, str(path), max_pixels)
 
 
-def _open(fp, name: str, max_pixels: int) -> np.ndarray:
+def _open(fp: io.BytesIO | Path, name: str, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # PIL warns (then raises) on bombs by its own limit; ours is checked below instead.
@@ -76,10 +91,14 @@ def _open(fp, name: str, max_pixels: int) -> np.ndarray:
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
             _check_pixels(img.size, max_pixels, name)
+            lean = _decode_lean(fp, img) if _lean(img) else None
+            if lean is not None:
+                img.close()
+                return lean
             img.load()
-            return _from_pil(img)  # inside the try: EXIF and mode conversion can fail too
+            return _from_pil(img, name, owned=True)  # inside the try: EXIF and mode conversion can fail too
     except UnidentifiedImageError:
-        raise BadImageError(f"{name}: not an image, or a format EmoLens cannot read") from None
+        raise BadImageError(f"{name}: not an image, or a format EmoLens cannot read{_format_hint(fp)}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"{name}: corrupt or truncated image ({exc})") from None
 
@@ -95,17 +114,200 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
         raise BadImageError(f"{name}: image has no pixels ({w}x{h})")
 
 
-def _from_pil(img: Image.Image) -> np.ndarray:
-    img = ImageOps.exif_transpose(img) or img
+def _format_hint(fp: io.BytesIO | Path) -> str:
+    """Why an image was not recognised, when its first bytes say what it is; else the formats read."""
+    try:
+        if isinstance(fp, io.BytesIO):
+            head = fp.getvalue()[:16]
+        else:
+            with fp.open("rb") as f:
+                head = f.read(16)
+    except OSError:
+        head = b""
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"heim", b"avif"):
+        kind = "AVIF" if head[8:12] == b"avif" else "HEIC/HEIF"
+        return f" ({kind} is not supported; convert it to JPEG or PNG first. Supported: {SUPPORTED})"
+    return f" (supported: {SUPPORTED})"
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def _lean(img: Image.Image) -> bool:
+    return (
+        img.format in (("PNG", "WEBP") if _has_alpha(img) else _LEAN_FORMATS)  # TIFF alpha may be premultiplied
+        and img.mode in _LEAN_MODES
+        and img.width * img.height >= LEAN_MIN_PIXELS
+        and not getattr(img, "is_animated", False)
+    )
+
+
+def _decode_lean(fp: io.BytesIO | Path, img: Image.Image) -> np.ndarray | None:
+    """Decode with OpenCV straight into the RGB result (3 bytes per pixel; 4 while an alpha
+    channel is composited). None when OpenCV cannot decode it: PIL then does."""
+    import cv2
+
+    if img.format == "JPEG" and _tail(fp) != b"\xff\xd9":
+        return None  # libjpeg fills a truncated file with grey without an error; PIL reports it
+    alpha = _has_alpha(img)
+    # RGB straight from the decoder: an in-place cvtColor would make a whole-image copy.
+    flags = (cv2.IMREAD_UNCHANGED if alpha else cv2.IMREAD_COLOR_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
+    dst = np.empty((img.height, img.width, 4 if alpha else 3), np.uint8)
+    try:
+        with _as_file(fp) as path:
+            # imread into a buffer of ours: imdecode's result would be copied once more into NumPy.
+            arr = cv2.imread(path, dst, flags)
+    except (cv2.error, OSError):  # a layout OpenCV reads differently (e.g. grey + alpha TIFF): PIL decides
+        return None
+    if arr is None or arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape != dst.shape:
+        return None
+    if alpha:
+        arr = _composite_bgra_in_place(arr)
+    return _orient(arr, _orientation(img))
+
+
+def _tail(fp: io.BytesIO | Path) -> bytes:
+    if isinstance(fp, io.BytesIO):
+        return bytes(fp.getbuffer()[-2:])
+    with fp.open("rb") as f:
+        f.seek(-2, os.SEEK_END)
+        return f.read(2)
+
+
+@contextmanager
+def _as_file(fp: io.BytesIO | Path) -> Iterator[str]:
+    """A path for ``fp``: the file itself, or the bytes in an anonymous in-memory file (Linux) or
+    a private temporary file."""
+    if isinstance(fp, Path):
+        yield str(fp)
+        return
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("emolens-image")
+        try:
+            os.write(fd, fp.getbuffer())
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.NamedTemporaryFile(prefix="emolens-", suffix=".img") as f:  # created 0600
+        f.write(fp.getbuffer())
+        f.flush()
+        yield f.name
+
+
+def _composite_bgra_in_place(arr: np.ndarray) -> np.ndarray:
+    """BGRA → RGB on white, written over the front of the same buffer, strip by strip: output
+    rows never reach input rows not yet read (3 bytes per pixel out, 4 in)."""
+    h, w = arr.shape[:2]
+    flat = arr.reshape(-1)
+    rows = max(1, 4 * _STRIP // (4 * w))
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        px = flat[y0 * w * 4 : y1 * w * 4].reshape(-1, 4)
+        alpha = px[:, 3:4].astype(np.uint16)
+        # c·a/255 + 255·(1 − a/255) = 255 − (255 − c)·a/255, rounded, in 16-bit integers
+        dark = ((255 - px[:, 2::-1]).astype(np.uint16) * alpha + 127) // 255
+        flat[y0 * w * 3 : y1 * w * 3] = (255 - dark).astype(np.uint8).reshape(-1)
+    return flat[: h * w * 3].reshape(h, w, 3)
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation as ``ImageOps.exif_transpose`` does. Flips swap rows in place;
+    a quarter turn needs a second buffer."""
+    h = arr.shape[0]
+    if orientation in (3, 4):  # upside down
+        for y in range(h // 2):
+            top = arr[y].copy()
+            arr[y] = arr[h - 1 - y]
+            arr[h - 1 - y] = top
+    if orientation in (2, 3):  # mirrored
+        for y in range(h):
+            arr[y] = arr[y, ::-1].copy()
+    if orientation in (5, 6, 7, 8):
+        t = arr.transpose(1, 0, 2)
+        turned = {5: t, 6: t[:, ::-1], 7: t[::-1, ::-1], 8: t[::-1]}[orientation]
+        return np.ascontiguousarray(turned)
+    return arr
+
+
+def _orientation(img: Image.Image) -> int:
+    # PIL reads a PNG's eXIf chunk after the pixels by decoding them all: only a chunk before them counts.
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    return int(img.getexif().get(0x0112, 1) or 1)
+
+
+def _from_pil(img: Image.Image, name: str = "image", owned: bool = False) -> np.ndarray:
+    """``owned``: the image is ours to change (not the caller's), so it is turned in place."""
+    if img.getexif().get(0x0112, 1) not in (None, 1):  # exif_transpose copies even when nothing turns
+        if owned:
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            img = ImageOps.exif_transpose(img)
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _from_array(np.asarray(img), None)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        # Composite on white: a transparent background reads as empty, not black.
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(canvas, rgba)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    if mode in _WIDE_MODES:
+        grey = _wide_to_uint8(img, name)
+        if owned:
+            img.close()  # free the wide pixels before the RGB result is made: 4 bytes per pixel at most
+        return _grey_to_rgb(grey)
+    alpha = _has_alpha(img)
+    w, h = img.size
+    out = np.empty((h, w, 3), np.uint8)
+    rows = max(1, _STRIP // (4 * w))
+    for y0 in range(0, h, rows):  # strip by strip: PIL's copy plus the result, no whole-image temporaries
+        part = img.crop((0, y0, w, min(h, y0 + rows)))
+        if alpha:
+            # Composite on white: a transparent background reads as empty, not black.
+            rgba = part.convert("RGBA")
+            part = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        out[y0 : y0 + rows] = np.asarray(part.convert("RGB"), dtype=np.uint8)
+    return out
+
+
+def _wide_to_uint8(img: Image.Image, name: str) -> np.ndarray:
+    """A 16-bit, 32-bit or float PIL image as uint8 grey, read in strips (the peak first)."""
+    w, h = img.size
+    rows = max(1, _STRIP // w)
+    strips = [(0, y0, w, min(h, y0 + rows)) for y0 in range(0, h, rows)]
+    peak = 0.0
+    for box in strips:
+        part = np.asarray(img.crop(box))
+        _check_finite(part, name)
+        peak = max(peak, float(part.max(initial=0)))
+    kind = np.dtype(np.float32 if img.mode == "F" else np.uint16)
+    peak = _peak(kind, peak)
+    out = np.empty((h, w), np.uint8)
+    for box in strips:
+        out[box[1] : box[3]] = _scale(np.asarray(img.crop(box)), peak)
+    return out
+
+
+def _peak(dtype: np.dtype, top: float) -> float:
+    if np.issubdtype(dtype, np.floating):
+        return 1.0 if top <= 1.0 else 255.0
+    if dtype.itemsize >= 2:
+        # 16-bit scans often use only 12 bits: stretch by the real peak, not the type's range.
+        return max(top, 255.0)
+    return 255.0
+
+
+def _scale(part: np.ndarray, peak: float) -> np.ndarray:
+    return np.clip(part.astype(np.float32) * np.float32(255 / peak) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _check_finite(part: np.ndarray, name: str) -> None:
+    if np.issubdtype(part.dtype, np.floating) and not np.isfinite(part).all():
+        raise BadImageError(
+            f"{name}: holds NaN or infinite values (a float image, e.g. a TIFF of measurements?); "
+            "save it as an 8- or 16-bit image"
+        )
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    out = np.empty((*grey.shape, 3), np.uint8)
+    out[...] = grey[:, :, None]
+    return out
 
 
 def _from_array(arr: np.ndarray, max_pixels: int | None) -> np.ndarray:
@@ -116,29 +318,30 @@ def _from_array(arr: np.ndarray, max_pixels: int | None) -> np.ndarray:
     if arr.dtype != np.uint8:
         arr = _to_uint8(arr)
     if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    elif arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 4:
+        return _grey_to_rgb(arr)
+    if arr.shape[2] == 1:
+        return _grey_to_rgb(arr[:, :, 0])
+    if arr.shape[2] == 4:
         alpha = arr[:, :, 3:4].astype(np.float32) / 255
         arr = (arr[:, :, :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
     return np.ascontiguousarray(arr)
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def _to_uint8(arr: np.ndarray, name: str = "image array") -> np.ndarray:
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
-    a = arr.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise BadImageError("image array holds NaN or infinite values")
-    if np.issubdtype(arr.dtype, np.floating):
-        peak = 1.0 if a.max(initial=0) <= 1.0 else 255.0
-    elif arr.dtype.itemsize >= 2:
-        # 16-bit scans often use only 12 bits: stretch by the real peak, not the type's range.
-        peak = max(float(a.max(initial=0)), 255.0)
-    else:
-        peak = 255.0
-    return np.clip(a / peak * 255 + 0.5, 0, 255).astype(np.uint8)
+    flat = arr.reshape(-1)
+    top = 0.0
+    for i in range(0, flat.size, _STRIP):  # in strips: never a whole-image float copy
+        part = flat[i : i + _STRIP]
+        _check_finite(part, name)
+        top = max(top, float(part.max(initial=0)))
+    peak = _peak(arr.dtype, top)
+    out = np.empty(arr.shape, np.uint8)
+    out_flat = out.reshape(-1)
+    for i in range(0, flat.size, _STRIP):
+        out_flat[i : i + _STRIP] = _scale(flat[i : i + _STRIP], peak)
+    return out
 
 
 def iter_image_paths(inputs: list[str | Path]) -> list[Path]:

@@ -74,13 +74,18 @@ class Registry:
 
         self.root = Path(root) if root else get_settings().home / "registry"
         self.pointer = self.root / "active.json"
+        self._filelock = None
 
     # -- reading ---------------------------------------------------------------------------
     def _lock(self):
+        """The registry's lock across processes; one object per Registry, so that it is re-entrant:
+        a promotion holds it over its registration steps too."""
         from filelock import FileLock
 
         self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / ".lock"), timeout=60)
+        if self._filelock is None:
+            self._filelock = FileLock(str(self.root / ".lock"), timeout=60)
+        return self._filelock
 
     def _state(self) -> dict:
         try:
@@ -169,10 +174,11 @@ class Registry:
 
     def ensure_base(self) -> ModelVersion:
         """The active version, registering the shipped default as ``v1`` if the registry is empty."""
-        current = self.active()
-        if current is not None:
-            return current
-        return self._promote_version(self._register_model(BASE_MODEL).name)
+        with self._lock():  # two first promotions at once must not both register the default
+            current = self.active()
+            if current is not None:
+                return current
+            return self._promote_version(self._register_model(BASE_MODEL).name)
 
     def _register_model(self, model: str) -> ModelVersion:
         """Register a model known by name (shipped, e.g. ``accurate``, or the user's), with its
@@ -191,16 +197,32 @@ class Registry:
     def promote(self, name: str) -> ModelVersion:
         """Make ``name`` the active version; the one it replaces goes on the rollback history.
 
-        ``name`` may also be a model by name (``accurate``, a user model): it is registered as the
-        next version first, after the shipped default if the registry is empty, so that a
-        rollback returns to what was active before."""
+        ``name`` is a registered version (``v3``) or a model by name (``accurate``, a user model in
+        ``$EMOLENS_HOME/models``), never a path: a named model is registered as the next version
+        first, after the shipped default if the registry is empty, so that a rollback returns to
+        what was active before. The model must load and answer a test input before it becomes
+        active (RefusedError otherwise); the whole promotion holds the registry's lock."""
+        from emolens.models import available_models
+
         if not is_version_name(name):
-            self.ensure_base()
-            name = self._register_model(name).name
-        return self._promote_version(name)
+            models = available_models()
+            if name not in models:
+                versions = ", ".join(v.name for v in self.versions()) or "none yet"
+                raise ModelNotFoundError(
+                    f"no model named {name!r}: promote a registered version ({versions}) or a model by name "
+                    f"({', '.join(models)}), not a path; to promote a model file, copy it into "
+                    f"{self.root.parent / 'models'} first"
+                )
+            check_contract(models[name], name)
+        with self._lock():
+            if not is_version_name(name):
+                self.ensure_base()
+                name = self._register_model(name).name
+            return self._promote_version(name)
 
     def _promote_version(self, name: str) -> ModelVersion:
         version = self.get(name)
+        check_contract(version.path, name)
         with self._lock():
             state = self._state()
             if state["version"] != name:
@@ -223,6 +245,27 @@ class Registry:
             self.get(previous)  # still there?
             _atomic_write_json(self.pointer, {"version": previous, "history": state["history"][:-1]})
         return self.get(previous)
+
+
+def check_contract(onnx: Path, name: str) -> None:
+    """Refuse a model that could not serve: it must load, carry the EmoLens metadata, and turn a
+    test input into one probability per label."""
+    import numpy as np
+
+    from emolens.classify import EmotionModel
+    from emolens.errors import EmoLensError
+
+    try:
+        model = EmotionModel(onnx)
+        spec = model.meta.input
+        shape = (1, spec.size, spec.size) if spec.channels == 1 else (1, spec.size, spec.size, spec.channels)
+        probs = model.predict(np.full(shape, 128, np.uint8))
+    except EmoLensError as exc:
+        raise RefusedError(f"{name} cannot be made active: {exc}") from None
+    except Exception as exc:  # ONNX Runtime's own errors when the graph does not run
+        raise RefusedError(f"{name} cannot be made active: it does not run ({type(exc).__name__}: {exc})") from None
+    if probs.shape != (1, len(model.labels)) or not np.isfinite(probs).all():
+        raise RefusedError(f"{name} cannot be made active: its output does not give one probability per label")
 
 
 def _card_metrics(onnx: Path) -> dict:

@@ -54,8 +54,12 @@ class Settings(BaseSettings):
     identity_min_similarity: float | None = None  # None: the embedder's own (cosine, measured on LFW)
     # Serving (emolens serve)
     api_read_key_required: bool = False  # reads (analyze, lists, models) need an API key too
+    # Faces, names and attendance (feedback records and crops, people, identify, attendance reports)
+    # need a read key even when other reads are open; True opens them (a trusted, single-user machine).
+    api_personal_reads_open: bool = False
     max_upload_mb: float = 20.0  # request bodies above this are refused (413) while being read
     request_timeout_s: float = 30.0  # a request not answered by then gets 504
+    header_timeout_s: float = 10.0  # a connection that sends no complete request head by then is closed
     cors_origins: list[str] = []  # browser origins allowed to call the API; [] = same origin only
     allow_finetune_from_web: bool = True  # admin keys may start fine-tuning from the API and page
     serve_threads: int = 2  # analyses at once per server process (the rest queue); threads=0 splits the cores

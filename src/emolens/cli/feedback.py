@@ -60,7 +60,7 @@ def add(
 
 @feedback.command("list")
 def list_(
-    limit: Annotated[int, typer.Option(help="Show at most this many (newest first).")] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="Show at most this many (newest first).")] = 20,
     label: Annotated[str | None, typer.Option(help="Only this true label.")] = None,
     corrections: Annotated[bool, typer.Option("--corrections", help="Only corrections.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,

@@ -60,21 +60,17 @@ def serve(
         )
     # A live-mode frame may be as big as an upload: uvicorn's WebSocket limit (16 MiB) must not be lower.
     ws_max_size = int(s.max_upload_mb * 1024 * 1024) + 4096
+    from emolens.serve.connections import http_protocol
+
+    # Half-open connections are closed after header_timeout_s (uvicorn alone keeps them forever).
+    options = {"host": host, "port": port, "log_level": log_level, "ws_max_size": ws_max_size, "http": http_protocol()}
     if workers > 1:
         _share_metrics()
-        uvicorn.run(
-            "emolens.serve.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=log_level,
-            ws_max_size=ws_max_size,
-        )
+        uvicorn.run("emolens.serve.app:create_app", factory=True, workers=workers, **options)
     else:
         from emolens.serve import create_app
 
-        uvicorn.run(create_app(s), host=host, port=port, log_level=log_level, ws_max_size=ws_max_size)
+        uvicorn.run(create_app(s), **options)
 
 
 def _share_metrics() -> None:

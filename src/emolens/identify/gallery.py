@@ -650,6 +650,8 @@ class People:
     def restore(self, version: int) -> VersionInfo:
         """Make an earlier version active again (it is rebuilt from its stored faces; people removed
         since then are no longer in it)."""
+        if not 0 < int(version) < 2**63:  # beyond a database integer: no such version, not an overflow
+            raise NotFoundError(f"no recognizer version {version}; see `emolens people versions`")
         with session(self.url) as s:
             row = s.scalars(select(VersionRow).where(VersionRow.version == int(version))).first()
             if row is None:

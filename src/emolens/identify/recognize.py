@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emolens.errors import EmoLensError, require
+from emolens.errors import EmoLensError, RefusedError, require
 
 KINDS = ("centroid", "knn", "svm")  # ties in cross-validation go to the earlier, cheaper one
 SIMILARITY_KINDS = ("centroid", "knn")  # their confidence is a calibrated cosine similarity
@@ -459,14 +459,14 @@ def analyze(
     require("sklearn", "identity", "scikit-learn")
     X, y = _normalize(X), np.asarray(y)
     if len(X) == 0:
-        raise EmoLensError("no enrolled faces to train on; enroll people first")
+        raise RefusedError("no enrolled faces to train on; enroll people first")
     usable = candidate_kinds(y)
     wanted = list(KINDS) if kinds == "auto" else [kinds] if isinstance(kinds, str) else list(kinds)
     for k in wanted:
         if k not in KINDS:
             raise EmoLensError(f"unknown classifier {k!r}; choose one of: auto, {', '.join(KINDS)}")
     if isinstance(kinds, str) and kinds != "auto" and kinds not in usable:  # asked for by name: say why not
-        raise EmoLensError(
+        raise RefusedError(
             f"cannot cross-validate {kinds} on these faces: k-NN needs 2 "
             "faces per person, the SVM 3 people with 3 faces each; enroll more photos or use 'auto'"
         )

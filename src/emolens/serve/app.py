@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from emolens.serve import logs
 from emolens.serve.deps import InferenceGate, ServerState
 from emolens.serve.errors import install_handlers
 from emolens.serve.metrics import worker_stopped
@@ -42,7 +43,9 @@ manage model versions.
 
 **Access.** Endpoints that write (feedback) or change models (promote, roll back, fine-tune)
 need an API key in the `X-API-Key` header, made with `emolens keys create NAME --scope write|admin`.
-Reads are open unless the server sets `EMOLENS_API_READ_KEY_REQUIRED=true`.
+Reads of personal data (feedback records and face crops, people, identification, attendance) need
+a key with the `read` scope unless the server sets `EMOLENS_API_PERSONAL_READS_OPEN=true`; other
+reads are open unless it sets `EMOLENS_API_READ_KEY_REQUIRED=true`.
 
 **Errors** are always JSON: `{"error": {"type": "...", "message": "..."}}`.
 """
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.emolens = state
     install_handlers(app)
+    logs.install()
 
     from emolens.serve.routers import analyze, feedback, health, live, models, people, webapp
 

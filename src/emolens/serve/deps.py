@@ -171,6 +171,13 @@ class ServerState:
         self.started = time.time()
 
     @property
+    def analysis_threads(self) -> int:
+        """ONNX Runtime threads per analysis. Analyses run side by side: by default they share the
+        cores instead of each taking all of them (ONNX Runtime's default), which only adds contention."""
+        s = self.settings
+        return s.threads or max(1, (os.cpu_count() or 1) // max(1, s.serve_threads))
+
+    @property
     def analyzer(self):
         if self._analyzer is None:
             with self._analyzer_lock:
@@ -178,9 +185,7 @@ class ServerState:
                     from emolens.analyzer import Analyzer
 
                     s = self.settings
-                    # Analyses run side by side: by default they share the cores instead of each
-                    # taking all of them (ONNX Runtime's default), which only adds contention.
-                    threads = s.threads or max(1, (os.cpu_count() or 1) // max(1, s.serve_threads))
+                    threads = self.analysis_threads
                     self._analyzer = Analyzer(
                         model=s.model,
                         detector=s.detector,
@@ -276,5 +281,16 @@ def require(scope: str) -> Callable[..., ApiKey]:
 def read_access(state: ServerState = Depends(get_state), token: str | None = Depends(api_key_header)) -> ApiKey | None:
     """Reads are open unless ``api_read_key_required``; a key that is sent is checked anyway."""
     if state.settings.api_read_key_required or token:
+        return _check(state, token, "read")
+    return None
+
+
+def personal_read_access(
+    state: ServerState = Depends(get_state), token: str | None = Depends(api_key_header)
+) -> ApiKey | None:
+    """Reads of personal data (faces, names, attendance) need a key unless the server opens them
+    explicitly (``api_personal_reads_open``); a key that is sent is checked anyway."""
+    s = state.settings
+    if s.api_read_key_required or not s.api_personal_reads_open or token:
         return _check(state, token, "read")
     return None

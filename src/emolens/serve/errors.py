@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emolens.errors import EmoLensError
+from emolens.serve.logs import redact
 
 log = logging.getLogger("emolens.serve")
 
@@ -73,7 +74,7 @@ def install_handlers(app: FastAPI) -> None:
     async def _emolens(request: Request, exc: EmoLensError) -> JSONResponse:
         status = int(getattr(exc, "http_status", 500))
         if status >= 500 and status not in (501, 503, 504, 507):
-            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+            log.error("%s %s failed: %s", request.method, redact(request.url.path), exc)
         headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if status == 401 else None
         return error_response(status, error_type(exc), str(exc), headers)
 
@@ -99,5 +100,5 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
-        log.exception("%s %s failed", request.method, request.url.path)
+        log.exception("%s %s failed", request.method, redact(request.url.path))
         return error_response(500, "internal", f"internal error ({type(exc).__name__}); the server log has details")

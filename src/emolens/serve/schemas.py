@@ -20,7 +20,7 @@ class ErrorResponse(BaseModel):
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error statuses a route can answer."""
     text = {
-        400: "Bad request",
+        400: "Bad request: the body cannot be parsed (malformed JSON or multipart)",
         401: "No API key",
         403: "API key unknown, revoked or without the needed scope",
         404: "Not found",
@@ -38,6 +38,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # On every /api/v1 route: reads may need a key (api_read_key_required), and any field can fail validation.
 COMMON = errors(401, 403, 422)
+BODY = errors(400, 401, 403, 422)  # routes that take a body: one that cannot be parsed (bad JSON, multipart) is a 400
 
 
 class FaceOut(BaseModel):

@@ -8,6 +8,8 @@ and ``upgrade heads`` brings a database of any age up to date.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -64,6 +66,18 @@ def _retry_busy(cur, sql: str, wait_s: float = 30.0) -> None:
             delay = min(delay * 2, 0.5)
 
 
+def _private_file(path: Path) -> None:
+    """Create the database file readable by its owner only (names, face embeddings, key hashes):
+    SQLite gives its -wal and -shm files the database file's permissions. An existing file that
+    others may read is made private too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+
+
 def get_engine(url: str | None = None) -> Engine:
     """The engine for ``url`` (default: the configured database), migrated to the newest schema."""
     return _engine(url or default_url())
@@ -73,8 +87,8 @@ def get_engine(url: str | None = None) -> Engine:
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_file(Path(path))
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:

@@ -511,6 +511,7 @@ class FeedbackStore:
         if not log.is_file():
             raise NotFoundError(f"{folder}: no feedback_log.csv (expected it beside a feedback_images/ folder)")
         images = folder / "feedback_images"
+        inside = images.resolve()
         seen = {(r.crop_key, r.label, r.created_at.replace(tzinfo=None)) for r in self.list(limit=None)}
         imported, skipped = 0, []
         with log.open(newline="", encoding="utf-8-sig") as f:
@@ -527,6 +528,9 @@ class FeedbackStore:
                 path = images / name
                 if not name or not path.is_file():
                     skipped.append(f"{where}: image not found in {images}")
+                    continue
+                if not path.resolve().is_relative_to(inside):  # a link must not import a file from elsewhere
+                    skipped.append(f"{where}: a link to a file outside {images}; copy the image in instead")
                     continue
                 try:
                     crop = load_image(path)

@@ -10,10 +10,10 @@ from typing import Literal
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from emolens.serve.deps import ServerState, get_state, read_access
-from emolens.serve.schemas import COMMON, AnalysisOut, AnnotatedImage, FaceOut, errors
+from emolens.serve.schemas import BODY, AnalysisOut, AnnotatedImage, FaceOut, errors
 from emolens.serve.uploads import MultipartRoute, check_image_part, safe_name
 
-router = APIRouter(prefix="/api/v1", tags=["analyze"], route_class=MultipartRoute, responses=COMMON)
+router = APIRouter(prefix="/api/v1", tags=["analyze"], route_class=MultipartRoute, responses=BODY)
 
 
 def _encode(image, fmt: str) -> AnnotatedImage:

@@ -9,20 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from emolens.errors import EmoLensError
-from emolens.serve.deps import ServerState, get_state, read_access, require
-from emolens.serve.schemas import COMMON, FeedbackIn, FeedbackList, FeedbackOut, FeedbackStats, errors
+from emolens.serve.deps import ServerState, get_state, personal_read_access, read_access, require
+from emolens.serve.schemas import BODY, COMMON, FeedbackIn, FeedbackList, FeedbackOut, FeedbackStats, errors
 from emolens.serve.uploads import JsonRoute, MultipartRoute, check_image_part
 from emolens.store.keys import ApiKey
 
 router = APIRouter(prefix="/api/v1", tags=["feedback"], responses=COMMON)
-json_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=JsonRoute, responses=COMMON)
-upload_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=MultipartRoute, responses=COMMON)
+json_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=JsonRoute, responses=BODY)
+upload_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=MultipartRoute, responses=BODY)
 
 MAX_CROP_SIDE = 512  # uploaded crops larger than this are shrunk before they are stored
+MAX_OFFSET = 10**12  # far beyond any store, and inside a database's 64-bit integers
 
 
 def _user(key: ApiKey) -> str:
@@ -38,19 +38,26 @@ def _count(state: ServerState, record) -> None:
     status_code=201,
     response_model=FeedbackOut,
     summary="Feedback on a face of an earlier analysis",
-    responses=errors(401, 403, 404, 415, 422, 507),
+    responses=errors(401, 403, 404, 415, 422, 503, 504, 507),
 )
-def feedback_on_analysis(
+async def feedback_on_analysis(
     body: FeedbackIn, state: ServerState = Depends(get_state), key: ApiKey = Depends(require("write"))
 ) -> FeedbackOut:
     """Say what face ``face`` of analysis ``analysis_id`` really shows (``label``), or that the
     model was right (``correct: true``). 404 for an analysis the server no longer remembers or a
     face index it did not find; 422 for an unknown label. Needs a key with the ``write`` scope."""
+    # The image is decoded again: in the analysis gate, so decoding memory stays bounded.
+    record = await state.gate.run(_store_on_analysis, state, body, key)
+    _count(state, record)
+    return FeedbackOut.of(record)
+
+
+def _store_on_analysis(state: ServerState, body: FeedbackIn, key: ApiKey):
     store = state.feedback_store()
     if body.label is not None:
         store.check_label(body.label)  # before the image is decoded again
     results = state.analyses.get(body.analysis_id)
-    record = store.add_from_results(
+    return store.add_from_results(
         results,
         body.face,
         body.label,
@@ -59,8 +66,6 @@ def feedback_on_analysis(
         source=body.source,
         user_id=_user(key),
     )
-    _count(state, record)
-    return FeedbackOut.of(record)
 
 
 def _store_crop(state: ServerState, data: bytes, label: str, predicted: str | None, key: ApiKey):
@@ -83,7 +88,7 @@ def _store_crop(state: ServerState, data: bytes, label: str, predicted: str | No
     status_code=201,
     response_model=FeedbackOut,
     summary="Feedback on an uploaded face crop",
-    responses=errors(401, 403, 413, 415, 422, 507),
+    responses=errors(401, 403, 413, 415, 422, 503, 504, 507),
 )
 async def feedback_on_crop(
     image: UploadFile = File(..., description="A face crop (aligned or not)"),
@@ -95,20 +100,24 @@ async def feedback_on_crop(
     """Store a labelled face crop as it is (shrunk to 512 px at most). Needs ``write``."""
     check_image_part(image)
     data = await image.read()
-    record = await run_in_threadpool(_store_crop, state, data, label, predicted, key)
+    record = await state.gate.run(_store_crop, state, data, label, predicted, key)  # decoding is bounded there
     _count(state, record)
     return FeedbackOut.of(record)
 
 
-@router.get("/feedback", response_model=FeedbackList, summary="List feedback, newest first", responses=errors(422))
+@router.get(
+    "/feedback", response_model=FeedbackList, summary="List feedback, newest first", responses=errors(401, 403, 422)
+)
 def list_feedback(
     limit: int = Query(50, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
-    label: str | None = Query(None, description="Only records with this true label"),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    label: str | None = Query(None, max_length=32, description="Only records with this true label"),
     corrections_only: bool = Query(False),
     state: ServerState = Depends(get_state),
-    _key=Depends(read_access),
+    _key=Depends(personal_read_access),
 ) -> FeedbackList:
+    """Needs a key with the ``read`` scope (records are personal data) unless the server sets
+    ``EMOLENS_API_PERSONAL_READS_OPEN=true``."""
     store = state.feedback_store()
     items = store.list(limit=limit, offset=offset, label=label, corrections_only=corrections_only)
     if label:
@@ -170,8 +179,10 @@ def export_feedback(state: ServerState = Depends(get_state), _key: ApiKey = Depe
     return StreamingResponse(_chunks(f), media_type="application/zip", headers=headers)
 
 
-@router.get("/feedback/{uid}", response_model=FeedbackOut, summary="One feedback record", responses=errors(404))
-def get_feedback(uid: str, state: ServerState = Depends(get_state), _key=Depends(read_access)) -> FeedbackOut:
+@router.get(
+    "/feedback/{uid}", response_model=FeedbackOut, summary="One feedback record", responses=errors(401, 403, 404)
+)
+def get_feedback(uid: str, state: ServerState = Depends(get_state), _key=Depends(personal_read_access)) -> FeedbackOut:
     return FeedbackOut.of(state.feedback_store().get(uid))
 
 
@@ -179,9 +190,11 @@ def get_feedback(uid: str, state: ServerState = Depends(get_state), _key=Depends
     "/feedback/{uid}/crop",
     summary="The stored face crop (PNG)",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **errors(404)},
+    responses={200: {"content": {"image/png": {}}}, **errors(401, 403, 404)},
 )
-def get_feedback_crop(uid: str, state: ServerState = Depends(get_state), _key=Depends(read_access)) -> Response:
+def get_feedback_crop(
+    uid: str, state: ServerState = Depends(get_state), _key=Depends(personal_read_access)
+) -> Response:
     store = state.feedback_store()
     record = store.get(uid)
     try:

@@ -35,6 +35,22 @@ def _database_ok(state: ServerState) -> str:
         return f"error: {type(exc).__name__}: {exc}"[:300]
 
 
+def _model_ok(state: ServerState) -> str:
+    """The registry's active version loads: it may have changed since the startup check. Cheap
+    after the first time: the pointer is one small read, the model is loaded once (the analyzer's)."""
+    from emolens.models import load_emotion_model
+
+    if state.settings.model != "active":
+        return "ok"  # a fixed model: checked at startup
+    try:
+        version = state.registry().active_name()
+        if version is not None:
+            _ = load_emotion_model(version, state.analysis_threads).meta
+        return "ok"
+    except Exception as exc:  # a version that cannot load is "not ready", whatever the error
+        return f"error: {exc}"[:300]
+
+
 @router.get(
     "/readyz",
     response_model=ReadyOut,
@@ -47,6 +63,8 @@ async def readyz(state: ServerState = Depends(get_state)):
         model = "loading"
     elif state.warm_error:
         model = f"error: {state.warm_error}"
+    else:
+        model = await run_in_threadpool(_model_ok, state)
     checks = {"model_and_detector": model, "database": await run_in_threadpool(_database_ok, state)}
     ready = all(v == "ok" for v in checks.values())
     body = ReadyOut(status="ready" if ready else "not_ready", checks=checks)

@@ -7,12 +7,12 @@ from fastapi import APIRouter, Body, Depends
 from emolens.errors import MissingExtraError, RefusedError
 from emolens.serve.deps import ServerState, get_state, read_access, require
 from emolens.serve.errors import ForbiddenError
-from emolens.serve.schemas import COMMON, FinetuneIn, JobOut, ModelsOut, ModelVersionOut, errors
+from emolens.serve.schemas import BODY, COMMON, FinetuneIn, JobOut, ModelsOut, ModelVersionOut, errors
 from emolens.serve.uploads import JsonRoute
 from emolens.store.keys import ApiKey
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=COMMON)
-json_router = APIRouter(prefix="/api/v1", tags=["models"], route_class=JsonRoute, responses=COMMON)
+json_router = APIRouter(prefix="/api/v1", tags=["models"], route_class=JsonRoute, responses=BODY)
 
 
 @router.get("/models", response_model=ModelsOut, summary="Model versions and their metrics")
@@ -34,10 +34,12 @@ def list_models(state: ServerState = Depends(get_state), _key=Depends(read_acces
     "/models/{name}/promote",
     response_model=ModelVersionOut,
     summary="Make a version the active model",
-    responses=errors(401, 403, 404),
+    responses=errors(401, 403, 404, 409),
 )
 def promote(name: str, state: ServerState = Depends(get_state), _key: ApiKey = Depends(require("admin"))):
-    """The analyzer switches to it at its next analysis, without a restart. Needs ``admin``."""
+    """``name`` is a registered version (``v3``) or a model by name (``accurate``), never a path.
+    The model must load and run before it becomes active (409 otherwise); the analyzer switches
+    to it at its next analysis, without a restart. Needs ``admin``."""
     return ModelVersionOut.of(state.registry().promote(name))
 
 

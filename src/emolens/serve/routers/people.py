@@ -11,18 +11,19 @@ from __future__ import annotations
 import threading
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from emolens.errors import RefusedError
-from emolens.serve.deps import ServerState, get_state, read_access, require
-from emolens.serve.schemas import COMMON, errors
+from emolens.identify.recognize import KINDS
+from emolens.serve.deps import ServerState, get_state, personal_read_access, require
+from emolens.serve.schemas import BODY, COMMON, errors
 from emolens.serve.uploads import JsonRoute, MultipartRoute, check_image_part, safe_name
 
 TAGS = ["people"]
 router = APIRouter(prefix="/api/v1", tags=TAGS, responses=COMMON)
-json_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=JsonRoute, responses=COMMON)
-upload_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=MultipartRoute, responses=COMMON)
+json_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=JsonRoute, responses=BODY)
+upload_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=MultipartRoute, responses=BODY)
 ROUTERS = (upload_router, json_router, router)
 
 _people_lock = threading.Lock()
@@ -71,7 +72,7 @@ def _version(info) -> dict[str, Any]:
 
 
 @router.get("/people", summary="Enrolled people", responses=errors(401, 403))
-def list_people(people=Depends(get_people), _key=Depends(read_access)) -> dict[str, Any]:
+def list_people(people=Depends(get_people), _key=Depends(personal_read_access)) -> dict[str, Any]:
     """Every enrolled person: ``key`` (id), ``name`` and ``faces`` (enrolled photos), and the
     active recognizer version (null before the first training)."""
     active = people.active_version()
@@ -80,7 +81,7 @@ def list_people(people=Depends(get_people), _key=Depends(read_access)) -> dict[s
 
 
 @router.get("/people/versions", summary="Recognizer versions", responses=errors(401, 403))
-def list_versions(people=Depends(get_people), _key=Depends(read_access)) -> dict[str, Any]:
+def list_versions(people=Depends(get_people), _key=Depends(personal_read_access)) -> dict[str, Any]:
     versions = [_version(v) for v in people.versions()]
     active = next((v["version"] for v in versions if v["active"]), None)
     return {"versions": versions, "active": active}
@@ -133,7 +134,9 @@ def delete_person(key: str, people=Depends(get_people), _key=Depends(require("ad
 
 
 class TrainIn(BaseModel):
-    classifier: str = Field("auto", description="'auto' (chosen by cross-validation) or a classifier kind")
+    classifier: Literal[("auto", *KINDS)] = Field(  # an unknown kind is a 422, not a failed training
+        "auto", description="'auto' (chosen by cross-validation) or a classifier kind"
+    )
 
 
 def _train(people, classifier: str):
@@ -148,7 +151,9 @@ def _train(people, classifier: str):
         _train_lock.release()
 
 
-@json_router.post("/people/train", summary="Train a new recognizer version", responses=errors(401, 403, 409, 501))
+@json_router.post(
+    "/people/train", summary="Train a new recognizer version", responses=errors(401, 403, 409, 415, 422, 501, 503, 504)
+)
 async def train(
     body: TrainIn | None = None,
     state: ServerState = Depends(get_state),
@@ -162,9 +167,13 @@ async def train(
 
 
 @router.post(
-    "/people/versions/{version}/restore", summary="Make an earlier version active", responses=errors(401, 403, 404)
+    "/people/versions/{version}/restore",
+    summary="Make an earlier version active",
+    responses=errors(401, 403, 404, 422),
 )
-def restore_version(version: int, people=Depends(get_people), _key=Depends(require("admin"))) -> dict[str, Any]:
+def restore_version(
+    version: int = Path(ge=1, le=2**31 - 1), people=Depends(get_people), _key=Depends(require("admin"))
+) -> dict[str, Any]:
     return {"version": _version(people.restore(version))}
 
 
@@ -187,7 +196,7 @@ async def identify(
     threshold: float | None = Query(None, ge=0, le=1, description="Confidence threshold (default: the version's)"),
     state: ServerState = Depends(get_state),
     people=Depends(get_people),
-    _key=Depends(read_access),
+    _key=Depends(personal_read_access),
 ) -> dict[str, Any]:
     """Every face with its box, and who it is: ``key``/``name`` of an enrolled person, or
     ``label: "unknown"``, with the classifier ``confidence`` and cosine ``similarity``. 409 before
@@ -271,7 +280,7 @@ def stop_session(uid: str, people=Depends(get_people), _key=Depends(require("wri
 
 
 @router.get("/attendance/sessions", summary="Attendance sessions, newest first", responses=errors(401, 403))
-def list_attendance_sessions(people=Depends(get_people), _key=Depends(read_access)) -> dict[str, Any]:
+def list_attendance_sessions(people=Depends(get_people), _key=Depends(personal_read_access)) -> dict[str, Any]:
     from emolens.identify.attendance import list_sessions
 
     return {"sessions": list_sessions(people)}
@@ -286,7 +295,7 @@ def session_report(
     uid: str,
     format: Literal["json", "csv"] = Query("json"),  # noqa: A002 - the query parameter's name
     people=Depends(get_people),
-    _key=Depends(read_access),
+    _key=Depends(personal_read_access),
 ):
     """One row per enrolled person: present or not, first seen (when, in which photo, confidence),
     sightings and emotion. ``?format=csv`` for a spreadsheet."""

@@ -1,0 +1,37 @@
+"""Keep secrets and personal ids out of the server's logs.
+
+A key sent as ``?key=`` (refused on HTTP, used by the live WebSocket) and the person id in
+``/api/v1/people/{key}`` paths would otherwise stay in the access log, the id even after the
+person is erased. ``redact`` rewrites a request target; ``AccessLogFilter`` applies it to
+uvicorn's access log records.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_KEY_PARAM = re.compile(r"(?i)([?&](?:key|api_key|x-api-key)=)[^&#]*")
+_PERSON = re.compile(r"^(/api/v1/people/)(?!versions(?:/|$|\?)|train(?:$|\?))[^/?]+")
+
+
+def redact(target: str) -> str:
+    """``/api/v1/people/P001/images?key=emk_x`` → ``/api/v1/people/{key}/images?key=REDACTED``."""
+    return _PERSON.sub(r"\1{key}", _KEY_PARAM.sub(r"\1REDACTED", target))
+
+
+class AccessLogFilter(logging.Filter):
+    """uvicorn logs ``'%s - "%s %s HTTP/%s" %d'`` with the target as the third argument."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact(args[2]), *args[3:])
+        return True
+
+
+def install() -> None:
+    """Filter uvicorn's access log (idempotent)."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, AccessLogFilter) for f in logger.filters):
+        logger.addFilter(AccessLogFilter())
