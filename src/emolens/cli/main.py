@@ -691,9 +691,9 @@ def explain(
 
 def _register_feature_commands() -> None:
     """Each capability beside the image pipeline keeps its verbs in a module of its own."""
-    from emolens.cli import attendance, feedback, people, serve, video
+    from emolens.cli import attendance, batch, feedback, people, serve, video
 
-    for module in (feedback, people, attendance, video, serve):
+    for module in (feedback, people, attendance, video, serve, batch):
         module.register(app)
 
 
