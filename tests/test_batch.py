@@ -303,3 +303,24 @@ def test_a_ray_worker_killed_mid_run(ray_cluster, reference, photos, tmp_path):
     assert sorted(set(reported)) == list(range(N_IMAGES))
     assert summary.complete and summary.images == N_IMAGES
     assert_same_rows(out, reference)
+
+
+def test_inputs_folder_glob_and_parquet_manifest(photos, tmp_path):
+    from emolens.batch import read_input
+
+    folder = read_input(photos)
+    assert len(folder) == N_IMAGES and "compreface/009_C.jpg" in folder.ids
+    assert all(Path(p).is_absolute() for p in folder.paths)
+    globbed = read_input(f"{photos}/*/0*.jpg")
+    assert globbed.ids == ["compreface/009_C.jpg", "compreface/010_2.jpg", "compreface/017_0.jpg"]
+    table = pa.table({"path": [str(photos / "compreface" / "010_2.jpg"), "dogs.jpg"], "id": [7, 8]})
+    pq.write_table(table, tmp_path / "list.parquet")
+    manifest = read_input(tmp_path / "list.parquet")
+    assert manifest.ids == ["7", "8"] and manifest.paths == [
+        str(photos / "compreface" / "010_2.jpg"),
+        str(tmp_path / "dogs.jpg"),
+    ]
+    assert manifest.sha256 != read_input(photos / "compreface" / "010_2.jpg").sha256
+    (tmp_path / "twice.csv").write_text("id,path\na,x.jpg\na,y.jpg\n")
+    with pytest.raises(EmoLensError, match="ids occur more than once"):
+        read_input(tmp_path / "twice.csv")

@@ -65,7 +65,8 @@ class BatchSummary:
     images_run: int = 0
     faces_run: int = 0
     seconds: float = 0.0  # wall time of this run's processing
-    stage_seconds: dict[str, float] = field(default_factory=dict)  # summed over workers
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall-clock, summed over workers
+    cpu_seconds: float = 0.0  # CPU time of the workers on this run's shards (model loading excluded)
     backend: str = "local"
     workers: int = 1
     worker_restarts: int = 0
@@ -106,13 +107,16 @@ class BatchJob:
             raise EmoLensError(f"--workers must be at least 1, not {o.workers}")
         if o.shard_size is not None and o.shard_size < 1:
             raise EmoLensError(f"--shard-size must be at least 1, not {o.shard_size}")
+        self.use_ray = o.ray or o.address is not None
+        if self.use_ray:
+            require("ray.data", "ray", "ray[data]")
         self.output = Path(output).absolute()
         self.job_file = self.output / STATE_DIR / JOB_FILE
         self._check_output()
         self.manifest: Manifest = read_input(source)
-        self.use_ray = o.ray or o.address is not None
-        self.workers = o.workers or (1 if self.use_ray and o.address else os.cpu_count() or 1)
-        threads = s.threads or (1 if self.use_ray else max(1, (os.cpu_count() or 1) // self.workers))
+        # None on a cluster: as many as its CPUs allow, known once connected.
+        self.workers: int | None = o.workers or (None if o.address else os.cpu_count() or 1)
+        threads = s.threads or (1 if self.use_ray else max(1, (os.cpu_count() or 1) // (self.workers or 1)))
         detector_name = o.detector or s.detector
         detector = create_detector(detector_name, DetectorOptions())  # an unknown name fails here, not per worker
         analyzer = Analyzer(model=o.model or s.model, detector=detector, threads=threads)
@@ -213,7 +217,7 @@ class BatchJob:
                 shards=self.n_shards,
                 shards_skipped=self.n_shards - len(self.pending),
                 backend="ray" if self.use_ray else "local",
-                workers=min(self.workers, max(1, len(self.pending))),
+                workers=min(self.workers or len(self.pending), max(1, len(self.pending))),
             )
             reports: list[ShardReport] = []
 
@@ -228,7 +232,7 @@ class BatchJob:
                 if not shards:
                     pass
                 elif self.use_ray:
-                    _run_ray(self.spec, shards, summary.workers, self.options.address, done)
+                    summary.workers = _run_ray(self.spec, shards, self.workers, self.options.address, done)
                 elif summary.workers == 1:
                     worker = ShardWorker(self.spec)
                     for shard in shards:
@@ -244,6 +248,7 @@ class BatchJob:
             summary.shards_run = len(reports)
             summary.images_run = sum(r.images for r in reports)
             summary.faces_run = sum(r.faces for r in reports)
+            summary.cpu_seconds = sum(r.cpu_seconds for r in reports)
             stage = Counter({s: 0.0 for s in STAGES})
             for r in reports:
                 stage.update(r.seconds)
@@ -399,16 +404,17 @@ class RayShardWorker:
         return {"report": reports}
 
 
-def _run_ray(spec: JobSpec, shards: list[Shard], workers: int, address: str | None, done: OnShard) -> None:
-    ray = require("ray", "batch")
-    ray_data = require("ray.data", "batch", "ray[data]")
+def _run_ray(spec: JobSpec, shards: list[Shard], workers: int | None, address: str | None, done: OnShard) -> int:
+    """Run shards on a Ray Data actor pool, one ShardWorker per actor; returns the pool's size."""
+    ray = require("ray", "ray")
+    ray_data = require("ray.data", "ray", "ray[data]")
 
     started = False
     if not ray.is_initialized():
         try:
             ray.init(
                 address=address,
-                num_cpus=None if address else workers * max(1, spec.threads),
+                num_cpus=None if address else (workers or 1) * max(1, spec.threads),
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=False,
@@ -420,6 +426,9 @@ def _run_ray(spec: JobSpec, shards: list[Shard], workers: int, address: str | No
     ctx = ray_data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the caller shows its own
     try:
+        if workers is None:
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, spec.threads))
+        workers = min(workers, len(shards))
         items = [{"shard": s.index, "ids": s.ids, "paths": s.paths} for s in shards]
         # One block per shard (up to a bound), so results stream back as shards finish.
         ds = ray_data.from_items(items, override_num_blocks=min(len(items), 10_000))
@@ -433,6 +442,7 @@ def _run_ray(spec: JobSpec, shards: list[Shard], workers: int, address: str | No
         )
         for row in results.iter_rows():
             done(ShardReport.from_json(str(row["report"])))
+        return workers
     finally:
         if started:
             ray.shutdown()

@@ -38,6 +38,7 @@ class ShardReport:
     labels: dict[str, int] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)  # reason -> images (and "face: ..." -> faces)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds spent in this shard
+    cpu_seconds: float = 0.0  # the worker process's CPU time on this shard (all its threads)
     pid: int = 0  # the worker process that wrote it
 
     def to_json(self) -> str:
@@ -126,6 +127,7 @@ class ShardWorker:
     def run(self, shard: Shard) -> ShardReport:
         """Process one shard and write its file; a bad image becomes an error row, never an exception."""
         report = ShardReport(index=shard.index, pid=os.getpid())
+        cpu0 = time.process_time()
         sec = Counter({s: 0.0 for s in STAGES})
         images: list[dict] = []  # per image: its rows' common fields, faces and crops
         crops: list[np.ndarray] = []
@@ -153,6 +155,7 @@ class ShardWorker:
         sec["write"] += time.perf_counter() - t
         report.rows = len(rows)
         report.seconds = dict(sec)
+        report.cpu_seconds = time.process_time() - cpu0
         return report
 
     def _image(self, image_id, path, index, sec, crops, chips) -> dict:

@@ -38,7 +38,7 @@ def batch(
     threshold: Annotated[float | None, typer.Option(help="Detection score threshold.")] = None,
     max_faces: Annotated[int | None, typer.Option(help="Keep at most this many faces per image.")] = None,
     embeddings: Annotated[
-        bool, typer.Option("--embeddings", help="Add each face's identity embedding (needs emolens[identity]).")
+        bool, typer.Option("--embeddings", help="Add each face's identity embedding (needs the 'identity' extra).")
     ] = False,
     workers: Annotated[
         int | None, typer.Option(help="Processes (or Ray actors). Default: all cores (on Ray: all cluster CPUs).")
@@ -85,12 +85,15 @@ def batch(
         fail(exc)
     done_before = job.total_images - job.pending_images
     backend = f"Ray ({address})" if address else ("Ray (local)" if job.use_ray else "local")
-    err.print(
-        f"{job.total_images:,} images in {job.n_shards:,} shards of {job.spec.shard_size}"
-        + (f", {done_before:,} already done" if done_before else "")
-        + f"; model {escape(job.spec.model)}, detector {job.spec.detector}; {backend}, "
-        f"{min(job.workers, max(1, len(job.pending)))} worker(s)"
-    )
+    if not job.pending:
+        err.print(f"all {job.n_shards:,} shards of this job are already written: nothing to do")
+    else:
+        n = f"{min(job.workers, len(job.pending))} worker(s)" if job.workers else "a worker per cluster CPU"
+        err.print(
+            f"{job.total_images:,} images in {job.n_shards:,} shards of {job.spec.shard_size}"
+            + (f", {done_before:,} already done" if done_before else "")
+            + f"; model {escape(job.spec.model)}, detector {job.spec.detector}; {backend}, {n}"
+        )
     try:
         summary = _run(job, quiet)
     except BatchInterruptedError as exc:
