@@ -11,7 +11,10 @@ worker with 1 ONNX Runtime thread (so N workers use N cores). Figures:
 - images/s and faces/s: all images (faces) / wall;
 - steady images/s: images of the shards reported after the first one / time from the first report
   to the last (start-up excluded);
-- scaling efficiency: steady rate with 2 workers / (2 x the rate with 1);
+- scaling efficiency: steady rate with 2 workers / (2 x the rate with 1); it needs an otherwise
+  idle machine, so the table also gives the workers' CPU time per image (process CPU time, all
+  threads, measured around each shard), which other load does not inflate: if it stays flat from
+  1 to 2 workers, adding workers adds no work per image;
 - cost split: time in each stage summed over workers (decode, detect, align, classify, write),
   as a share of their total.
 Ray runs on a local Ray instance started for the benchmark (num_cpus=2); its start-up is not in
@@ -23,6 +26,7 @@ the wall time, the actors' start (model loading) is.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -181,13 +185,13 @@ def render(rows, n_groups, n_lfw, args, ort_version, pa_version, ray_version, st
         )
     base = by["local, 1 process"]
     eff2 = by["local, 2 processes"]["steady"] / (2 * base["steady"])
-    per_core = base["steady"]  # images/s of one 1-thread worker, start-up excluded (wall clock)
     cpu_s = base["cpu_ms_per_image"] / 1e3
+    cpu_flat = base["cpu_ms_per_image"] / by["local, 2 processes"]["cpu_ms_per_image"]
     bytes_per_row = base["bytes"] / base["rows"]
     rows_per_image = base["rows"] / base["images"]
     n = 100_000_000
     core_hours = n * cpu_s / 3600
-    eff = min(eff2, 0.9)
+    eff = 0.8  # assumed: see the text
     out += [
         "",
         f"Input: {n_groups} group and portrait photos (photos/dlib_voc and the CompreFace photos under 2,000 px) and "
@@ -202,15 +206,16 @@ def render(rows, n_groups, n_lfw, args, ort_version, pa_version, ray_version, st
         "",
         "### 100 million images, on paper",
         "",
-        f"- **Compute.** An image costs {base['cpu_ms_per_image']:.0f} ms of CPU time in a 1-thread worker "
-        f"(this mix: {rows_per_image:.1f} rows an image): 100 million images are **{core_hours:,.0f} core-hours**. "
-        f"At a scaling efficiency of {eff:.0%} (measured {eff2:.0%} from 1 to 2 local processes on this shared "
-        "machine; at most 90% assumed), that is "
-        f"{core_hours / eff / 24:,.0f} cores for a day, e.g. **{core_hours / eff / 24 / 64:,.0f} nodes of 64 cores "
-        f"for 24 hours** or {core_hours / eff / 8 / 64:,.0f} such nodes for 8 hours. (The wall-clock rate of one "
-        f"worker here, {per_core:.1f} images/s, would give {n / per_core / 3600:,.0f} core-hours: the shared "
-        f"machine's contention, not the work.) Detection is {base['split'].get('detect', 0):.0%} of the stage time: "
-        "it, not classification, sets the size of the cluster.",
+        f"- **Compute.** An image of this mix costs {base['cpu_ms_per_image']:.0f} ms of CPU time in a 1-thread "
+        f"worker: 100 million images are **{core_hours:,.0f} core-hours**. The CPU time per image with 2 workers "
+        f"is {1 / cpu_flat:.0%} of that with 1: workers share nothing but the output folder, so the job scales "
+        "with cores until storage or the driver limits it. The wall-clock scaling efficiency measured here "
+        f"({eff2:.0%}) reflects the shared machine (see its load), not the job; assuming {eff:.0%} on a "
+        f"cluster, that is {core_hours / eff / 24:,.0f} cores for a day, e.g. "
+        f"**{math.ceil(core_hours / eff / 24 / 64):,} nodes of 64 cores for 24 hours** or "
+        f"{math.ceil(core_hours / eff / 8 / 64):,} such nodes for 8 hours. Detection is "
+        f"{base['split'].get('detect', 0):.0%} of the stage time: it, not classification, sets the size of the "
+        "cluster (RetinaFace enlarges small images to 640 px on the short side; LFW's 250 px portraits pay that).",
         f"- **Output.** {bytes_per_row:,.0f} bytes a row (zstd Parquet, {rows_per_image:.1f} rows an image here): "
         f"about {n * rows_per_image * bytes_per_row / 1e9:,.0f} GB for 100 million images.",
         "- **What changes first.** (1) The plan: the driver holds the whole manifest (ids and paths, "
@@ -222,7 +227,7 @@ def render(rows, n_groups, n_lfw, args, ort_version, pa_version, ray_version, st
         "same for the OUTPUT folder). (4) Detection on CPUs dominates the cost; a GPU detector would move "
         "the bottleneck to decoding.",
         "",
-        "Method: " + " ".join(__doc__.split("Method:")[1].split("\n\n")[0].split()),
+        "Method:" + __doc__.split("Method:")[1].split("\n\n")[0],
     ]
     return "\n".join(out) + "\n"
 

@@ -178,7 +178,12 @@ class BatchJob:
     def _check_output(self) -> None:
         if self.output.exists() and not self.output.is_dir():
             raise EmoLensError(f"OUTPUT {self.output} is a file; give a folder for the Parquet dataset")
-        if self.output.is_dir() and not self.job_file.is_file() and any(self.output.iterdir()):
+        # A folder holding only an empty state folder is a run killed before it wrote its job.json.
+        if (
+            self.output.is_dir()
+            and not self.job_file.is_file()
+            and any(p.name != STATE_DIR for p in self.output.iterdir())
+        ):
             raise EmoLensError(
                 f"OUTPUT {self.output} is not empty and holds no EmoLens batch run; give a new or empty folder"
             )
@@ -219,10 +224,14 @@ class BatchJob:
                 backend="ray" if self.use_ray else "local",
                 workers=min(self.workers or len(self.pending), max(1, len(self.pending))),
             )
-            reports: list[ShardReport] = []
+            stage = Counter({s: 0.0 for s in STAGES})
 
-            def done(report: ShardReport) -> None:
-                reports.append(report)
+            def done(report: ShardReport) -> None:  # sums only: a job may have 100,000s of shards
+                summary.shards_run += 1
+                summary.images_run += report.images
+                summary.faces_run += report.faces
+                summary.cpu_seconds += report.cpu_seconds
+                stage.update(report.seconds)
                 if on_shard:
                     on_shard(report)
 
@@ -241,17 +250,10 @@ class BatchJob:
                     summary.worker_restarts = _run_local(self.spec, shards, summary.workers, done)
             except KeyboardInterrupt:
                 raise BatchInterruptedError(
-                    f"interrupted: {len(reports)} of {len(shards)} shards of this run finished and are kept; "
+                    f"interrupted: {summary.shards_run} of {len(shards)} shards of this run finished and are kept; "
                     "run the same command to resume"
                 ) from None
             summary.seconds = time.perf_counter() - t0
-            summary.shards_run = len(reports)
-            summary.images_run = sum(r.images for r in reports)
-            summary.faces_run = sum(r.faces for r in reports)
-            summary.cpu_seconds = sum(r.cpu_seconds for r in reports)
-            stage = Counter({s: 0.0 for s in STAGES})
-            for r in reports:
-                stage.update(r.seconds)
             summary.stage_seconds = dict(stage)
             self.pending = [i for i in self.pending if not shard_done(self.spec.shard_path(i))]
             _count_output(self.spec, summary)
