@@ -186,26 +186,37 @@ def test_a_different_job_in_the_same_output_is_refused(reference, photos, home):
         BatchJob(photos, photos)  # a folder of other files is never written into
 
 
-def test_kill_9_at_a_random_shard_then_resume(reference, photos, home, tmp_path):
-    """The whole run (driver and workers) killed with SIGKILL after a random number of shards; the
-    same command finishes the job with exactly the reference's rows."""
-    out = tmp_path / "out"
-    cmd = _cli("batch", photos, out, "--shard-size", "1", "--workers", "1", "-q")
-    n_images = N_IMAGES
-    stop_after = random.Random().randint(1, n_images - 4)
-    proc = subprocess.Popen(cmd, env=_env(home), stderr=subprocess.PIPE, start_new_session=True)
+def _stop_after(cmd: list[str], out: Path, shards: int, sig: int, home: Path) -> tuple[int, str, int]:
+    """Start ``cmd``, send ``sig`` to its process group once ``shards`` shard files exist; returns
+    (exit code, stderr, shard files then)."""
+    proc = subprocess.Popen(cmd, env=_env(home), stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
-    while len(list(out.glob("shard-*.parquet"))) < stop_after and proc.poll() is None:
+    while len(list(out.glob("shard-*.parquet"))) < shards and proc.poll() is None:
         assert time.monotonic() < deadline, "the run made no progress"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list(out.glob("shard-*.parquet")))
-    assert stop_after <= done < n_images, f"killed after {done} shards, not mid-run"
-    resumed = run_cli("batch", photos, out, "--shard-size", "1", "--json", "-", "-q", home=home)
+    os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C does: the driver and its workers
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr, len(list(out.glob("shard-*.parquet")))
+
+
+def test_ctrl_c_then_kill_9_at_random_shards_then_resume(reference, photos, home, tmp_path):
+    """A run with 2 worker processes stopped by Ctrl-C, its resumption killed with SIGKILL (driver
+    and all), each after a random number of shards; the same command then finishes the job with
+    exactly the reference's rows."""
+    out = tmp_path / "out"
+    args = ("batch", photos, out, "--shard-size", "1", "-q")
+    rng = random.Random()
+    code, stderr, first = _stop_after(_cli(*args, "--workers", "2"), out, rng.randint(1, 3), signal.SIGINT, home)
+    assert code == 130, stderr
+    assert "shards of this run finished and are kept; run the same command to resume" in stderr
+    assert "Traceback" not in stderr and 1 <= first < N_IMAGES - 2
+    target = min(first + rng.randint(1, 2), N_IMAGES - 2)
+    code, _, second = _stop_after(_cli(*args, "--workers", "1"), out, target, signal.SIGKILL, home)
+    assert code == -signal.SIGKILL and target <= second < N_IMAGES, f"killed after {second} shards, not mid-run"
+    resumed = run_cli(*args, "--json", "-", home=home)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
-    assert summary["shards_skipped"] == done and summary["shards_run"] == n_images - done
+    assert summary["shards_skipped"] == second and summary["shards_run"] == N_IMAGES - second
     assert not list(out.glob(".*.tmp"))
     assert_same_rows(out, reference)
 
