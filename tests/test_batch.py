@@ -335,3 +335,26 @@ def test_inputs_folder_glob_and_parquet_manifest(photos, tmp_path):
     (tmp_path / "twice.csv").write_text("id,path\na,x.jpg\na,y.jpg\n")
     with pytest.raises(EmoLensError, match="ids occur more than once"):
         read_input(tmp_path / "twice.csv")
+
+
+def test_a_worker_without_the_model_file_uses_the_bytes_sent_with_the_job(tmp_path):
+    """On a cluster, a worker's machine may lack the driver's model file: the job carries its bytes."""
+    from dataclasses import replace
+
+    from emolens.batch.shard import _model_file
+    from emolens.batch.spec import JobSpec, file_sha256
+    from emolens.errors import ModelError
+    from emolens.models import resolve_model
+
+    fast = resolve_model("fast")
+    spec = JobSpec(
+        output=str(tmp_path), input_sha256="", n_images=1, shard_size=1, model="fast",
+        model_path=str(fast), model_sha256=file_sha256(fast), labels=[], detector="retinaface",
+        min_face_size=20, detection_threshold=0.6, max_faces=100, max_side=1600, max_pixels=10**8, embedder=None,
+    )  # fmt: skip
+    assert _model_file(spec) == str(fast)  # the same file here: used in place
+    elsewhere = replace(spec, model_path=str(tmp_path / "not-on-this-machine.onnx"))
+    with pytest.raises(ModelError, match="missing or different on this worker"):
+        _model_file(elsewhere)
+    copy = _model_file(replace(elsewhere, model_bytes=fast.read_bytes()))
+    assert copy != str(fast) and file_sha256(copy) == spec.model_sha256
