@@ -136,7 +136,15 @@ class ShardWorker:
             # Only the crops (and chips) of an image are kept until the shard is classified, not its pixels.
             images.append(self._image(image_id, path, shard.index, sec, crops, chips))
         t = time.perf_counter()
-        probs = self.analyzer.model.predict(np.stack(crops), batch_size=self.spec.face_batch) if crops else None
+        probs = None
+        if crops:
+            try:
+                probs = self.analyzer.model.predict(np.stack(crops), batch_size=self.spec.face_batch)
+            except Exception as exc:  # the faces keep their boxes, marked; the shard is still written
+                for img in images:
+                    for f in img["faces"]:
+                        if f["crop"] is not None:
+                            f["crop"], f["result"].error = None, f"classification failed: {exc}"
         sec["classify"] += time.perf_counter() - t
         t = time.perf_counter()
         vectors = None
