@@ -216,6 +216,9 @@ def render(rows, n_groups, n_lfw, args, ort_version, pa_version, ray_version, st
         f"{math.ceil(core_hours / eff / 8 / 64):,} such nodes for 8 hours. Detection is "
         f"{base['split'].get('detect', 0):.0%} of the stage time: it, not classification, sets the size of the "
         "cluster (RetinaFace enlarges small images to 640 px on the short side; LFW's 250 px portraits pay that).",
+        f"- **On an idle machine.** CPU time bounds the rate at {1000 / base['cpu_ms_per_image']:.0f} images/s "
+        f"a core ({2000 / base['cpu_ms_per_image']:.0f} on these 2 cores): a ceiling derived from the CPU time, "
+        "not a measurement; the wall-clock rates above were measured with the machine shared (see its load).",
         f"- **Output.** {bytes_per_row:,.0f} bytes a row (zstd Parquet, {rows_per_image:.1f} rows an image here): "
         f"about {n * rows_per_image * bytes_per_row / 1e9:,.0f} GB for 100 million images.",
         "- **What changes first.** (1) The plan: the driver holds the whole manifest (ids and paths, "
