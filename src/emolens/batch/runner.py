@@ -442,9 +442,26 @@ def _run_ray(spec: JobSpec, shards: list[Shard], workers: int | None, address: s
             num_cpus=max(1, spec.threads),
             batch_format="numpy",
         )
-        for row in results.iter_rows():
-            done(ShardReport.from_json(str(row["report"])))
+        try:
+            for row in results.iter_rows():
+                done(ShardReport.from_json(str(row["report"])))
+        except EmoLensError:
+            raise
+        except Exception as exc:  # Ray wraps a worker's error in its own types, as text with its traceback
+            raise EmoLensError(_worker_error(exc)) from exc
         return workers
     finally:
         if started:
             ray.shutdown()
+
+
+def _worker_error(exc: BaseException) -> str:
+    """The message of the EmoLens error a Ray worker raised (they say what to do), else Ray's first line."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
+    ours = re.findall(r"emolens\.errors\.\w+: (.+)", text)
+    if ours:
+        return ours[-1]
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:300]
+    return f"the Ray job stopped: {first}; finished shards are kept: run the same command to resume"
