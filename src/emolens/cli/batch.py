@@ -90,7 +90,8 @@ def batch(
     else:
         n = f"{min(job.workers, len(job.pending))} worker(s)" if job.workers else "a worker per cluster CPU"
         err.print(
-            f"{job.total_images:,} images in {job.n_shards:,} shards of {job.spec.shard_size}"
+            f"{job.total_images:,} images in {job.n_shards:,} shard{'s' if job.n_shards != 1 else ''} "
+            f"of {job.spec.shard_size}"
             + (f", {done_before:,} already done" if done_before else "")
             + f"; model {escape(job.spec.model)}, detector {job.spec.detector}; {backend}, {n}"
         )
