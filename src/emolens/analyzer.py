@@ -112,9 +112,20 @@ class Analyzer:
 
     def classify_faces(self, image: np.ndarray, faces) -> list[FaceResult]:
         """Align every face and classify all crops in one batch; a face that fails is marked, not fatal."""
-        model = self.model
-        spec = model.meta.input
-        th = model.meta.thresholds  # per-class thresholds in the model file: below them a face is "uncertain"
+        out, crops, ok = self.align_faces(image, faces)
+        if crops:
+            model = self.model
+            probs = model.predict(np.stack(crops))
+            for i, p in zip(ok, probs, strict=True):
+                out[i].probs = {label: float(v) for label, v in zip(model.labels, p, strict=True)}
+        return out
+
+    def align_faces(self, image: np.ndarray, faces) -> tuple[list[FaceResult], list[np.ndarray], list[int]]:
+        """The faces as results without probabilities yet, their aligned crops, and the index of the
+        face each crop belongs to; a face that cannot be aligned carries an ``error`` and no crop.
+        Callers may classify the crops of many images in one batch (``emolens.batch`` does)."""
+        spec = self.model.meta.input
+        th = self.model.meta.thresholds  # per-class thresholds in the model file: below them a face is "uncertain"
         out = [FaceResult(box=f.box, score=float(f.score), landmarks=f.landmarks, thresholds=th) for f in faces]
         crops, ok = [], []
         for i, f in enumerate(faces):
@@ -123,11 +134,7 @@ class Analyzer:
                 ok.append(i)
             except Exception as exc:  # one bad face never aborts the image
                 out[i].error = f"alignment failed: {exc}"
-        if crops:
-            probs = model.predict(np.stack(crops))
-            for i, p in zip(ok, probs, strict=True):
-                out[i].probs = {label: float(v) for label, v in zip(model.labels, p, strict=True)}
-        return out
+        return out, crops, ok
 
     def stream(self, sources: Iterable[ImageInput], *, prefetch: bool = True) -> Iterator[Results | EmoLensError]:
         """Analyze many images; yields a Results or the EmoLensError for each, so one bad file

@@ -849,9 +849,9 @@ def explain(
 
 def _register_feature_commands() -> None:
     """Each capability beside the image pipeline keeps its verbs in a module of its own."""
-    from emolens.cli import attendance, feedback, people, serve, synth, video
+    from emolens.cli import attendance, batch, feedback, people, serve, synth, video
 
-    for module in (feedback, people, attendance, video, serve, synth):
+    for module in (feedback, people, attendance, video, serve, synth, batch):
         module.register(app)
     groups = list(app.registered_groups)
     while groups:  # every sub-command group gets the same plain help as the app
