@@ -56,8 +56,9 @@ def batch(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON ('-' for stdout).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Analyse a whole collection into a Parquet dataset: one row per face, and one per image
-    without a face or that failed, with the reason. Written by shards, each whole or not at all:
+    """Analyse a collection into Parquet, resumably.
+
+    One row per face, and one per image without a face or that failed, with the reason. Written by shards, each whole or not at all:
     after Ctrl-C, kill -9 or a power loss, the same command resumes where it stopped, and a
     finished job run again changes nothing. Exit code 0 when every shard is written (failed
     images are rows of the output), 2 on bad input, 130 when interrupted."""
