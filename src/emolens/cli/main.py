@@ -45,7 +45,13 @@ def analyze(
     ] = None,
     detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Emotion model: a name (see `emolens models`) or an .onnx path.")
+        str | None,
+        typer.Option(
+            help="Emotion model: a name (see `emolens models`), an .onnx path, or an ensemble: fast+accurate."
+        ),
+    ] = None,
+    tta: Annotated[
+        bool | None, typer.Option("--tta/--no-tta", help="Also average the model(s) over the mirrored face.")
     ] = None,
     min_face_size: Annotated[int | None, typer.Option(help="Ignore faces smaller than this many pixels.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Detection score threshold.")] = None,
@@ -73,6 +79,7 @@ def analyze(
             min_face_size=min_face_size,
             detection_threshold=threshold,
             max_faces=max_faces,
+            tta=tta,
         )
         analyzer.warmup()  # fail now, not once per file, when a model or an extra is missing
     except EmoLensError as exc:

@@ -208,6 +208,7 @@ class ServerState:
                         detection_threshold=s.detection_threshold,
                         max_faces=s.max_faces,
                         threads=threads,
+                        tta=s.tta,
                     )
         return self._analyzer
 
@@ -227,7 +228,9 @@ class ServerState:
 
                     options = replace(base.detector.options, max_side=self.settings.video_max_side)
                     detector = create_detector(base.detector.name, options)
-                    self._live_analyzer = Analyzer(model=base.model_name, detector=detector, threads=base.threads)
+                    self._live_analyzer = Analyzer(
+                        model=base.model_name, detector=detector, threads=base.threads, tta=base.tta
+                    )
         return self._live_analyzer
 
     def warmup(self) -> None:

@@ -98,7 +98,7 @@ class VideoAnalyzer:
         if self._model is None:
             from emolens.models import load_emotion_model
 
-            self._model = load_emotion_model(self.analyzer.model_name, 1)
+            self._model = load_emotion_model(self.analyzer.model_name, 1, self.analyzer.tta)
         return self._model
 
     @property
@@ -161,6 +161,7 @@ class VideoAnalyzer:
             image=image,
             source=self.source_name,
             model=self.analyzer.model_name,
+            members=getattr(self.model, "describe", lambda: None)(),  # an ensemble: every member's version
             detector=self.analyzer.detector.name,
             timings_ms=timings,
             frame_index=index,
