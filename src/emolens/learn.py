@@ -29,6 +29,8 @@ class Gates:
 
     min_feedback_gain: float = 0.0  # held-out feedback accuracy must rise by more than this
     max_base_drop: float = 0.01  # base validation accuracy may fall by at most this (1 point)
+    # With a confidence (e.g. 0.95), the held-out feedback gain must also be beyond noise (see below).
+    confidence: float | None = None
 
     def check(self, parent: dict, candidate: dict) -> dict[str, dict]:
         gain = candidate["feedback"]["accuracy"] - parent["feedback"]["accuracy"]
@@ -214,6 +216,10 @@ def finetune_from_feedback(
         sets_parent = {"base": (xb, yb, labels), "feedback": (xh, yh, labels)}
         metrics = {"parent": _measure(parent.path, sets_parent), "candidate": _measure(onnx, sets_parent)}
         verdict = gates.check(metrics["parent"], metrics["candidate"])
+        if gates.confidence:  # issue 23: a paired test (bootstrap + McNemar) that the gain is not noise
+            from emolens.evaluate import confidence_gate
+
+            verdict.update(confidence_gate(parent.path, onnx, (xh, yh, labels), gates.confidence))
         passed = all(g["passed"] for g in verdict.values())
         outcome = FinetuneOutcome(
             parent=parent.name,

@@ -202,6 +202,17 @@ def evaluate(
     report_dir: Annotated[
         Path | None, typer.Option("--report", help="Folder for report.md, report.html, metrics.json and plots.")
     ] = None,
+    rule: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A post-processing rule to try, e.g. 'if contempt and happy >= 0.3 then happy' (repeatable)."
+        ),
+    ] = None,
+    save_rules: Annotated[
+        bool,
+        typer.Option("--save-rules", help="Write the --rule(s) into the model file, if they do not lower macro-F1."),
+    ] = False,
+    rules_out: Annotated[Path | None, typer.Option(help="With --save-rules: write a new model file here.")] = None,
 ) -> None:
     """Measure a model or an ensemble on labelled faces: accuracy, macro-F1, per-class precision,
     recall and F1, confusion, calibration (ECE) and accuracy against coverage; optionally with
@@ -215,9 +226,19 @@ def evaluate(
     from emolens.evaluate import evaluate_arrays, model_names
 
     save = save_thresholds or thresholds_out is not None
+    keep_rules = save_rules or rules_out is not None
     tta = tta or tta_shift > 0
     try:
         names = model_names([model, *(more or [])])
+        if keep_rules and not rule:
+            raise EmoLensError("--save-rules needs the rules to try: --rule 'if A and B >= P then B'")
+        if keep_rules and (len(names) > 1 or tta):
+            raise EmoLensError("rules are saved into one model, judged without --tta: give a single model")
+        if keep_rules and rules_out is None and not Path(names[0]).is_file():
+            raise EmoLensError(
+                f"{names[0]!r} is a model name, not a file: write a copy with --rules-out NEW.onnx "
+                "(rules are written in place only into a model given by its path)"
+            )
         if target_precision is not None and target_coverage is not None:
             raise EmoLensError("give --target-precision or --target-coverage, not both")
         if save and target_precision is None and target_coverage is None:
@@ -248,6 +269,7 @@ def evaluate(
             target_precision=target_precision,
             target_coverage=target_coverage,
             compare=True,
+            rules=rule or None,
         )
     except EmoLensError as exc:
         fail(exc)
@@ -296,6 +318,19 @@ def evaluate(
                 else ""
             )
         )
+    if report.get("rules"):
+        _print_rules(report["rules"])
+    if keep_rules:
+        from emolens.classify.modelfile import save_rules as write_rules
+        from emolens.models import resolve_model
+
+        guard = {**report["rules"], "dataset": str(data)}
+        try:
+            target = write_rules(resolve_model(names[0]), rule, rules_out, evidence=guard)
+        except EmoLensError as exc:
+            fail(exc, 3 if not guard["accepted"] else 2)
+        report["rules"]["saved_to"] = str(target)
+        console.print(f"rules saved in {escape(str(target))}: the analyzer applies them from now on")
     if save:
         from emolens.classify.modelfile import save_thresholds as write_thresholds
         from emolens.models import resolve_model
@@ -319,6 +354,28 @@ def evaluate(
         except EmoLensError as exc:
             fail(exc)
         console.print(f"report: {escape(str(paths['markdown']))} and {escape(str(paths['html']))}")
+
+
+def _print_rules(guard: dict) -> None:
+    """The guard's report: what each post-processing rule changed, and the verdict."""
+    table = Table("rule", "answered", "changed", "made right", "made wrong", "Δ accuracy", "Δ macro-F1")
+    for r in [*guard["per_rule"], {"rule": "all together", **guard["together"]}]:
+        table.add_row(
+            escape(r["rule"]),
+            str(r["answered"]),
+            str(r["changed"]),
+            str(r["made_right"]),
+            str(r["made_wrong"]),
+            f"{r['accuracy_change']:+.4f}",
+            f"{r['macro_f1_change']:+.4f}",
+        )
+    title = "the model's own rules" if guard.get("from_model") else "post-processing rules"
+    console.print(f"{title} on {guard['n']} labelled faces (macro-F1 without them {guard['base']['macro_f1']:.4f}):")
+    console.print(table)
+    if guard["accepted"]:
+        console.print("[green]accepted[/green]: no rule lowers macro-F1")
+    else:
+        console.print(f"[red]refused[/red]: {escape(guard['reason'])}")
 
 
 @app.command()
@@ -698,9 +755,9 @@ def explain(
 
 def _register_feature_commands() -> None:
     """Each capability beside the image pipeline keeps its verbs in a module of its own."""
-    from emolens.cli import attendance, feedback, people, serve, video
+    from emolens.cli import attendance, compare, feedback, people, serve, shadow, video
 
-    for module in (feedback, people, attendance, video, serve):
+    for module in (feedback, people, attendance, video, serve, compare, shadow):
         module.register(app)
 
 

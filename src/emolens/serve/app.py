@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.gate.shutdown()
             state.jobs.shutdown()
+            if state._shadow is not None:
+                state._shadow.shutdown()
 
     app = FastAPI(
         title="EmoLens",
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.emolens = state
     install_handlers(app)
 
-    from emolens.serve.routers import analyze, feedback, health, live, models, people
+    from emolens.serve.routers import analyze, feedback, health, live, models, people, shadow
 
     for r in (
         analyze.router,
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         feedback.router,
         models.router,
         models.json_router,
+        shadow.router,
         *people.ROUTERS,
         health.api,
         health.router,

@@ -1,0 +1,127 @@
+"""Promoting a shadow model: the candidate that ran beside the active one in serving.
+
+It passes the same gates as a fine-tuned model (``emolens.learn.Gates``: accuracy on the held-out
+feedback rises, base validation accuracy drops by at most ``max_base_drop``) and, since it is a
+different model rather than a small change, one more: on the fixed base validation set it must be
+more accurate than the active model with confidence (``emolens.evaluate.compare``: the bootstrap
+interval of the gain above 0 and McNemar's p below 1 - confidence), not by noise. What it did in
+serving (agreement, corrections) is reported beside the gates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emolens.errors import EmoLensError, RefusedError
+
+
+@dataclass
+class ShadowPromotion:
+    active: str
+    shadow: str
+    passed: bool
+    promoted: bool
+    gates: dict[str, dict]
+    metrics: dict[str, dict]  # {"active"|"shadow": {"base": {...}, "feedback": {...}}}
+    comparison: dict[str, Any]  # emolens.evaluate.Comparison.to_dict() on the base validation set
+    serving: dict[str, Any] = field(default_factory=dict)  # the shadow report of the pair
+    version: str | None = None  # the registry version the shadow became
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _measure(model: str | Path, sets: dict) -> dict[str, dict]:
+    from emolens.evaluate import evaluate_arrays
+
+    out = {}
+    for name, (x, y, classes) in sets.items():
+        m = evaluate_arrays(str(model), x, y, classes)
+        out[name] = {k: m[k] for k in ("accuracy", "macro_f1", "n")}
+    return out
+
+
+def promote_shadow(
+    shadow: str | None = None,
+    *,
+    registry=None,
+    feedback_store=None,
+    shadow_store=None,
+    base_val: str | Path | None = None,
+    gates=None,
+    confidence: float = 0.95,
+    promote: bool = False,
+) -> ShadowPromotion:
+    """Judge the shadow model (default: the ``shadow_model`` setting) against the active model and
+    make it active when every gate passes and ``promote`` is True."""
+    from emolens.data.datasets import load_dataset, to_crops
+    from emolens.evaluate import compare_models
+    from emolens.learn import Gates
+    from emolens.models import is_ensemble, load_emotion_model, model_spec
+    from emolens.registry import Registry
+    from emolens.settings import get_settings
+    from emolens.store.feedback import FeedbackStore
+    from emolens.store.shadow import ShadowStore
+
+    s = get_settings()
+    shadow = shadow or s.shadow_model
+    if not shadow:
+        raise RefusedError("no shadow model: give one, or set EMOLENS_SHADOW_MODEL (the server's shadow_model)")
+    shadow = model_spec(shadow)
+    if is_ensemble(shadow):
+        raise RefusedError(f"{shadow!r} is an ensemble: only a single model can become the active version")
+    base_val = base_val or s.base_val_data
+    if not base_val:
+        raise RefusedError(
+            "promoting a shadow model needs the fixed base validation set of the gates: "
+            "give --base-val or set EMOLENS_BASE_VAL_DATA"
+        )
+    registry = registry or Registry()
+    gates = gates or Gates()
+    active = registry.ensure_base()
+    labels = load_emotion_model(str(active.path)).labels
+    if sorted(load_emotion_model(shadow).labels) != sorted(labels):
+        raise RefusedError(f"the shadow {shadow} does not have the active model's labels ({', '.join(labels)})")
+    spec = load_emotion_model(str(active.path)).meta.input
+    base_ds = load_dataset(base_val).remap(labels)
+    xb, yb, _ = to_crops(base_ds, spec.size, spec.channels, detect=False)
+    sets = {"base": (xb, yb, labels)}
+    holdout = (feedback_store or FeedbackStore()).dataset("holdout", labels)
+    if len(holdout):
+        xh, yh, _ = to_crops(holdout, spec.size, spec.channels, detect=False)
+        sets["feedback"] = (xh, yh, labels)
+    metrics = {"active": _measure(active.path, sets), "shadow": _measure(shadow, sets)}
+    if "feedback" in sets:
+        verdict = gates.check(metrics["active"], metrics["shadow"])
+    else:  # no held-out feedback yet: the feedback gate cannot be judged, the others still are
+        same = {"feedback": metrics["active"]["base"]}
+        verdict = gates.check({**metrics["active"], **same}, {**metrics["shadow"], **same})
+        verdict["feedback_improves"] = {"passed": True, "change": 0.0, "skipped": "no held-out feedback yet"}
+    cmp, _, _ = compare_models(str(active.path), shadow, xb, yb, labels, confidence=confidence)
+    verdict["base_gain_confident"] = {
+        "passed": cmp.b_better,
+        "change": cmp.accuracy["diff"]["value"],
+        "interval": [cmp.accuracy["diff"]["low"], cmp.accuracy["diff"]["high"]],
+        "p_value": cmp.mcnemar["p_value"],
+    }
+    passed = all(g["passed"] for g in verdict.values())
+    try:
+        serving = (shadow_store or ShadowStore()).report(active=active.name, shadow=shadow)
+    except EmoLensError:
+        serving = {}
+    outcome = ShadowPromotion(
+        active=active.name,
+        shadow=shadow,
+        passed=passed,
+        promoted=False,
+        gates=verdict,
+        metrics=metrics,
+        comparison=cmp.to_dict() | {"disagree": None},
+        serving=serving,
+    )
+    if passed and promote:
+        outcome.version = registry.promote(shadow).name
+        outcome.promoted = True
+    return outcome
