@@ -12,6 +12,13 @@ machine as the server and take CPU from it.
 
     python benchmarks/load.py [--clients 8] [--duration 30] [--serve-threads 2] [--threads 1]
 
+With --shadow MODEL, a second server runs beside the first with that shadow model (on
+--shadow-share of the requests), and every run is made on both, alternately (without, with,
+--repeats times), so that both see the same machine load; the table then has a shadow column and
+the shadow server's counts (faces stored, samples skipped because its queue was full) follow.
+
+    python benchmarks/load.py --clients 1 4 --duration 20 --shadow accurate --shadow-share 1 --repeats 2
+
 Exits 1 when any request failed.
 """
 
@@ -40,7 +47,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, home: str, serve_threads: int, threads: int) -> subprocess.Popen:
+def start_server(
+    port: int, home: str, serve_threads: int, threads: int, shadow: str | None = None, share: float = 1.0
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "EMOLENS_HOME": home,
@@ -49,6 +58,9 @@ def start_server(port: int, home: str, serve_threads: int, threads: int) -> subp
         "EMOLENS_SERVE_QUEUE": "1000",
     }
     env.pop("EMOLENS_CONFIG", None)
+    env.pop("EMOLENS_SHADOW_MODEL", None)
+    if shadow:
+        env.update(EMOLENS_SHADOW_MODEL=shadow, EMOLENS_SHADOW_SHARE=str(share))
     cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(port), "--log-level", "warning"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -138,32 +150,57 @@ def main() -> None:
         help="EMOLENS_THREADS: ONNX Runtime threads per analysis; 0: cores / serve threads",
     )
     ap.add_argument("--url", help="load an already running server instead of starting one")
+    ap.add_argument("--shadow", help="also run every load on a second server with this shadow model")
+    ap.add_argument("--shadow-share", type=float, default=1.0, help="EMOLENS_SHADOW_SHARE of the shadow server")
+    ap.add_argument("--repeats", type=int, default=1, help="with --shadow: alternate runs per client count")
     args = ap.parse_args()
 
-    proc = None
+    procs = []
     load_start = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="emolens-load-") as home:
+    shadow_status = None
+    with tempfile.TemporaryDirectory(prefix="emolens-load-") as home, tempfile.TemporaryDirectory() as home2:
         if args.url:
-            url = args.url.rstrip("/")
+            urls = {"": args.url.rstrip("/")}
         else:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            proc = start_server(port, home, args.serve_threads, args.threads)
+            urls = {}
+            for name, h, shadow in (("none", home, None), (args.shadow, home2, args.shadow)):
+                if name is None:
+                    continue
+                port = free_port()
+                urls[name] = f"http://127.0.0.1:{port}"
+                procs.append(start_server(port, h, args.serve_threads, args.threads, shadow, args.shadow_share))
         try:
-            wait_ready(url, proc)
-            rows = [asyncio.run(run_load(url, n, args.warmup, args.duration)) for n in args.clients]
+            for url, proc in zip(urls.values(), procs or [None], strict=False):
+                wait_ready(url, proc)
+            rows = []
+            for n in args.clients:
+                for _ in range(args.repeats if args.shadow else 1):
+                    for name, url in urls.items():  # alternate: both servers see the same machine load
+                        rows.append({"shadow": name, **asyncio.run(run_load(url, n, args.warmup, args.duration))})
+            if args.shadow:
+                shadow_status = httpx.get(f"{urls[args.shadow]}/api/v1/shadow", timeout=30).json()
         finally:
-            if proc:
+            for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=30)
 
     print(f"## Load: POST /api/v1/analyze, example photo (512x512 JPEG, 1 face), {args.duration:g} s per run\n")
-    print("| clients | requests | throughput | p50 | p90 | p99 | max | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    shadow_col = "shadow model | " if args.shadow else ""
+    print(f"| {shadow_col}clients | requests | throughput | p50 | p90 | p99 | max | errors |")
+    print("|---" * (8 + bool(args.shadow)) + "|")
     for r in rows:
+        cell = f"{r['shadow']} (share {args.shadow_share:g}) | " if args.shadow and r["shadow"] != "none" else ""
+        cell = cell or ("none | " if args.shadow else "")
         print(
-            f"| {r['clients']} | {r['requests']} | {r['throughput']:.1f} req/s | {r['p50_ms']:.0f} ms | "
+            f"| {cell}{r['clients']} | {r['requests']} | {r['throughput']:.1f} req/s | {r['p50_ms']:.0f} ms | "
             f"{r['p90_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['errors']} |"
+        )
+    if shadow_status:
+        st, rep = shadow_status["status"] or {}, shadow_status["report"]
+        print(
+            f"\nShadow server: {st.get('sampled')} requests sampled, {st.get('stored')} faces compared and stored, "
+            f"{st.get('skipped')} skipped (queue full), {st.get('failed')} failed, {st.get('pending')} still pending "
+            f"at the end; agreement with the active model {rep.get('agreement') or 0:.1%} on {rep.get('faces')} faces."
         )
     import onnxruntime
 
