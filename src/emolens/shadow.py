@@ -57,7 +57,8 @@ def promote_shadow(
     """Judge the shadow model (default: the ``shadow_model`` setting) against the active model and
     make it active when every gate passes and ``promote`` is True."""
     from emolens.data.datasets import load_dataset, to_crops
-    from emolens.evaluate import compare_models
+    from emolens.evaluate import classification_metrics, compare_predictions
+    from emolens.evaluate.compare import model_probs
     from emolens.learn import Gates
     from emolens.models import is_ensemble, load_emotion_model, model_spec
     from emolens.registry import Registry
@@ -87,19 +88,29 @@ def promote_shadow(
     spec = load_emotion_model(str(active.path)).meta.input
     base_ds = load_dataset(base_val).remap(labels)
     xb, yb, _ = to_crops(base_ds, spec.size, spec.channels, detect=False)
-    sets = {"base": (xb, yb, labels)}
+    sets = {}
     holdout = (feedback_store or FeedbackStore()).dataset("holdout", labels)
     if len(holdout):
         xh, yh, _ = to_crops(holdout, spec.size, spec.channels, detect=False)
         sets["feedback"] = (xh, yh, labels)
-    metrics = {"active": _measure(active.path, sets), "shadow": _measure(shadow, sets)}
+    # Each model answers the base set once: its accuracy for the gates and the paired test come from it.
+    answers = {
+        name: model_probs(m, xb, labels).argmax(1) for name, m in (("active", str(active.path)), ("shadow", shadow))
+    }
+    metrics = {}
+    for name, model in (("active", active.path), ("shadow", shadow)):
+        base = classification_metrics(yb, answers[name], labels)
+        metrics[name] = {"base": {k: base[k] for k in ("accuracy", "macro_f1", "n")}}
+        if "feedback" in sets:
+            metrics[name].update(_measure(model, {"feedback": sets["feedback"]}))
     if "feedback" in sets:
         verdict = gates.check(metrics["active"], metrics["shadow"])
     else:  # no held-out feedback yet: the feedback gate cannot be judged, the others still are
         same = {"feedback": metrics["active"]["base"]}
         verdict = gates.check({**metrics["active"], **same}, {**metrics["shadow"], **same})
         verdict["feedback_improves"] = {"passed": True, "change": 0.0, "skipped": "no held-out feedback yet"}
-    cmp, _, _ = compare_models(str(active.path), shadow, xb, yb, labels, confidence=confidence)
+    names = (active.name, shadow)
+    cmp = compare_predictions(yb, answers["active"], answers["shadow"], labels, names=names, confidence=confidence)
     verdict["base_gain_confident"] = {
         "passed": cmp.b_better,
         "change": cmp.accuracy["diff"]["value"],

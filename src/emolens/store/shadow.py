@@ -164,8 +164,8 @@ class ShadowStore:
 
     def report(self, active: str | None = None, shadow: str | None = None) -> dict[str, Any]:
         """Agreement, the confusion between the two (rows: the active model's answer, columns:
-        the shadow's) and, where users corrected faces they disagreed on, which model was right.
-        Without names, the pair compared most recently."""
+        the shadow's) and, where users corrected faces they disagreed on, which model was right
+        (each distinct face once). Without names, the pair compared most recently."""
         pairs = self.pairs()
         if active is None or shadow is None:
             recent = next((p for p in pairs if (active in (None, p["active"]) and shadow in (None, p["shadow"]))), None)
@@ -193,7 +193,7 @@ class ShadowStore:
             faces += n
             agree += n if a == b else 0
         tally = {"corrected": 0, "active_right": 0, "shadow_right": 0, "neither_right": 0}
-        for key, a, b in disagreements:
+        for key, a, b in set(disagreements):  # a face sent several times (same crop) counts once
             label = truth.get(key or "")
             if label is None:
                 continue
