@@ -190,10 +190,10 @@ def test_a_sampled_share_a_full_queue_and_a_broken_shadow(tmp_path):
 
 def test_promote_the_shadow_through_the_gates(shared_datasets, emolens_home):
     """`accurate` is more accurate than `fast` with confidence: promoted; `fast-int8` is not: refused."""
+    import numpy as np
+
     from emolens.registry import Registry
     from emolens.shadow import promote_shadow
-
-    import numpy as np
 
     val = shared_datasets / "fer2013" / "val.npz"
     with np.load(val) as z:  # a random third is plenty to see that fast-int8 is no better
