@@ -209,8 +209,11 @@ def main() -> None:
     busy = (
         " (above the core count: other processes shared the CPU)" if max(load_start, load_end) > os.cpu_count() else ""
     )
+    servers = (
+        "Two server processes (without, with the shadow), loaded in turn," if args.shadow else "One server process"
+    )
     print(
-        f"\nOne server process on 127.0.0.1 (`emolens serve`), {args.serve_threads} analysis threads "
+        f"\n{servers} on 127.0.0.1 (`emolens serve`), {args.serve_threads} analysis threads "
         f"(EMOLENS_SERVE_THREADS), {threads} ONNX Runtime thread(s) each (EMOLENS_THREADS); closed-loop "
         f"httpx clients in the same machine; {args.warmup:g} s warm-up not counted. ONNX Runtime "
         f"{onnxruntime.__version__}, Python {platform.python_version()}, {platform.machine()}, "

@@ -214,6 +214,7 @@ class VideoAnalyzer:
         out = []
         for t in sorted(self.tracker.visible(), key=lambda t: t.id):
             f = FaceResult(box=t.box.copy(), score=t.score, landmarks=t.landmarks, track_id=t.id)
+            f.thresholds, f.rules = model.meta.thresholds, model.meta.rules  # the model's answers, as in images
             if id(t) in errors and t.probs is None:
                 f.error = errors[id(t)]
             elif t.probs is not None:
