@@ -1,9 +1,8 @@
 """A bounded load test of `emolens serve` on loopback: N concurrent clients for a fixed time.
 
-Method: the server is started as a subprocess (`emolens serve --workers W`) with a throw-away
-$EMOLENS_HOME, on SQLite (the default, a file in that home) or on a throw-away PostgreSQL server
-(initdb + pg_ctl, see tests/pg.py), and is ready when every worker answers /readyz with 200.
-Then --clients asyncio tasks, sharing one httpx.AsyncClient with a connection each, post the built-in example photo
+Method: the server is started as a subprocess (`emolens serve`, one worker process) with a
+throw-away $EMOLENS_HOME, and is ready when /readyz answers 200. Then --clients asyncio tasks,
+sharing one httpx.AsyncClient with a connection each, post the built-in example photo
 (astronaut.jpg, 512x512 JPEG, one face) to /api/v1/analyze back to back: each sends its next
 request as soon as its previous answer arrives (a closed loop). The first --warmup seconds are
 not counted; then every request that *starts* within --duration seconds is counted when it
@@ -12,7 +11,15 @@ Latency is measured at the client, request sent to answer read. The clients run 
 machine as the server and take CPU from it.
 
     python benchmarks/load.py [--clients 8] [--duration 30] [--serve-threads 2] [--threads 1]
-    python benchmarks/load.py --workers 1 2 3 --database sqlite postgresql   # every pair, in one run
+
+With --shadow MODEL, a second server runs beside the first with that shadow model (on
+--shadow-share of the requests), and every run is made on both, alternately (without, with,
+--repeats times), so that both see the same machine load; the table then has a shadow column and
+the shadow server's counts (faces stored, samples skipped because its queue was full) follow.
+
+    python benchmarks/load.py --clients 1 4 --duration 20 --shadow accurate --shadow-share 1 --repeats 2
+
+For several workers and PostgreSQL, see benchmarks/load_team.py (it reuses this script's parts).
 
 Exits 1 when any request failed.
 """
@@ -43,7 +50,14 @@ def free_port() -> int:
 
 
 def start_server(
-    port: int, home: str, serve_threads: int, threads: int, workers: int = 1, database_url: str | None = None
+    port: int,
+    home: str,
+    serve_threads: int,
+    threads: int,
+    shadow: str | None = None,
+    share: float = 1.0,
+    workers: int = 1,
+    database_url: str | None = None,
 ) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -52,8 +66,10 @@ def start_server(
         "EMOLENS_THREADS": str(threads),
         "EMOLENS_SERVE_QUEUE": "1000",
     }
-    env.pop("EMOLENS_CONFIG", None)
-    env.pop("EMOLENS_DATABASE_URL", None)
+    for key in ("EMOLENS_CONFIG", "EMOLENS_SHADOW_MODEL", "EMOLENS_DATABASE_URL"):
+        env.pop(key, None)
+    if shadow:
+        env.update(EMOLENS_SHADOW_MODEL=shadow, EMOLENS_SHADOW_SHARE=str(share))
     if database_url:
         env["EMOLENS_DATABASE_URL"] = database_url
     cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(port), "--log-level", "warning"]
@@ -151,57 +167,58 @@ def main() -> None:
         default=0,
         help="EMOLENS_THREADS: ONNX Runtime threads per analysis; 0: cores / serve threads",
     )
-    ap.add_argument("--workers", type=int, nargs="+", default=[1], help="server processes; several run in turn")
-    ap.add_argument(
-        "--database", nargs="+", default=["sqlite"], choices=["sqlite", "postgresql"], help="databases, in turn"
-    )
     ap.add_argument("--url", help="load an already running server instead of starting one")
+    ap.add_argument("--shadow", help="also run every load on a second server with this shadow model")
+    ap.add_argument("--shadow-share", type=float, default=1.0, help="EMOLENS_SHADOW_SHARE of the shadow server")
+    ap.add_argument("--repeats", type=int, default=1, help="with --shadow: alternate runs per client count")
     args = ap.parse_args()
 
+    procs = []
     load_start = os.getloadavg()[0]
-    rows = []
-    if args.url:
-        url = args.url.rstrip("/")
-        wait_ready(url, None)
-        rows = [
-            {"database": "?", "workers": "?", **asyncio.run(run_load(url, n, args.warmup, args.duration))}
-            for n in args.clients
-        ]
-    else:
-        pg = None
-        if "postgresql" in args.database:
-            sys.path.insert(0, str(ROOT / "tests"))
-            import pg as pg_helper  # the tests' throw-away PostgreSQL server
-
-            pg = pg_helper.start()
+    shadow_status = None
+    with tempfile.TemporaryDirectory(prefix="emolens-load-") as home, tempfile.TemporaryDirectory() as home2:
+        if args.url:
+            urls = {"": args.url.rstrip("/")}
+        else:
+            urls = {}
+            for name, h, shadow in (("none", home, None), (args.shadow, home2, args.shadow)):
+                if name is None:
+                    continue
+                port = free_port()
+                urls[name] = f"http://127.0.0.1:{port}"
+                procs.append(start_server(port, h, args.serve_threads, args.threads, shadow, args.shadow_share))
         try:
-            for database in args.database:
-                for workers in args.workers:
-                    with tempfile.TemporaryDirectory(prefix="emolens-load-") as home:
-                        port = free_port()
-                        url = f"http://127.0.0.1:{port}"
-                        db_url = pg.new_database() if database == "postgresql" else None
-                        proc = start_server(port, home, args.serve_threads, args.threads, workers, db_url)
-                        try:
-                            wait_ready(url, proc, workers)
-                            for n in args.clients:
-                                r = asyncio.run(run_load(url, n, args.warmup, args.duration))
-                                rows.append({"database": database, "workers": workers, **r})
-                        finally:
-                            proc.terminate()
-                            proc.wait(timeout=60)
+            for url, proc in zip(urls.values(), procs or [None], strict=False):
+                wait_ready(url, proc)
+            rows = []
+            for n in args.clients:
+                for _ in range(args.repeats if args.shadow else 1):
+                    for name, url in urls.items():  # alternate: both servers see the same machine load
+                        rows.append({"shadow": name, **asyncio.run(run_load(url, n, args.warmup, args.duration))})
+            if args.shadow:
+                shadow_status = httpx.get(f"{urls[args.shadow]}/api/v1/shadow", timeout=30).json()
         finally:
-            if pg:
-                pg.stop()
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
 
     print(f"## Load: POST /api/v1/analyze, example photo (512x512 JPEG, 1 face), {args.duration:g} s per run\n")
-    print("| database | workers | clients | requests | throughput | p50 | p90 | p99 | max | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    shadow_col = "shadow model | " if args.shadow else ""
+    print(f"| {shadow_col}clients | requests | throughput | p50 | p90 | p99 | max | errors |")
+    print("|---" * (8 + bool(args.shadow)) + "|")
     for r in rows:
+        cell = f"{r['shadow']} (share {args.shadow_share:g}) | " if args.shadow and r["shadow"] != "none" else ""
+        cell = cell or ("none | " if args.shadow else "")
         print(
-            f"| {r['database']} | {r['workers']} | {r['clients']} | {r['requests']} | {r['throughput']:.1f} req/s | "
-            f"{r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms | "
-            f"{r['errors']} |"
+            f"| {cell}{r['clients']} | {r['requests']} | {r['throughput']:.1f} req/s | {r['p50_ms']:.0f} ms | "
+            f"{r['p90_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['errors']} |"
+        )
+    if shadow_status:
+        st, rep = shadow_status["status"] or {}, shadow_status["report"]
+        print(
+            f"\nShadow server: {st.get('sampled')} requests sampled, {st.get('stored')} faces compared and stored, "
+            f"{st.get('skipped')} skipped (queue full), {st.get('failed')} failed, {st.get('pending')} still pending "
+            f"at the end; agreement with the active model {rep.get('agreement') or 0:.1%} on {rep.get('faces')} faces."
         )
     import onnxruntime
 
@@ -210,13 +227,15 @@ def main() -> None:
     busy = (
         " (above the core count: other processes shared the CPU)" if max(load_start, load_end) > os.cpu_count() else ""
     )
+    servers = (
+        "Two server processes (without, with the shadow), loaded in turn," if args.shadow else "One server process"
+    )
     print(
-        f"\n`emolens serve --workers W` on 127.0.0.1, each worker with {args.serve_threads} analysis threads "
-        f"(EMOLENS_SERVE_THREADS) of {threads} ONNX Runtime thread(s) (EMOLENS_THREADS); every analysis is "
-        f"also written to the database (kept for feedback by analysis id). Closed-loop httpx clients on the "
-        f"same machine; {args.warmup:g} s warm-up not counted. ONNX Runtime {onnxruntime.__version__}, Python "
-        f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} logical cores; load average "
-        f"{load_start:.1f} at start, {load_end:.1f} at end{busy}."
+        f"\n{servers} on 127.0.0.1 (`emolens serve`), {args.serve_threads} analysis threads "
+        f"(EMOLENS_SERVE_THREADS), {threads} ONNX Runtime thread(s) each (EMOLENS_THREADS); closed-loop "
+        f"httpx clients in the same machine; {args.warmup:g} s warm-up not counted. ONNX Runtime "
+        f"{onnxruntime.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} logical cores; load average {load_start:.1f} at start, {load_end:.1f} at end{busy}."
     )
     failed = {k: v for r in rows for k, v in r["error_kinds"].items()}
     if failed:

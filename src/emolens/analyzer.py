@@ -28,18 +28,24 @@ class Analyzer:
 
     def __init__(
         self,
-        model: str | Path | None = None,
+        model: str | Path | list | dict | None = None,
         detector: str | Detector | None = None,
         *,
         min_face_size: int | None = None,
         detection_threshold: float | None = None,
         max_faces: int | None = None,
         threads: int | None = None,
+        tta: bool | None = None,
     ):
+        """``model``: a name, registry version or path, or an ensemble (``"fast+accurate"``,
+        ``"accurate*3+fast"``, a list, or ``{name: weight}``) whose probabilities are averaged;
+        ``tta``: also average every model over the mirrored face (twice the classification cost)."""
+        from emolens.models import model_spec
         from emolens.settings import get_settings
 
         s = get_settings()
-        self.model_name = str(model or s.model)
+        self.model_name = model_spec(model or s.model)
+        self.tta = s.tta if tta is None else bool(tta)
         self.threads = s.threads if threads is None else threads
         if isinstance(detector, Detector):
             self.detector = detector
@@ -59,19 +65,18 @@ class Analyzer:
     def model_version(self) -> str:
         """What runs now: for ``active``, the registry's active version (``fast`` while it is
         empty), read at every call, so a promotion or rollback takes effect without a restart."""
-        if self.model_name != "active":
-            return self.model_name
-        from emolens.registry import BASE_MODEL, Registry
+        from emolens.models import resolve_versions
 
-        return Registry().active_name() or BASE_MODEL
+        return resolve_versions(self.model_name)
 
     @property
     def model(self):
+        """The EmotionModel, or an EnsembleModel for an ensemble or with ``tta``."""
         name = self.model_version
         if self._model is None or name != self._loaded:
             from emolens.models import load_emotion_model
 
-            self._model, self._loaded = load_emotion_model(name, self.threads), name
+            self._model, self._loaded = load_emotion_model(name, self.threads, self.tta), name
         return self._model
 
     @property
@@ -101,11 +106,13 @@ class Analyzer:
         t2 = time.perf_counter()
         results = self.classify_faces(image, faces)
         t3 = time.perf_counter()
+        describe = getattr(self.model, "describe", None)  # an ensemble records every member's version
         return Results(
             faces=results,
             image=image,
             source=name,
             model=self._loaded or self.model_name,
+            members=describe() if describe else None,
             detector=self.detector.name,
             timings_ms={"decode": decode_ms, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3},
         )
@@ -124,9 +131,14 @@ class Analyzer:
         """The faces as results without probabilities yet, their aligned crops, and the index of the
         face each crop belongs to; a face that cannot be aligned carries an ``error`` and no crop.
         Callers may classify the crops of many images in one batch (``emolens.batch`` does)."""
-        spec = self.model.meta.input
-        th = self.model.meta.thresholds  # per-class thresholds in the model file: below them a face is "uncertain"
-        out = [FaceResult(box=f.box, score=float(f.score), landmarks=f.landmarks, thresholds=th) for f in faces]
+        model = self.model
+        spec = model.meta.input
+        th = model.meta.thresholds  # per-class thresholds in the model file: below them a face is "uncertain"
+        rules = model.meta.rules  # post-processing rules in the model file
+        out = [
+            FaceResult(box=f.box, score=float(f.score), landmarks=f.landmarks, thresholds=th, rules=rules)
+            for f in faces
+        ]
         crops, ok = [], []
         for i, f in enumerate(faces):
             try:

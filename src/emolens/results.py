@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from emolens.classify.modelfile import UNCERTAIN, decide
+from emolens.classify.rules import answer as rules_answer
 
 # One colour per emotion (RGB), so a glance at an annotated image reads the mood of a room.
 COLORS = {
@@ -33,12 +34,22 @@ class FaceResult:
     track_id: int | None = None  # video: the same person keeps the same id from frame to frame
     raw_probs: dict[str, float] | None = None  # video: this frame's reading, before smoothing over time
     thresholds: dict[str, float] | None = field(default=None, repr=False)  # the model's per-class thresholds
+    rules: list | None = field(default=None, repr=False)  # the model's post-processing rules
 
     @property
     def label(self) -> str | None:
         """The top emotion, or "uncertain" when the model has per-class thresholds and the top
-        probability is below its class's threshold (``probs`` and ``confidence`` stay as they are)."""
-        return decide(self.probs, self.thresholds)
+        probability is below its class's threshold (``probs`` and ``confidence`` stay as they are);
+        a post-processing rule of the model may answer another label (see ``rule``)."""
+        return decide(self.probs, self.thresholds, self.rules)
+
+    @property
+    def rule(self) -> str | None:
+        """The post-processing rule that gave ``label``, in its text form, or None."""
+        if not (self.rules and self.probs) or self.uncertain:
+            return None
+        fired = rules_answer(self.probs, self.rules)[1]
+        return None if fired is None else str(fired)
 
     @property
     def top_label(self) -> str | None:
@@ -77,6 +88,7 @@ class FaceResult:
             "probs": {k: round(v, 4) for k, v in self.probs.items()},
             **({"error": self.error} if self.error else {}),
             **({"uncertain": True, "top_label": self.top_label} if self.uncertain else {}),
+            **({"rule": self.rule, "top_label": self.top_label} if self.rule else {}),
             **({"track_id": self.track_id} if self.track_id is not None else {}),
             **({"raw_probs": {k: round(v, 4) for k, v in self.raw_probs.items()}} if self.raw_probs else {}),
         }
@@ -102,6 +114,7 @@ class Results:
     height: int | None = None
     frame_index: int | None = None  # video: the frame's position in its source
     timestamp: float | None = None  # video: seconds from the start of the source
+    members: list[dict] | None = None  # an ensemble (or TTA): each member's name, version, hash and weight
 
     def __post_init__(self) -> None:
         if self.image is not None and self.width is None:
@@ -144,6 +157,7 @@ class Results:
             "detector": self.detector,
             "faces": [f.to_dict() for f in self.faces],
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            **({"members": self.members} if self.members else {}),
             **({"frame_index": self.frame_index} if self.frame_index is not None else {}),
             **({"timestamp": round(self.timestamp, 4)} if self.timestamp is not None else {}),
         }

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
 
     home: Path = default_home()
     detector: str = "retinaface"
-    model: str = "active"  # the registry's active version; the shipped `fast` while it is empty
+    model: str = "active"  # the registry's active version (`fast` while it is empty); or an ensemble: fast+accurate
+    tta: bool = False  # the analyzer also averages each model over the mirrored face
     min_face_size: int = 20
     detection_threshold: float = 0.6
     max_faces: int = 100
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
     serve_queue: int = 64  # analyses allowed to wait; beyond that 503 "busy"
     analysis_cache: int = 256  # recent analyses kept (in the database) so feedback can point at their faces
     analysis_ttl_s: float = 3600.0  # ... for at most this long
+    shadow_model: str | None = None  # a candidate run beside the active model on a share of requests
+    shadow_share: float = 0.1  # the share of analyses the shadow model also classifies (0..1)
+    shadow_queue: int = 32  # shadow classifications allowed to wait; beyond that a sample is skipped
 
     @classmethod
     def settings_customise_sources(

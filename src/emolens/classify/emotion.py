@@ -52,6 +52,7 @@ class EmotionModel:
         self.threads = threads
         self._session = None
         self._meta: ModelMeta | None = None
+        self._digest: str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -73,13 +74,25 @@ class EmotionModel:
         """Per-class confidence thresholds from the model's metadata, or None."""
         return self.meta.thresholds
 
+    @property
+    def digest(self) -> str:
+        """The first 12 hex digits of the model file's SHA-256: which weights gave a result."""
+        if self._digest is None:
+            import hashlib
+
+            self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+        return self._digest
+
     def answers(self, probs: np.ndarray) -> list[str]:
         """One answer per row of ``predict``: the top label, or "uncertain" when the top probability
-        is below that label's threshold (see ``ModelMeta.thresholds``)."""
+        is below that label's threshold (see ``ModelMeta.thresholds``), as the model's rules may change it."""
+        from emolens.classify.rules import apply_rules
+
         top = probs.argmax(1)
+        ruled = apply_rules(probs, self.labels, self.meta.rules or [])[0]
         limits = np.array([(self.thresholds or {}).get(label, 0.0) for label in self.labels])
         conf = probs[np.arange(len(probs)), top]
-        return [UNCERTAIN if c < limits[k] else self.labels[k] for k, c in zip(top, conf, strict=True)]
+        return [UNCERTAIN if c < limits[k] else self.labels[r] for k, c, r in zip(top, conf, ruled, strict=True)]
 
     def _load(self) -> None:
         if self._session is not None:

@@ -11,6 +11,8 @@ Keys in the ONNX ``metadata_props``:
   below the threshold of its top label is answered "uncertain" (``emolens evaluate --save-thresholds``);
 - ``emolens.temperature`` (optional): a positive number T; probabilities are ``softmax(logits / T)``
   (fitted on held-out feedback when a model is fine-tuned, so confidences stay calibrated).
+- ``emolens.rules`` (optional): JSON list of post-processing rules (``emolens.classify.rules``),
+  written only when labelled data show they do not lower macro-F1 (``emolens evaluate --save-rules``).
 
 Reading needs only ONNX Runtime; writing (``annotate``) needs the ``onnx`` package.
 """
@@ -21,6 +23,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emolens.classify.rules import RULES_KEY, Rule, check_rules
+from emolens.classify.rules import answer as rules_answer
 from emolens.errors import ModelError
 
 LABELS_KEY = "emolens.labels"
@@ -58,6 +62,7 @@ class ModelMeta:
     card: dict = field(default_factory=dict)
     thresholds: dict[str, float] | None = None  # per-class confidence thresholds: below → "uncertain"
     temperature: float | None = None  # logits are divided by it before the softmax
+    rules: list[Rule] | None = None  # post-processing rules, applied to answers above the thresholds
 
     def __post_init__(self) -> None:
         if self.thresholds is not None:
@@ -67,6 +72,8 @@ class ModelMeta:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.01 <= t <= 100:
                 raise ModelError(f"{TEMPERATURE_KEY} must be a number between 0.01 and 100, not {t!r}")
             self.temperature = float(t)
+        if self.rules is not None:
+            self.rules = check_rules(self.rules, self.labels)
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -79,6 +86,8 @@ class ModelMeta:
             props[THRESHOLDS_KEY] = json.dumps(self.thresholds)
         if self.temperature is not None:
             props[TEMPERATURE_KEY] = json.dumps(self.temperature)
+        if self.rules is not None:
+            props[RULES_KEY] = json.dumps([r.to_dict() for r in self.rules])
         return props
 
     @classmethod
@@ -95,6 +104,7 @@ class ModelMeta:
             card = json.loads(props.get(CARD_KEY, "{}") or "{}")
             thresholds = json.loads(props[THRESHOLDS_KEY]) if props.get(THRESHOLDS_KEY) else None
             temperature = json.loads(props[TEMPERATURE_KEY]) if props.get(TEMPERATURE_KEY) else None
+            rules = json.loads(props[RULES_KEY]) if props.get(RULES_KEY) else None
         except (ValueError, TypeError) as exc:
             raise ModelError(f"{source} has malformed EmoLens metadata: {exc}") from None
         output = props.get(OUTPUT_KEY, "logits")
@@ -104,7 +114,13 @@ class ModelMeta:
             raise ModelError(f"{source}: {LABELS_KEY} must be a non-empty JSON list of names")
         try:
             return cls(
-                labels=labels, input=spec, output=output, card=card, thresholds=thresholds, temperature=temperature
+                labels=labels,
+                input=spec,
+                output=output,
+                card=card,
+                thresholds=thresholds,
+                temperature=temperature,
+                rules=rules,
             )
         except ModelError as exc:
             raise ModelError(f"{source}: {exc}") from None
@@ -125,15 +141,16 @@ def check_thresholds(thresholds, labels: list[str]) -> dict[str, float]:
     return out
 
 
-def decide(probs: dict[str, float], thresholds: dict[str, float] | None) -> str | None:
-    """The answer for one face: its top label, or "uncertain" when the top probability is below
-    that label's threshold. ``None`` without probabilities."""
+def decide(probs: dict[str, float], thresholds: dict[str, float] | None, rules: list[Rule] | None = None) -> str | None:
+    """The answer for one face: "uncertain" when the top probability is below that label's
+    threshold, otherwise the top label as the post-processing rules may change it. ``None``
+    without probabilities. Thresholds come first: they were chosen on the model's own answers."""
     if not probs:
         return None
     top = max(probs, key=probs.get)
     if thresholds and probs[top] < thresholds.get(top, 0.0):
         return UNCERTAIN
-    return top
+    return rules_answer(probs, rules)[0] if rules else top
 
 
 def annotate(path: str | Path, meta: ModelMeta, out: str | Path | None = None) -> Path:
@@ -148,6 +165,8 @@ def annotate(path: str | Path, meta: ModelMeta, out: str | Path | None = None) -
         props.pop(THRESHOLDS_KEY, None)
     if meta.temperature is None:
         props.pop(TEMPERATURE_KEY, None)
+    if meta.rules is None:  # rules too: they were accepted on this model's outputs only
+        props.pop(RULES_KEY, None)
     del model.metadata_props[:]
     for k, v in props.items():
         entry = model.metadata_props.add()
@@ -173,4 +192,30 @@ def save_thresholds(
         meta.card = {**meta.card, "thresholds": card_note}
     elif thresholds is None:
         meta.card = {k: v for k, v in meta.card.items() if k != "thresholds"}
+    return annotate(path, meta, out)
+
+
+def save_rules(
+    path: str | Path, rules: list | None, out: str | Path | None = None, evidence: dict | None = None
+) -> Path:
+    """Write post-processing rules into a model's metadata (in place, atomically, unless ``out``),
+    keeping its other metadata; ``None`` removes them. Rules are written only with the guard's
+    ``evidence`` (``emolens.evaluate.rules.evaluate_rules``) saying they do not lower macro-F1; it
+    goes into the card as ``card["rules"]``."""
+    from emolens.classify.emotion import EmotionModel
+    from emolens.errors import RefusedError
+
+    meta = EmotionModel(path).meta
+    if rules is None:
+        meta.rules = None
+        meta.card = {k: v for k, v in meta.card.items() if k != "rules"}
+        return annotate(path, meta, out)
+    if not evidence or not evidence.get("accepted"):
+        raise RefusedError(
+            "rules are saved only when `emolens evaluate MODEL DATA --rule ...` shows on labelled data "
+            "that they do not lower macro-F1"
+            + (f": {evidence['reason']}" if evidence and evidence.get("reason") else "")
+        )
+    meta.rules = check_rules(rules, meta.labels)
+    meta.card = {**meta.card, "rules": {k: v for k, v in evidence.items() if k != "per_rule_detail"}}
     return annotate(path, meta, out)

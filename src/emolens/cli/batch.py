@@ -58,10 +58,10 @@ def batch(
 ) -> None:
     """Analyse a collection into Parquet, resumably.
 
-    One row per face, and one per image without a face or that failed, with the reason. Written by shards, each whole or not at all:
-    after Ctrl-C, kill -9 or a power loss, the same command resumes where it stopped, and a
-    finished job run again changes nothing. Exit code 0 when every shard is written (failed
-    images are rows of the output), 2 on bad input, 130 when interrupted."""
+    One row per face, and one per image without a face or that failed, with the reason. Written by
+    shards, each whole or not at all: after Ctrl-C, kill -9 or a power loss, the same command
+    resumes where it stopped, and a finished job run again changes nothing. Exit code 0 when every
+    shard is written (failed images are rows of the output), 2 on bad input, 130 when interrupted."""
     from emolens.batch import BatchInterruptedError, BatchJob, BatchOptions
     from emolens.settings import get_settings
 

@@ -117,7 +117,13 @@ def analyze(
     ] = None,
     detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Emotion model: a name (see `emolens models`) or an .onnx path.")
+        str | None,
+        typer.Option(
+            help="Emotion model: a name (see `emolens models`), an .onnx path, or an ensemble: fast+accurate."
+        ),
+    ] = None,
+    tta: Annotated[
+        bool | None, typer.Option("--tta/--no-tta", help="Also average the model(s) over the mirrored face.")
     ] = None,
     min_face_size: Annotated[int | None, typer.Option(help="Ignore faces smaller than this many pixels.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Detection score threshold.")] = None,
@@ -150,6 +156,7 @@ def analyze(
             min_face_size=min_face_size,
             detection_threshold=threshold,
             max_faces=max_faces,
+            tta=tta,
         )
         analyzer.warmup()  # fail now, not once per file, when a model or an extra is missing
     except EmoLensError as exc:
@@ -279,6 +286,17 @@ def evaluate(
     report_dir: Annotated[
         Path | None, typer.Option("--report", help="Folder for report.md, report.html, metrics.json and plots.")
     ] = None,
+    rule: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A post-processing rule to try, e.g. 'if contempt and happy >= 0.3 then happy' (repeatable)."
+        ),
+    ] = None,
+    save_rules: Annotated[
+        bool,
+        typer.Option("--save-rules", help="Write the --rule(s) into the model file, if they do not lower macro-F1."),
+    ] = False,
+    rules_out: Annotated[Path | None, typer.Option(help="With --save-rules: write a new model file here.")] = None,
 ) -> None:
     """Measure a model or an ensemble on labelled faces.
 
@@ -295,9 +313,19 @@ def evaluate(
 
     human_to_stderr(json_out)
     save = save_thresholds or thresholds_out is not None
+    keep_rules = save_rules or rules_out is not None
     tta = tta or tta_shift > 0
     try:
         names = model_names([model, *(more or [])])
+        if keep_rules and not rule:
+            raise EmoLensError("--save-rules needs the rules to try: --rule 'if A and B >= P then B'")
+        if keep_rules and (len(names) > 1 or tta):
+            raise EmoLensError("rules are saved into one model, judged without --tta: give a single model")
+        if keep_rules and rules_out is None and not Path(names[0]).is_file():
+            raise EmoLensError(
+                f"{names[0]!r} is a model name, not a file: write a copy with --rules-out NEW.onnx "
+                "(rules are written in place only into a model given by its path)"
+            )
         if target_precision is not None and target_coverage is not None:
             raise EmoLensError("give --target-precision or --target-coverage, not both")
         if save and target_precision is None and target_coverage is None:
@@ -328,6 +356,7 @@ def evaluate(
             target_precision=target_precision,
             target_coverage=target_coverage,
             compare=True,
+            rules=rule or None,
         )
     except EmoLensError as exc:
         fail(exc)
@@ -376,6 +405,19 @@ def evaluate(
                 else ""
             )
         )
+    if report.get("rules"):
+        _print_rules(report["rules"])
+    if keep_rules:
+        from emolens.classify.modelfile import save_rules as write_rules
+        from emolens.models import resolve_model
+
+        guard = {**report["rules"], "dataset": str(data)}
+        try:
+            target = write_rules(resolve_model(names[0]), rule, rules_out, evidence=guard)
+        except EmoLensError as exc:
+            fail(exc, 3 if not guard["accepted"] else 2)
+        report["rules"]["saved_to"] = str(target)
+        console.print(f"rules saved in {escape(str(target))}: the analyzer applies them from now on")
     if save:
         from emolens.classify.modelfile import save_thresholds as write_thresholds
         from emolens.models import resolve_model
@@ -399,6 +441,28 @@ def evaluate(
         except EmoLensError as exc:
             fail(exc)
         console.print(f"report: {escape(str(paths['markdown']))} and {escape(str(paths['html']))}")
+
+
+def _print_rules(guard: dict) -> None:
+    """The guard's report: what each post-processing rule changed, and the verdict."""
+    table = Table("rule", "answered", "changed", "made right", "made wrong", "Δ accuracy", "Δ macro-F1")
+    for r in [*guard["per_rule"], {"rule": "all together", **guard["together"]}]:
+        table.add_row(
+            escape(r["rule"]),
+            str(r["answered"]),
+            str(r["changed"]),
+            str(r["made_right"]),
+            str(r["made_wrong"]),
+            f"{r['accuracy_change']:+.4f}",
+            f"{r['macro_f1_change']:+.4f}",
+        )
+    title = "the model's own rules" if guard.get("from_model") else "post-processing rules"
+    console.print(f"{title} on {guard['n']} labelled faces (macro-F1 without them {guard['base']['macro_f1']:.4f}):")
+    console.print(table)
+    if guard["accepted"]:
+        console.print("[green]accepted[/green]: no rule lowers macro-F1")
+    else:
+        console.print(f"[red]refused[/red]: {escape(guard['reason'])}")
 
 
 @app.command()
@@ -849,9 +913,9 @@ def explain(
 
 def _register_feature_commands() -> None:
     """Each capability beside the image pipeline keeps its verbs in a module of its own."""
-    from emolens.cli import attendance, batch, feedback, people, serve, synth, video
+    from emolens.cli import attendance, batch, compare, feedback, people, serve, shadow, synth, video
 
-    for module in (feedback, people, attendance, video, serve, synth, batch):
+    for module in (feedback, people, attendance, video, serve, synth, batch, compare, shadow):
         module.register(app)
     groups = list(app.registered_groups)
     while groups:  # every sub-command group gets the same plain help as the app

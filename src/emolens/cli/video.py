@@ -57,7 +57,9 @@ def video(
         bool, typer.Option("--show-fps", help="Also stamp the processing FPS on the annotated video.")
     ] = False,
     detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
-    model: Annotated[str | None, typer.Option(help="Emotion model: a name or an .onnx path.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Emotion model: a name, an .onnx path, or an ensemble: fast+accurate.")
+    ] = None,
     min_face_size: Annotated[int | None, typer.Option(help="Ignore faces smaller than this many pixels.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Detection score threshold.")] = None,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (0 = all cores).")] = None,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from emolens.data.datasets import fit_crops
-from emolens.errors import BadLabelError, EmoLensError
+from emolens.errors import BadLabelError
 from emolens.evaluate.calibration import calibration
 from emolens.evaluate.metrics import accuracy_at_coverage, classification_metrics, selective
 from emolens.evaluate.thresholds import threshold_report
@@ -17,17 +15,20 @@ HEADLINE_COVERAGE = (0.9, 0.8)
 
 
 def model_names(model) -> list[str]:
-    """``"fast,fast-int8"``, a path, or a list of either → the list of model names/paths.
+    """``"fast+accurate"``, ``"fast,fast-int8"``, a path, or a list of either → the list of model
+    names/paths (``emolens.models.parse_model_spec``: weights, if any, are left out).
 
     A string that names an existing file is one model even if it holds a comma."""
-    items = [model] if isinstance(model, (str, Path)) else list(model)
-    names = []
-    for item in items:
-        text = str(item)
-        names += [text] if Path(text).is_file() else [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise EmoLensError("no model given")
-    return names
+    from emolens.models import parse_model_spec
+
+    return [name for name, _ in parse_model_spec(model)]
+
+
+def model_weights(model) -> list[float]:
+    """The members' weights (``accurate*3+fast``), normalised to sum to 1."""
+    from emolens.models import parse_model_spec
+
+    return [w for _, w in parse_model_spec(model)]
 
 
 def load_members(names: list[str]) -> list:
@@ -88,6 +89,7 @@ def evaluate_arrays(
     target_coverage: float | None = None,
     min_count: int = 10,
     compare: bool = False,
+    rules: list | None = None,
 ) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix, calibration and
     accuracy against coverage, in the (first) model's label order.
@@ -97,9 +99,11 @@ def evaluate_arrays(
     ``tta_shift`` pixels, four shifted copies). With ``target_precision`` or ``target_coverage``,
     per-class thresholds are chosen and measured (``"thresholds"``). ``compare`` adds each member,
     with and without TTA, as ``"variants"``. Dataset classes are matched to model labels by name;
-    a class the model lacks is an error.
+    a class the model lacks is an error. ``rules`` (post-processing rules, ``emolens.classify.rules``)
+    adds the guard's report of what each changes (``"rules"``); a single model that carries rules
+    gets that report for its own. The headline figures are always the probabilities' own argmax.
     """
-    names = model_names(model)
+    names, weights = model_names(model), model_weights(model)
     members = load_members(names)
     ref = members[0].labels
     unknown = sorted(set(classes[i] for i in np.unique(labels)) - set(ref))
@@ -108,8 +112,10 @@ def evaluate_arrays(
     y_true = np.array([ref.index(classes[i]) for i in labels], dtype=np.int64)
     plain = [member_probs(m, images, ref) for m in members] if compare or not tta else None
     augmented = [member_probs(m, images, ref, tta=True, shift=tta_shift) for m in members] if tta else None
-    probs = np.mean(augmented if tta else plain, axis=0)
+    probs = np.average(augmented if tta else plain, axis=0, weights=weights)
     out = {"model": ",".join(names), "models": names, **summarize(probs, y_true, ref)}
+    if len(set(weights)) > 1:
+        out["weights"] = weights
     out["tta"] = {"flip": True, "shift": tta_shift, "views": 2 + 4 * bool(tta_shift)} if tta else None
     if compare and (tta or len(members) > 1):
         variants = []
@@ -119,10 +125,17 @@ def evaluate_arrays(
                 variants.append({"name": name, "tta": True, **headline(summarize(augmented[i], y_true, ref))})
         if len(members) > 1:
             ens = "+".join(names)
-            variants.append({"name": ens, "tta": False, **headline(summarize(np.mean(plain, 0), y_true, ref))})
+            mean = np.average(plain, axis=0, weights=weights)
+            variants.append({"name": ens, "tta": False, **headline(summarize(mean, y_true, ref))})
             if tta:
                 variants.append({"name": ens, "tta": True, **headline(out)})
         out["variants"] = variants
+    own = members[0].meta.rules if len(members) == 1 and rules is None else None
+    if rules or own:
+        from emolens.evaluate.rules import evaluate_rules
+
+        out["rules"] = evaluate_rules(probs, y_true, ref, rules or own)
+        out["rules"]["from_model"] = bool(own)
     if target_precision is not None or target_coverage is not None:
         out["thresholds"] = threshold_report(probs, y_true, ref, target_precision, target_coverage, min_count)
     return out

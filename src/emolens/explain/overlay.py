@@ -122,6 +122,12 @@ def explain_image(
     analyzer = analyzer or Analyzer(model=model)
     img = load_image(image_or_path)
     onnx_model = analyzer.model
+    if onnx_model.path is None:  # an ensemble or TTA: no one network to explain
+        raise EmoLensError(
+            f"explanations need a single model, not {analyzer.model_name!r}"
+            + (" with --tta" if analyzer.tta else "")
+            + ": explain each member on its own"
+        )
     spec = onnx_model.meta.input
     weights = torch_weights(onnx_model.path)
     torch_model, used, note = None, method, None

@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.gate.shutdown()
             state.jobs.shutdown()
+            if state._shadow is not None:
+                state._shadow.shutdown()
             worker_stopped()
 
     app = FastAPI(
@@ -98,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     logs.install()
 
-    from emolens.serve.routers import analyze, feedback, health, live, models, people, webapp
+    from emolens.serve.routers import analyze, feedback, health, live, models, people, shadow, webapp
 
     for r in (
         analyze.router,
@@ -108,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         feedback.router,
         models.router,
         models.json_router,
+        shadow.router,
         *people.ROUTERS,
         health.api,
         health.router,

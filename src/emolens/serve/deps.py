@@ -165,6 +165,8 @@ class ServerState:
         self.gate = InferenceGate(settings.serve_threads, settings.serve_queue)  # renewed at each startup
         self._analyzer = None
         self._live_analyzer = None
+        self._shadow = None
+        self.shadow_error: str | None = None
         self._analyzer_lock = threading.Lock()
         self.warm_error: str | None = None
         self.warm = threading.Event()
@@ -193,6 +195,7 @@ class ServerState:
                         detection_threshold=s.detection_threshold,
                         max_faces=s.max_faces,
                         threads=threads,
+                        tta=s.tta,
                     )
         return self._analyzer
 
@@ -212,13 +215,42 @@ class ServerState:
 
                     options = replace(base.detector.options, max_side=self.settings.video_max_side)
                     detector = create_detector(base.detector.name, options)
-                    self._live_analyzer = Analyzer(model=base.model_name, detector=detector, threads=base.threads)
+                    self._live_analyzer = Analyzer(
+                        model=base.model_name, detector=detector, threads=base.threads, tta=base.tta
+                    )
         return self._live_analyzer
+
+    @property
+    def shadow(self):
+        """The shadow model's runner (``shadow_model`` setting), or None when there is none or it
+        cannot load (``shadow_error`` says why: a broken shadow never stops the active model)."""
+        if self._shadow is None and self.settings.shadow_model and self.shadow_error is None:
+            active = self.analyzer  # outside the lock, which the analyzer takes too
+            with self._analyzer_lock:
+                if self._shadow is None and self.shadow_error is None:
+                    from emolens.serve.shadow import ShadowRunner
+
+                    s = self.settings
+                    try:
+                        runner = ShadowRunner(
+                            s.shadow_model, s.shadow_share, s.shadow_queue, self.shadow_store(), active
+                        )
+                        runner.warmup()
+                        self._shadow = runner
+                    except EmoLensError as exc:
+                        self.shadow_error = f"shadow model {s.shadow_model!r} not used: {exc}"
+        return self._shadow
+
+    def shadow_store(self):
+        from emolens.store.shadow import ShadowStore
+
+        return ShadowStore(self.db_url, blobs=self.settings.home / "shadow")
 
     def warmup(self) -> None:
         """Load the model and the detector (in a thread at startup; /readyz reports the outcome)."""
         try:
             self.analyzer.warmup()
+            _ = self.shadow  # load the shadow model now too (its failure is reported, not fatal)
             self.warm_error = None
         except EmoLensError as exc:
             self.warm_error = str(exc)

@@ -50,6 +50,7 @@ class FaceOut(BaseModel):
     confidence: float | None
     probs: dict[str, float]
     error: str | None = None
+    rule: str | None = Field(None, description="The model's post-processing rule that gave the label, if one did")
 
 
 class AnnotatedImage(BaseModel):
@@ -67,6 +68,9 @@ class AnalysisOut(BaseModel):
     faces: list[FaceOut]
     timings_ms: dict[str, float]
     annotated: AnnotatedImage | None = None
+    members: list[dict[str, Any]] | None = Field(
+        None, description="An ensemble (or TTA): every member's name, file hash (sha256) and weight"
+    )
 
 
 class FeedbackIn(BaseModel):

@@ -98,7 +98,7 @@ class VideoAnalyzer:
         if self._model is None:
             from emolens.models import load_emotion_model
 
-            self._model = load_emotion_model(self.analyzer.model_name, 1)
+            self._model = load_emotion_model(self.analyzer.model_name, 1, self.analyzer.tta)
         return self._model
 
     @property
@@ -161,6 +161,7 @@ class VideoAnalyzer:
             image=image,
             source=self.source_name,
             model=self.analyzer.model_name,
+            members=getattr(self.model, "describe", lambda: None)(),  # an ensemble: every member's version
             detector=self.analyzer.detector.name,
             timings_ms=timings,
             frame_index=index,
@@ -213,6 +214,7 @@ class VideoAnalyzer:
         out = []
         for t in sorted(self.tracker.visible(), key=lambda t: t.id):
             f = FaceResult(box=t.box.copy(), score=t.score, landmarks=t.landmarks, track_id=t.id)
+            f.thresholds, f.rules = model.meta.thresholds, model.meta.rules  # the model's answers, as in images
             if id(t) in errors and t.probs is None:
                 f.error = errors[id(t)]
             elif t.probs is not None:

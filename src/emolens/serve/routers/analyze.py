@@ -71,6 +71,8 @@ async def analyze(
     m.analyses.inc()
     m.faces.inc(len(results))
     analysis_id = state.analyses.put(results, data)
+    if state.settings.shadow_model and state.shadow is not None:  # off the response path: returns at once
+        state.shadow.offer(analysis_id, results)
     d = results.to_dict()
     return AnalysisOut(
         analysis_id=analysis_id,
@@ -82,4 +84,5 @@ async def analyze(
         faces=[FaceOut(index=i, **f) for i, f in enumerate(d["faces"])],
         timings_ms=d["timings_ms"],
         annotated=annotated,
+        members=d.get("members"),
     )

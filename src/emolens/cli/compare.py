@@ -1,0 +1,98 @@
+"""`emolens compare A B DATA`: is B really better than A on labelled faces, or is it noise?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from emolens.cli.main import _write, console, err, fail
+from emolens.errors import EmoLensError
+
+
+def compare(
+    a: Annotated[str, typer.Argument(help="Model A: a name, version, .onnx path or ensemble (fast+accurate).")],
+    b: Annotated[str, typer.Argument(help="Model B, the same way.")],
+    data: Annotated[
+        Path, typer.Argument(help="Labelled data: .npz of crops, class folders of photos, FER2013 or labels CSV.")
+    ],
+    tta: Annotated[bool, typer.Option("--tta", help="Both models with mirror test-time augmentation.")] = False,
+    confidence: Annotated[float, typer.Option(help="Confidence of the intervals (and 1 - alpha of McNemar).")] = 0.95,
+    boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    sheet: Annotated[
+        Path | None, typer.Option(help="Contact sheet of the faces where they disagree (PNG); default: none.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure as JSON.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the table as Markdown.")] = None,
+) -> None:
+    """Compare two models on the same labelled faces: accuracy and macro-F1 with paired bootstrap
+    confidence intervals, per-class recall differences, McNemar's test on the paired answers, and
+    the faces where they disagree. Photos are detected and aligned first."""
+    import numpy as np
+
+    from emolens.data import load_dataset
+    from emolens.data.datasets import to_crops
+    from emolens.evaluate import compare_models, contact_sheet, load_members, model_names
+
+    try:
+        if boot < 100:
+            raise EmoLensError(f"--boot must be at least 100 resamples, not {boot}")
+        specs = [m.meta.input for m in load_members(model_names(a) + model_names(b))]
+        dataset = load_dataset(data)
+        size, channels = max(s.size for s in specs), max(s.channels for s in specs)
+        crops, labels, skipped = to_crops(dataset, size, channels, progress=True)
+        if len(labels) == 0:
+            raise EmoLensError(f"{data}: no labelled face to compare on")
+        cmp, pa, pb = compare_models(
+            a, b, crops, labels, dataset.classes, tta=tta, confidence=confidence, n_boot=boot, seed=seed
+        )
+    except EmoLensError as exc:
+        fail(exc)
+    for line in skipped:
+        err.print(f"[yellow]not counted[/yellow] {escape(line)}")
+
+    def ci(v: dict, scale: float = 100, fmt: str = ".2f", sign: str = "") -> str:
+        return f"{scale * v['value']:{sign}{fmt}} [{scale * v['low']:{sign}{fmt}}, {scale * v['high']:{sign}{fmt}}]"
+
+    table = Table("", escape(cmp.a), escape(cmp.b), escape(f"{cmp.b} − {cmp.a}"), title=f"n = {cmp.n}")
+    table.add_row("accuracy (%)", ci(cmp.accuracy["a"]), ci(cmp.accuracy["b"]), ci(cmp.accuracy["diff"], sign="+"))
+    table.add_row(
+        "macro-F1",
+        ci(cmp.macro_f1["a"], 1, ".4f"),
+        ci(cmp.macro_f1["b"], 1, ".4f"),
+        ci(cmp.macro_f1["diff"], 1, ".4f", "+"),
+    )
+    for c, r in cmp.per_class_recall.items():
+        table.add_row(f"recall {c} (%)", ci(r["a"]), ci(r["b"]), ci(r["diff"], sign="+"))
+    console.print(table)
+    m = cmp.mcnemar
+    console.print(
+        f"McNemar: {m['a_only']} faces only {escape(cmp.a)} gets right, {m['b_only']} only {escape(cmp.b)}; "
+        f"p = {m['p_value']:.3g}; {len(cmp.disagree)} faces answered differently"
+    )
+    console.print(f"{cmp.confidence:.0%} intervals from {cmp.n_boot} paired bootstrap resamples")
+    console.print(f"[bold]{escape(cmp.verdict)}[/bold]")
+    out = cmp.to_dict()
+    out.update(dataset=str(data), tta=tta, not_counted=skipped)
+    if sheet:
+        ref = cmp.labels
+        y = np.array([ref.index(dataset.classes[i]) for i in labels])
+        try:
+            out["sheet"] = str(contact_sheet(crops, cmp, pa, pb, y, sheet))
+            console.print(f"disagreements: {escape(out['sheet'])}")
+        except (EmoLensError, OSError) as exc:
+            err.print(f"[yellow]no contact sheet:[/yellow] {escape(str(exc))}")
+    if json_out:
+        _write(json_out, json.dumps(out, indent=2))
+    if markdown:
+        _write(markdown, cmp.to_markdown())
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``emolens`` app."""
+    app.command()(compare)

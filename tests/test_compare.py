@@ -1,0 +1,154 @@
+"""`emolens compare`: paired bootstrap intervals, McNemar's test, per-class recall differences and
+the contact sheet of disagreements, on the real models and FER2013 PublicTest."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emolens.errors import EmoLensError
+from emolens.evaluate import (
+    classification_metrics,
+    compare_models,
+    compare_predictions,
+    confidence_gate,
+    contact_sheet,
+)
+from emolens.evaluate.compare import mcnemar
+
+LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+@pytest.fixture(scope="module")
+def val(shared_datasets):
+    """A random 1,500 of PublicTest's 3,589 faces (the file is sorted by class). That `accurate` beats
+    `fast` with confidence on all of them is checked by the shadow promotion test."""
+    from emolens.data.datasets import load_npz
+
+    x, y, classes = load_npz(shared_datasets / "fer2013" / "val.npz")
+    pick = np.sort(np.random.default_rng(0).choice(len(y), 1500, replace=False))
+    return x[pick], y[pick], classes
+
+
+@pytest.fixture(scope="module")
+def fast_vs_accurate(val):
+    x, y, classes = val
+    return compare_models("fast", "accurate", x, y, classes, n_boot=1000)
+
+
+# --- the statistics on arrays ----------------------------------------------------------------
+
+
+def test_mcnemar_exact_p():
+    a = np.array([True] * 2 + [False] * 10 + [True] * 50)  # 2 faces only A gets right
+    b = np.array([False] * 2 + [True] * 10 + [True] * 50)  # 10 only B
+    m = mcnemar(a, b)
+    assert (m["a_only"], m["b_only"]) == (2, 10)
+    expected = 2 * sum(math.comb(12, k) for k in range(3)) / 2**12  # two-sided binomial, p = 1/2
+    assert m["p_value"] == pytest.approx(expected) and m["p_value"] == pytest.approx(0.0386, abs=1e-4)
+    assert mcnemar(a, a)["p_value"] == 1.0
+
+
+def test_identical_answers_are_no_difference():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 500)
+    p = np.where(rng.random(500) < 0.6, y, rng.integers(0, 7, 500))
+    c = compare_predictions(y, p, p, LABELS, n_boot=300)
+    assert c.accuracy["diff"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert c.mcnemar["p_value"] == 1.0 and not c.b_better and not c.a_better and c.disagree == []
+    assert "no difference" in c.verdict
+
+
+def test_a_real_gain_is_seen_and_noise_is_not():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 7, 2000)
+    a = np.where(rng.random(2000) < 0.60, y, (y + 1) % 7)
+    better = np.where(rng.random(2000) < 0.5, y, a)  # fixes about half of A's errors
+    # As many faces made right as made wrong: a difference of zero, whatever the shuffle.
+    noisy = a.copy()
+    wrong, right = np.flatnonzero(a != y)[:25], np.flatnonzero(a == y)[:25]
+    noisy[wrong], noisy[right] = y[wrong], (y[right] + 1) % 7
+    assert compare_predictions(y, a, better, LABELS, n_boot=500).b_better
+    c = compare_predictions(y, a, noisy, LABELS, n_boot=500)
+    assert not c.b_better and not c.a_better and c.mcnemar["p_value"] == 1.0
+    assert c.accuracy["diff"]["low"] < 0 < c.accuracy["diff"]["high"]
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(EmoLensError, match="same, non-empty faces"):
+        compare_predictions(np.zeros(3, int), np.zeros(3, int), np.zeros(2, int), LABELS)
+    with pytest.raises(EmoLensError, match="confidence"):
+        compare_predictions(np.zeros(3, int), np.zeros(3, int), np.zeros(3, int), LABELS, confidence=1.5)
+
+
+# --- real models ------------------------------------------------------------------------------
+
+
+def test_fast_and_accurate_compared(fast_vs_accurate, val):
+    c, pa, pb = fast_vs_accurate
+    assert c.n == 1500 and (c.a, c.b) == ("fast", "accurate")
+    d = c.accuracy["diff"]
+    assert d["low"] < d["value"] < d["high"] and d["value"] > 0  # accurate is ahead, as on all of PublicTest
+    assert c.b_better == (d["low"] > 0 and c.mcnemar["p_value"] < 0.05)
+    assert c.accuracy["diff"]["value"] == pytest.approx(c.accuracy["b"]["value"] - c.accuracy["a"]["value"])
+    # The point estimates are evaluate's figures for the same answers.
+    x, y, classes = val
+    ref = c.labels
+    truth = np.array([ref.index(classes[i]) for i in y])
+    ev = classification_metrics(truth, pb, ref)
+    assert c.accuracy["b"]["value"] == pytest.approx(ev["accuracy"])
+    assert c.macro_f1["b"]["value"] == pytest.approx(ev["macro_f1"])
+    for label, r in c.per_class_recall.items():
+        assert r["b"]["value"] == pytest.approx(ev["per_class_recall"][label])
+        assert r["b"]["low"] <= r["b"]["value"] <= r["b"]["high"]
+    # McNemar counts the faces exactly one model gets right.
+    assert c.mcnemar["b_only"] == int(np.sum((pb == truth) & (pa != truth)))
+    assert len(c.disagree) == int(np.sum(pa != pb))
+
+
+def test_contact_sheet_of_disagreements(fast_vs_accurate, val, tmp_path):
+    c, pa, pb = fast_vs_accurate
+    x, y, classes = val
+    truth = np.array([c.labels.index(classes[i]) for i in y])
+    path = contact_sheet(x, c, pa, pb, truth, tmp_path / "sheet.png", limit=25, cols=5, tile=64)
+    with Image.open(path) as im:
+        assert im.size == (5 * 64, 5 * (64 + 40))
+        sheet = np.asarray(im)
+    first = c.disagree[0]
+    tile = sheet[:64, :64, 0].astype(float)
+    face = np.asarray(Image.fromarray(x[first]).resize((64, 64), Image.BICUBIC), dtype=float)
+    assert np.abs(tile - face).mean() < 8  # the first tile is the first disagreement's face
+    agree = compare_predictions(truth, pa, pa, c.labels, n_boot=100)
+    with pytest.raises(EmoLensError, match="agree on every face"):
+        contact_sheet(x, agree, pa, pa, truth, tmp_path / "none.png")
+
+
+def test_fast_int8_is_not_better_beyond_noise(val):
+    x, y, classes = val
+    gate = confidence_gate("fast", "fast-int8", (x, y, classes), 0.95)
+    g = gate["gain_confident"]
+    assert g["passed"] is False and g["p_value"] > 0.05 and g["interval"][0] < 0
+
+
+def test_cli_compare(shared_datasets, val, tmp_path):
+    x, y, classes = val
+    small = tmp_path / "small.npz"
+    np.savez(small, images=x[:400], labels=y[:400], classes=np.array(classes))
+    out = tmp_path / "cmp.json"
+    cmd = [sys.executable, "-m", "emolens.cli", "compare", "fast", "fast+accurate", str(small)]
+    run = subprocess.run([*cmd, "--boot", "200", "--sheet", str(tmp_path / "d.png"), "--json", str(out)],
+                         capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "McNemar" in run.stdout and "recall disgust" in run.stdout
+    report = json.loads(out.read_text())
+    assert report["n"] == 400 and report["b"] == "fast+accurate" and report["n_boot"] == 200
+    assert (tmp_path / "d.png").is_file() and report["sheet"] == str(tmp_path / "d.png")
+    bad = subprocess.run([*cmd[:4], "nonexistent", "fast", str(small)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no model named 'nonexistent'" in bad.stderr and "Traceback" not in bad.stderr
