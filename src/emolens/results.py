@@ -162,10 +162,29 @@ class Results:
             **({"timestamp": round(self.timestamp, 4)} if self.timestamp is not None else {}),
         }
 
+    def to_state(self) -> dict:
+        """Everything but the pixels, exactly (no rounding), as JSON-able data: what a server keeps
+        so that feedback on a face later crops the very same face (``from_state`` reads it back)."""
+
+        def face(f: FaceResult) -> dict:
+            return {
+                "box": np.asarray(f.box, np.float64).tolist(),
+                "score": float(f.score),
+                "landmarks": None if f.landmarks is None else np.asarray(f.landmarks, np.float64).tolist(),
+                "probs": {k: float(v) for k, v in f.probs.items()},
+                "error": f.error,
+                "track_id": f.track_id,
+                "thresholds": f.thresholds,
+                "rules": None if f.rules is None else [r.to_dict() for r in f.rules],
+            }
+
+        return {**{k: v for k, v in self.to_dict().items() if k != "faces"}, "faces": [face(f) for f in self.faces]}
+
     @classmethod
-    def from_dict(cls, d: dict, thresholds: dict[str, float] | None = None) -> Results:
-        """Results from ``to_dict()`` output, without the image (``thresholds``: the model's, which
-        ``to_dict`` leaves out). Boxes and probabilities come back as rounded as they were written."""
+    def from_state(cls, d: dict) -> Results:
+        """Results from ``to_state()``, without the image."""
+        from emolens.classify.rules import parse_rule
+
         faces = [
             FaceResult(
                 box=np.asarray(f["box"], np.float32),
@@ -174,11 +193,12 @@ class Results:
                 probs=dict(f.get("probs") or {}),
                 error=f.get("error"),
                 track_id=f.get("track_id"),
-                thresholds=thresholds,
+                thresholds=f.get("thresholds"),
+                rules=None if f.get("rules") is None else [parse_rule(r) for r in f["rules"]],
             )
             for f in d.get("faces", [])
         ]
-        keys = ("source", "model", "detector", "timings_ms", "width", "height", "frame_index", "timestamp")
+        keys = ("source", "model", "members", "detector", "timings_ms", "width", "height", "frame_index", "timestamp")
         return cls(faces=faces, **{k: d[k] for k in keys if k in d})
 
     def to_json(self, indent: int | None = 2) -> str:

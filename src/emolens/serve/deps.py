@@ -76,8 +76,7 @@ class AnalysisCache:
 
     def put(self, results, data: bytes) -> str:
         key = uuid.uuid4().hex
-        thresholds = results.faces[0].thresholds if results.faces else None
-        self.store.put(key, {"results": results.to_dict(), "thresholds": thresholds}, data)
+        self.store.put(key, results.to_state(), data)
         return key
 
     def get(self, key: str):
@@ -92,8 +91,8 @@ class AnalysisCache:
                 f"no analysis {key!r}: the server keeps its last {self.store.size} analyses for "
                 f"{minutes:g} minutes; analyse the image again"
             )
-        doc, data = item
-        results = Results.from_dict(doc["results"], thresholds=doc.get("thresholds"))
+        state, data = item
+        results = Results.from_state(state)
         return dataclasses.replace(results, image=load_image(data, max_pixels=self.max_pixels))
 
 
