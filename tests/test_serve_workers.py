@@ -52,7 +52,7 @@ def team(emolens_home, database_url, shared_datasets, tmp_path):
     }
     if database_url.startswith("postgresql"):
         env["EMOLENS_DATABASE_URL"] = database_url
-    token = re.search(r"emk_\w+", cli("keys", "create", "ci", "--scope", "admin", env=env)).group(0)
+    token = re.search(r"emk_[A-Za-z0-9_-]+", cli("keys", "create", "ci", "--scope", "admin", env=env)).group(0)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "emolens.cli", "serve", "--port", str(port), "--workers", str(WORKERS)],

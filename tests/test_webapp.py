@@ -143,7 +143,12 @@ def test_offline_photo_camera_and_corrections(app_browser, shared_datasets):
 
     url, app, context = app_browser
     photo = shared_datasets / "photos" / "compreface" / "015_6.jpg"
-    analyzer = Analyzer(model="fast", threads=1)
+    # The app detects the way the Python detector did before it learned to look at native size first
+    # (one pass, the whole image enlarged towards a 640 px short side): compare with that pass.
+    from emolens.detect import DetectorOptions, create_detector
+
+    one_pass = create_detector("retinaface", DetectorOptions(threads=1, extra={"two_pass": False}))
+    analyzer = Analyzer(model="fast", detector=one_pass, threads=1)
     page, errors = _open(context, url)
     assert page.evaluate("crossOriginIsolated")  # COOP/COEP: WASM threads
     assert int(page.get_attribute("body", "data-threads")) == min(4, os.cpu_count() or 1)

@@ -43,11 +43,6 @@ err = Console(stderr=True, soft_wrap=True)  # one message per line, file names n
 EXAMPLE = Path(__file__).parents[1] / "assets" / "examples" / "astronaut.jpg"
 
 
-@app.callback()
-def _start() -> None:
-    console.stderr = False  # human output goes to stdout unless a command sends machine output there
-
-
 def human_to_stderr(*targets: Path | str | bool | None) -> None:
     """When a machine format goes to stdout (``--json -``, ``--csv -``, a ``--json`` flag), send the
     human output (tables, notes) to stderr, so that stdout can be piped into a parser."""
@@ -76,6 +71,7 @@ def main(
     ] = False,
 ) -> None:
     """EmoLens: find faces and read their emotions, offline."""
+    console.stderr = False  # human output goes to stdout unless a command sends machine output there
 
 
 def annotated_targets(files: list[Path], out: Path) -> list[Path]:
