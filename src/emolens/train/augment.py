@@ -23,6 +23,7 @@ class AugmentConfig:
     contrast: float = 0.25
     erase_p: float = 0.25
     erase_area: tuple[float, float] = (0.02, 0.12)
+    degrade: float = 0.0  # share of crops given camera degradations (emolens.degrade.random_degrade)
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:

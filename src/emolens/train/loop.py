@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
+from emolens.degrade import random_degrade
 from emolens.errors import EmoLensError
 from emolens.train.archs import create_arch, layer_blocks
 from emolens.train.augment import AugmentConfig, augment_batch, mixup_cutmix
@@ -303,7 +304,11 @@ def fit(
             order = _epoch_order(ytr, len(cfg.labels), cfg.weighted_sampling)
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                x = augment_batch(xtr[idx].to(dev).float() / 255, cfg.augment)
+                xb = xtr[idx]
+                if cfg.augment.degrade > 0:  # on the uint8 CPU batch: JPEG and resizing need OpenCV
+                    rng = np.random.default_rng(np.random.randint(2**31))  # from the checkpointed global state
+                    xb = _degrade_nchw(xb, cfg.augment.degrade, rng)
+                x = augment_batch(xb.to(dev).float() / 255, cfg.augment)
                 x, target = mixup_cutmix(x, ytr[idx].to(dev), len(cfg.labels), cfg.mixup_alpha, cfg.cutmix_alpha)
                 with autocast:
                     logits = model(normalize(x).contiguous(memory_format=torch.channels_last))
@@ -373,6 +378,14 @@ def run_summary(state: dict) -> dict:
 def lineage_of(state: dict) -> list[dict]:
     """The runs that made a checkpoint, oldest first: what a run started from it passes to ``fit``."""
     return [*state.get("lineage", []), {"recipe": state["config"], **run_summary(state)}]
+
+
+def _degrade_nchw(x: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
+    """``random_degrade`` on a uint8 NCHW batch (it works on N,H,W or N,H,W,3 crops)."""
+    nhwc = x.permute(0, 2, 3, 1).numpy()
+    crops = nhwc[..., 0] if nhwc.shape[-1] == 1 else nhwc
+    out = random_degrade(crops, p, rng).reshape(nhwc.shape)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def _rng_state() -> dict:
