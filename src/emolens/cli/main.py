@@ -195,6 +195,21 @@ def evaluate(
     report_dir: Annotated[
         Path | None, typer.Option("--report", help="Folder for report.md, report.html, metrics.json and plots.")
     ] = None,
+    votes: Annotated[
+        Path | None,
+        typer.Option(
+            help="FER+ votes of DATA (row for row) to score the FER+ majority labels as well; "
+            "default: DATA_ferplus.npz beside an .npz DATA, when it exists."
+        ),
+    ] = None,
+    degrade: Annotated[
+        bool,
+        typer.Option(
+            "--degrade",
+            help="Also measure under the seeded camera degradations (blur, low resolution, JPEG, noise, "
+            "exposure, contrast, webcam, CCTV): accuracy and macro-F1 each, and the robustness score.",
+        ),
+    ] = False,
 ) -> None:
     """Measure a model or an ensemble on labelled faces: accuracy, macro-F1, per-class precision,
     recall and F1, confusion, calibration (ECE) and accuracy against coverage; optionally with
@@ -206,6 +221,8 @@ def evaluate(
     from emolens.data import load_dataset
     from emolens.data.datasets import to_crops
     from emolens.evaluate import evaluate_arrays, model_names
+    from emolens.evaluate.ferplus import evaluate_ferplus, ferplus_votes_for
+    from emolens.evaluate.robustness import robustness
 
     save = save_thresholds or thresholds_out is not None
     tta = tta or tta_shift > 0
@@ -242,6 +259,14 @@ def evaluate(
             target_coverage=target_coverage,
             compare=True,
         )
+        votes_file = ferplus_votes_for(data, votes)
+        if votes_file is not None:
+            report["ferplus"] = evaluate_ferplus(names, data, votes_file, tta=tta)
+        if degrade:
+            with console.status("degradations") as status:
+                report["robustness"] = robustness(
+                    names, crops, labels, dataset.classes, tta=tta, progress=lambda n: status.update(f"degradation {n}")
+                )
     except EmoLensError as exc:
         fail(exc)
     for line in skipped:
@@ -270,6 +295,17 @@ def evaluate(
     console.print(
         f"ECE {report['ece']:.4f} (15 bins)   accuracy at 90% coverage {cov['0.9']:.4f}, at 80% {cov['0.8']:.4f}"
     )
+    if report.get("dropped_labels"):
+        console.print(f"model outputs the data cannot have, left out before the argmax: {report['dropped_labels']}")
+    if report.get("ferplus"):
+        fp = report["ferplus"]
+        console.print(
+            f"FER+ majority labels ({escape(Path(fp['votes']).name)}): accuracy {fp['accuracy']:.4f}   "
+            f"macro-F1 {fp['macro_f1']:.4f}   ECE {fp['ece']:.4f}   n={fp['n']}"
+            + (f"   ({fp['n_unscorable']} faces of classes the model lacks not scored)" if fp["n_unscorable"] else "")
+        )
+    if report.get("robustness"):
+        _print_robustness(report["robustness"])
     th = report.get("thresholds")
     if th:
         limits = ", ".join(f"{c} {t:.3f}" for c, t in th["thresholds"].items())
@@ -314,6 +350,18 @@ def evaluate(
         console.print(f"report: {escape(str(paths['markdown']))} and {escape(str(paths['html']))}")
 
 
+def _print_robustness(rob: dict) -> None:
+    table = Table("degradation", "accuracy", "macro-F1", "drop (points)")
+    table.add_row("none", f"{rob['clean']['accuracy']:.4f}", f"{rob['clean']['macro_f1']:.4f}", "")
+    for r in rob["degradations"]:
+        table.add_row(r["degradation"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['drop_points']:.1f}")
+    console.print(table)
+    console.print(
+        f"robustness score (mean accuracy over {len(rob['degradations'])} degradations) {rob['score']:.4f}   "
+        f"worst single drop {rob['worst_single']:.1f} points, worst combination {rob['worst_combination']:.1f}"
+    )
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="Training data: class folders, FER2013 CSV, labels CSV or .npz.")],
@@ -338,6 +386,13 @@ def train(
     stages: Annotated[
         str | None, typer.Option(help='Fine-tuning stages, e.g. "head:2,all:8" (the epochs follow from them).')
     ] = None,
+    votes: Annotated[
+        Path | None,
+        typer.Option(
+            help="FER+ votes of DATA (row for row): train 8 classes on them (--set label_mode=distribution|"
+            "probability|majority); --val then uses its own votes file (val.npz → val_ferplus.npz)."
+        ),
+    ] = None,
 ) -> None:
     """Train an emotion model (defaults: the recipe of the shipped `fast` model), or fine-tune one
     with --init: with --stages the head learns alone first, then all layers (--set layer_decay=0.7
@@ -354,7 +409,12 @@ def train(
     overrides = list(set_ or []) + [f"{k}={v}" for k, v in shortcuts if v is not None]
     start = None
     try:
-        train_ds = load_dataset(data)
+        if votes is not None:
+            from emolens.data.ferplus import load_ferplus
+
+            train_ds = load_ferplus(data, votes)
+        else:
+            train_ds = load_dataset(data)
         base: dict = {"labels": train_ds.classes}
         if init is not None:
             if resume is not None:
@@ -369,7 +429,7 @@ def train(
             }
         cfg = load_config(config, overrides, base=base)
         if val is not None:
-            val_ds = load_dataset(val)
+            val_ds = load_ferplus(val) if votes is not None else load_dataset(val)
         else:
             parts = split(train_ds, val=val_fraction, seed=cfg.seed)
             train_ds, val_ds = parts["train"], parts["val"]
@@ -380,6 +440,8 @@ def train(
         (xtr, ytr, skip_tr), (xva, yva, skip_va) = (
             to_crops(d, cfg.size, cfg.channels, progress=True) for d in (train_ds, val_ds)
         )
+        if train_ds.soft is not None and not skip_tr:  # crops keep every row: the votes stay aligned
+            ytr = train_ds.soft
     except EmoLensError as exc:
         fail(exc)
     for line in skip_tr + skip_va:
