@@ -108,3 +108,47 @@ def test_evaluate_command_reports_degradations(crops, tmp_path, emolens_home):
     report = json.loads((tmp_path / "m.json").read_text())
     assert len(report["robustness"]["degradations"]) == len(FAMILY)
     assert "ferplus" not in report  # no votes file beside faces.npz
+
+
+def test_quality_score_falls_with_blur_size_and_darkness(crops):
+    from emolens.quality import MIN_QUALITY, face_quality
+
+    x = crops[0][:60]
+    clean = np.array([face_quality(c, 120)["score"] for c in x])
+    blurred = np.array([face_quality(c, 120)["score"] for c in degrade(x, "blur-2.0")])
+    tiny = np.array([face_quality(c, 120)["score"] for c in degrade(x, "scale-16px")])
+    assert np.median(clean) > 0.8 and (blurred < MIN_QUALITY).mean() > 0.8
+    assert np.median(tiny) < np.median(clean) - 0.3
+    black = np.full((48, 48), 3, np.uint8)
+    assert face_quality(black)["exposure"] == 0 and face_quality(black)["contrast"] == 0
+    assert face_quality(x[0], 10)["size"] == 0 and "size" not in face_quality(x[0])
+    rgb = face_quality(np.repeat(x[0][..., None], 3, axis=-1), 120)
+    assert rgb == face_quality(x[0], 120)
+
+
+def test_a_face_too_poor_to_read_is_uncertain_in_results_json_and_api(crops):
+    from emolens import Analyzer
+    from emolens.io import load_image
+    from emolens.results import FaceResult
+    from emolens.serve.schemas import FaceOut
+
+    face = FaceResult(box=np.array([0, 0, 20, 20.0]), score=0.9, landmarks=None, probs={"happy": 0.8, "sad": 0.2})
+    face.quality = {"score": 0.05, "sharpness": 0.05, "size": 0.3}
+    assert face.label == "uncertain" and face.top_label == "happy" and face.confidence == 0.8
+    d = face.to_dict()
+    assert d["quality"]["score"] == 0.05 and d["uncertain"]
+    assert FaceOut(index=0, **d).quality == d["quality"]
+
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "examples" / "astronaut.jpg"
+    analyzer = Analyzer(detector="retinaface")
+    sharp = analyzer(str(example))[0]
+    assert sharp.quality["score"] > 0.8 and sharp.label != "uncertain"
+    image = load_image(example)
+    import cv2
+
+    soft = cv2.GaussianBlur(image, (0, 0), 9)  # a face far out of focus
+    result = analyzer(soft)
+    assert result.faces, "the detector still finds the blurred face"
+    assert result[0].quality["sharpness"] < sharp.quality["sharpness"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from emolens.classify.modelfile import UNCERTAIN, decide
+from emolens.quality import MIN_QUALITY
 
 # One colour per emotion (RGB), so a glance at an annotated image reads the mood of a room.
 COLORS = {
@@ -33,11 +34,15 @@ class FaceResult:
     track_id: int | None = None  # video: the same person keeps the same id from frame to frame
     raw_probs: dict[str, float] | None = None  # video: this frame's reading, before smoothing over time
     thresholds: dict[str, float] | None = field(default=None, repr=False)  # the model's per-class thresholds
+    quality: dict[str, float] | None = None  # how readable the face is (emolens.quality): "score" and its factors
 
     @property
     def label(self) -> str | None:
         """The top emotion, or "uncertain" when the model has per-class thresholds and the top
-        probability is below its class's threshold (``probs`` and ``confidence`` stay as they are)."""
+        probability is below its class's threshold, or when the face's quality score is below
+        ``emolens.quality.MIN_QUALITY`` (``probs`` and ``confidence`` stay as they are)."""
+        if self.probs and self.quality is not None and self.quality["score"] < MIN_QUALITY:
+            return UNCERTAIN
         return decide(self.probs, self.thresholds)
 
     @property
@@ -73,6 +78,7 @@ class FaceResult:
             **({"uncertain": True, "top_label": self.top_label} if self.uncertain else {}),
             **({"track_id": self.track_id} if self.track_id is not None else {}),
             **({"raw_probs": {k: round(v, 4) for k, v in self.raw_probs.items()}} if self.raw_probs else {}),
+            **({"quality": self.quality} if self.quality is not None else {}),
         }
 
 

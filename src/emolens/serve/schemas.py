@@ -49,6 +49,11 @@ class FaceOut(BaseModel):
     confidence: float | None
     probs: dict[str, float]
     error: str | None = None
+    quality: dict[str, float] | None = Field(
+        None,
+        description='How readable the face is: "score" in [0, 1] (the least of size, sharpness, exposure, '
+        'contrast); below 0.1 the label is "uncertain"',
+    )
 
 
 class AnnotatedImage(BaseModel):
