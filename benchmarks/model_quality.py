@@ -52,11 +52,10 @@ def main() -> None:
     ap.add_argument("--out", default="model_quality", help="results file name under benchmarks/results/")
     args = ap.parse_args()
 
+    from emolens.data import load_npz_dataset, split
     from emolens.evaluate import evaluate_arrays
     from emolens.evaluate.ferplus import evaluate_ferplus
     from emolens.models import load_emotion_model
-
-    from emolens.data import load_npz_dataset, split
 
     with np.load(FER / "val.npz") as z:
         images, labels, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
@@ -80,15 +79,16 @@ def main() -> None:
     lines = [
         f"## Model quality on FER2013 PublicTest (n = {len(labels)}): two label sets, speed, cost",
         "",
-        "| model | labels | own split acc | FER2013 7-class acc | macro-F1 | ECE | FER+ majority acc | macro-F1 | ECE | "
-        "ms/face batch 1 | faces/s batch 64 | params | MFLOPs | training CPU h |",
+        "| model | labels | own split acc | FER2013 7-class acc | macro-F1 | ECE | FER+ majority acc | macro-F1 | "
+        "ECE | ms/face batch 1 | faces/s batch 64 | params | MFLOPs | training CPU h |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows.items():
         card, f7, fp = r["model"].card, r["fer7"], r["ferp"]
         hours = training_hours(card)
         lines.append(
-            f"| `{label}` | {len(r['model'].labels)} | {r['own']:.2%} | {f7['accuracy']:.2%} | {f7['macro_f1']:.3f} | {f7['ece']:.3f} | "
+            f"| `{label}` | {len(r['model'].labels)} | {r['own']:.2%} | {f7['accuracy']:.2%} | {f7['macro_f1']:.3f} | "
+            f"{f7['ece']:.3f} | "
             f"{fp['accuracy']:.2%} (n={fp['n']}) | {fp['macro_f1']:.3f} | {fp['ece']:.3f} | {r['b1']:.3f} | "
             f"{64000 / r['b64']:,.0f} | {card.get('params', 0):,} | {card.get('mflops', '?')} | "
             f"{'?' if hours is None else f'{hours:.1f}'} |"
