@@ -106,7 +106,7 @@ def test_scoring_on_ferplus_majority_labels(fer):
 
 
 def test_soft_label_training_learns_eight_classes(fer, tmp_path):
-    pytest.importorskip("torch", reason="training tests need the train extra")
+    torch = pytest.importorskip("torch", reason="training tests need the train extra")
     from emolens.train.loop import TrainConfig, fit
 
     data = load_ferplus(fer / "val.npz")
@@ -117,6 +117,19 @@ def test_soft_label_training_learns_eight_classes(fer, tmp_path):
     run = fit((tr.images, tr.soft), (va.images, va.labels), cfg, tmp_path / "run", progress=False)
     losses = [row["loss"] for row in run["history"]]
     assert losses[1] < losses[0]
+    # a short fine-tune ships its final weights (BatchNorm re-estimated on clean crops), not their EMA
+    from emolens.train.export import export_onnx
+    from emolens.train.loop import final_weights
+
+    ckpt = final_weights(tmp_path / "run" / "last.pt", tr.images, tmp_path / "final.pt")
+    state, last = (torch.load(p, weights_only=False) for p in (ckpt, tmp_path / "run" / "last.pt"))
+    assert state["config"]["weights"] == "final" and state["labels"] == list(FERPLUS8)
+    conv = next(k for k in state["model"] if k.endswith("weight") and state["model"][k].dim() == 4)
+    assert torch.equal(state["model"][conv], last["model"][conv])
+    mean = next(k for k in state["model"] if k.endswith("running_mean"))
+    assert not torch.equal(state["model"][mean], last["model"][mean])
+    report = export_onnx(ckpt, tmp_path / "final.onnx")
+    assert report["max_abs_diff"] < 1e-4 and report["card"]["recipe"]["weights"] == "final"
     bad = TrainConfig(labels=list(FERPLUS8)[:7], epochs=1)
     with pytest.raises(EmoLensError, match="8 columns but the model has 7"):
         fit((tr.images, tr.soft), (va.images, va.labels), bad, tmp_path / "bad", progress=False)
