@@ -15,6 +15,7 @@ noise 12, dark, contrast 40%: each at most 8 points below clean) and on the two 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 from pathlib import Path
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", help="a model name or LABEL=PATH (repeatable); default fast, accurate")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", default="robustness", help="results file name under benchmarks/results/")
+    ap.add_argument("--cache", type=Path, help="folder keeping each model's figures as JSON, reused when present")
     args = ap.parse_args()
 
     from emolens.degrade import COMBINATIONS, FAMILY
@@ -41,8 +43,15 @@ def main() -> None:
     models = [m.split("=", 1) if "=" in m else (m, m) for m in (args.model or ["fast", "accurate"])]
     results = {}
     for label, model in models:
+        cached = args.cache / f"{label.replace('/', '_')}.json" if args.cache else None
+        if cached and cached.is_file():
+            results[label] = json.loads(cached.read_text())
+            continue
         print(f"{label}: {model}", flush=True)
         results[label] = robustness(model, images, labels, classes, progress=lambda n: print(" ", n, flush=True))
+        if cached:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(results[label]))
 
     names = list(results)
     lines = [
