@@ -7,7 +7,7 @@ on FER+ the contempt faces are not scored (the row says how many); an 8-class mo
 7-class labels has contempt left out before the argmax. One pass, no TTA. ECE over 15 bins.
 Speed: ONNX Runtime, 2 intra-op threads, median of 200 (batch 1) / 30 (batch 64) timed runs
 after 10 warm-up runs, all models timed side by side in one process. Parameters, MFLOPs and
-training time come from each model's card (CPU time summed over every run of its lineage).
+training time come from each model's card (wall-clock hours of training summed over every run of its lineage).
 "Own split": the 10% of Training that `emolens train` holds out (stratified, seed 0) and that the
 new runs select on; models trained on all of Training have seen it, so it flatters them.
 
@@ -80,7 +80,7 @@ def main() -> None:
         f"## Model quality on FER2013 PublicTest (n = {len(labels)}): two label sets, speed, cost",
         "",
         "| model | labels | own split acc | FER2013 7-class acc | macro-F1 | ECE | FER+ majority acc | macro-F1 | "
-        "ECE | ms/face batch 1 | faces/s batch 64 | params | MFLOPs | training CPU h |",
+        "ECE | ms/face batch 1 | faces/s batch 64 | params | MFLOPs | training hours (wall, from the cards) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows.items():
