@@ -26,7 +26,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "
 ASTRONAUT_FACE = np.array([178, 58, 272, 178], dtype=np.float32)
 FER_LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 RESULT_KEYS = {"source", "width", "height", "model", "detector", "faces", "timings_ms"}
-FACE_KEYS = {"box", "score", "landmarks", "label", "confidence", "probs"}
+FACE_KEYS = {"box", "score", "landmarks", "label", "confidence", "probs", "quality"}
 
 
 def iou(a, b) -> float:

@@ -15,6 +15,7 @@ from emolens.align import align_face
 from emolens.detect import Detector, DetectorOptions, create_detector
 from emolens.errors import EmoLensError
 from emolens.io import ImageInput, load_image
+from emolens.quality import face_quality
 from emolens.results import FaceResult, Results
 
 
@@ -144,6 +145,7 @@ class Analyzer:
             try:
                 crops.append(align_face(image, f.box, f.landmarks, spec.size, spec.channels))
                 ok.append(i)
+                out[i].quality = face_quality(crops[-1], min(f.box[2] - f.box[0], f.box[3] - f.box[1]))
             except Exception as exc:  # one bad face never aborts the image
                 out[i].error = f"alignment failed: {exc}"
         return out, crops, ok

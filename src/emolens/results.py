@@ -10,6 +10,7 @@ import numpy as np
 
 from emolens.classify.modelfile import UNCERTAIN, decide
 from emolens.classify.rules import answer as rules_answer
+from emolens.quality import MIN_QUALITY
 
 # One colour per emotion (RGB), so a glance at an annotated image reads the mood of a room.
 COLORS = {
@@ -35,12 +36,16 @@ class FaceResult:
     raw_probs: dict[str, float] | None = None  # video: this frame's reading, before smoothing over time
     thresholds: dict[str, float] | None = field(default=None, repr=False)  # the model's per-class thresholds
     rules: list | None = field(default=None, repr=False)  # the model's post-processing rules
+    quality: dict[str, float] | None = None  # how readable the face is (emolens.quality): "score" and its factors
 
     @property
     def label(self) -> str | None:
         """The top emotion, or "uncertain" when the model has per-class thresholds and the top
-        probability is below its class's threshold (``probs`` and ``confidence`` stay as they are);
-        a post-processing rule of the model may answer another label (see ``rule``)."""
+        probability is below its class's threshold, or when the face's quality score is below
+        ``emolens.quality.MIN_QUALITY`` (``probs`` and ``confidence`` stay as they are); a
+        post-processing rule of the model may answer another label (see ``rule``)."""
+        if self.probs and self.quality is not None and self.quality["score"] < MIN_QUALITY:
+            return UNCERTAIN
         return decide(self.probs, self.thresholds, self.rules)
 
     @property
@@ -91,6 +96,7 @@ class FaceResult:
             **({"rule": self.rule, "top_label": self.top_label} if self.rule else {}),
             **({"track_id": self.track_id} if self.track_id is not None else {}),
             **({"raw_probs": {k: round(v, 4) for k, v in self.raw_probs.items()}} if self.raw_probs else {}),
+            **({"quality": self.quality} if self.quality is not None else {}),
         }
 
 
@@ -176,6 +182,7 @@ class Results:
                 "track_id": f.track_id,
                 "thresholds": f.thresholds,
                 "rules": None if f.rules is None else [r.to_dict() for r in f.rules],
+                "quality": f.quality,
             }
 
         return {**{k: v for k, v in self.to_dict().items() if k != "faces"}, "faces": [face(f) for f in self.faces]}
@@ -195,6 +202,7 @@ class Results:
                 track_id=f.get("track_id"),
                 thresholds=f.get("thresholds"),
                 rules=None if f.get("rules") is None else [parse_rule(r) for r in f["rules"]],
+                quality=f.get("quality"),
             )
             for f in d.get("faces", [])
         ]

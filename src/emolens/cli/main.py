@@ -293,6 +293,21 @@ def evaluate(
         typer.Option("--save-rules", help="Write the --rule(s) into the model file, if they do not lower macro-F1."),
     ] = False,
     rules_out: Annotated[Path | None, typer.Option(help="With --save-rules: write a new model file here.")] = None,
+    votes: Annotated[
+        Path | None,
+        typer.Option(
+            help="FER+ votes of DATA (row for row) to score the FER+ majority labels as well; "
+            "default: DATA_ferplus.npz beside an .npz DATA, when it exists."
+        ),
+    ] = None,
+    degrade: Annotated[
+        bool,
+        typer.Option(
+            "--degrade",
+            help="Also measure under the seeded camera degradations (blur, low resolution, JPEG, noise, "
+            "exposure, contrast, webcam, CCTV): accuracy and macro-F1 each, and the robustness score.",
+        ),
+    ] = False,
 ) -> None:
     """Measure a model or an ensemble on labelled faces.
 
@@ -306,6 +321,8 @@ def evaluate(
     from emolens.data import load_dataset
     from emolens.data.datasets import to_crops
     from emolens.evaluate import evaluate_arrays, model_names
+    from emolens.evaluate.ferplus import evaluate_ferplus, ferplus_votes_for
+    from emolens.evaluate.robustness import robustness
 
     human_to_stderr(json_out)
     save = save_thresholds or thresholds_out is not None
@@ -354,6 +371,14 @@ def evaluate(
             compare=True,
             rules=rule or None,
         )
+        votes_file = ferplus_votes_for(data, votes)
+        if votes_file is not None:
+            report["ferplus"] = evaluate_ferplus(names, data, votes_file, tta=tta)
+        if degrade:
+            with console.status("degradations") as status:
+                report["robustness"] = robustness(
+                    names, crops, labels, dataset.classes, tta=tta, progress=lambda n: status.update(f"degradation {n}")
+                )
     except EmoLensError as exc:
         fail(exc)
     for line in skipped:
@@ -382,6 +407,17 @@ def evaluate(
     console.print(
         f"ECE {report['ece']:.4f} (15 bins)   accuracy at 90% coverage {cov['0.9']:.4f}, at 80% {cov['0.8']:.4f}"
     )
+    if report.get("dropped_labels"):
+        console.print(f"model outputs the data cannot have, left out before the argmax: {report['dropped_labels']}")
+    if report.get("ferplus"):
+        fp = report["ferplus"]
+        console.print(
+            f"FER+ majority labels ({escape(Path(fp['votes']).name)}): accuracy {fp['accuracy']:.4f}   "
+            f"macro-F1 {fp['macro_f1']:.4f}   ECE {fp['ece']:.4f}   n={fp['n']}"
+            + (f"   ({fp['n_unscorable']} faces of classes the model lacks not scored)" if fp["n_unscorable"] else "")
+        )
+    if report.get("robustness"):
+        _print_robustness(report["robustness"])
     th = report.get("thresholds")
     if th:
         limits = ", ".join(f"{c} {t:.3f}" for c, t in th["thresholds"].items())
@@ -459,6 +495,16 @@ def _print_rules(guard: dict) -> None:
         console.print("[green]accepted[/green]: no rule lowers macro-F1")
     else:
         console.print(f"[red]refused[/red]: {escape(guard['reason'])}")
+def _print_robustness(rob: dict) -> None:
+    table = Table("degradation", "accuracy", "macro-F1", "drop (points)")
+    table.add_row("none", f"{rob['clean']['accuracy']:.4f}", f"{rob['clean']['macro_f1']:.4f}", "")
+    for r in rob["degradations"]:
+        table.add_row(r["degradation"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['drop_points']:.1f}")
+    console.print(table)
+    console.print(
+        f"robustness score (mean accuracy over {len(rob['degradations'])} degradations) {rob['score']:.4f}   "
+        f"worst single drop {rob['worst_single']:.1f} points, worst combination {rob['worst_combination']:.1f}"
+    )
 
 
 @app.command()
@@ -489,6 +535,13 @@ def train(
         int | None,
         typer.Option(help="K-fold cross-validation on DATA (group-aware with a group column): one model per fold."),
     ] = None,
+    votes: Annotated[
+        Path | None,
+        typer.Option(
+            help="FER+ votes of DATA (row for row): train 8 classes on them (--set label_mode=distribution|"
+            "probability|majority); --val then uses its own votes file (val.npz → val_ferplus.npz)."
+        ),
+    ] = None,
 ) -> None:
     """Train an emotion model, or fine-tune one with --init.
 
@@ -509,7 +562,12 @@ def train(
         return _cross_validate(data, config, overrides, cv, out)
     start = None
     try:
-        train_ds = load_dataset(data)
+        if votes is not None:
+            from emolens.data.ferplus import load_ferplus
+
+            train_ds = load_ferplus(data, votes)
+        else:
+            train_ds = load_dataset(data)
         base: dict = {"labels": train_ds.classes}
         if init is not None:
             if resume is not None:
@@ -524,7 +582,7 @@ def train(
             }
         cfg = load_config(config, overrides, base=base)
         if val is not None:
-            val_ds = load_dataset(val)
+            val_ds = load_ferplus(val) if votes is not None else load_dataset(val)
         else:
             parts = split(train_ds, val=val_fraction, seed=cfg.seed)
             train_ds, val_ds = parts["train"], parts["val"]
@@ -535,6 +593,8 @@ def train(
         (xtr, ytr, skip_tr), (xva, yva, skip_va) = (
             to_crops(d, cfg.size, cfg.channels, progress=True) for d in (train_ds, val_ds)
         )
+        if train_ds.soft is not None and not skip_tr:  # crops keep every row: the votes stay aligned
+            ytr = train_ds.soft
     except EmoLensError as exc:
         fail(exc)
     for line in skip_tr + skip_va:

@@ -29,6 +29,7 @@ class FaceDataset:
     paths: list[Path] = field(default_factory=list)  # otherwise one image file per sample
     groups: np.ndarray | None = None
     source: str = ""
+    soft: np.ndarray | None = None  # (N, classes) label distributions (FER+ votes), when the data have them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,12 +50,17 @@ class FaceDataset:
             paths=[self.paths[i] for i in index] if self.paths else [],
             groups=None if self.groups is None else self.groups[index],
             source=self.source,
+            soft=None if self.soft is None else self.soft[index],
         )
 
     def remap(self, classes: Sequence[str], mapping: dict[str, str | None] | None = None) -> FaceDataset:
         """The same data under another label schema (see ``schemas.map_labels``)."""
         labels, keep = map_labels(self.labels, self.classes, list(classes), mapping)
+        if self.soft is not None and sorted(classes) != sorted(self.classes):
+            raise BadLabelError("label distributions (soft labels) can be reordered, not mapped to other classes")
         out = self.subset(np.flatnonzero(keep))
+        if out.soft is not None:
+            out.soft = out.soft[:, [self.classes.index(c) for c in classes]]
         out.classes, out.labels = list(classes), labels
         return out
 

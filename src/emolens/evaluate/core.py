@@ -49,7 +49,10 @@ def member_probs(model, images: np.ndarray, labels: list[str], tta: bool = False
     crops = fit_crops(images, spec.size, spec.channels)
     probs = predict_tta(model, crops, flip=True, shift=shift) if tta else model.predict(crops, batch_size=256)
     order = [model.labels.index(label) for label in labels]
-    return probs[:, order]
+    if len(order) == probs.shape[1]:
+        return probs[:, order]
+    kept = probs[:, order]  # outputs the data cannot have are dropped: renormalise over the rest
+    return kept / np.maximum(kept.sum(1, keepdims=True), 1e-12)
 
 
 def summarize(probs: np.ndarray, y_true: np.ndarray, labels: list[str]) -> dict:
@@ -75,6 +78,27 @@ def headline(metrics: dict) -> dict:
         "nll": metrics["calibration"]["nll"],
         **{f"accuracy_at_{c}": v for c, v in metrics["accuracy_at_coverage"].items()},
     }
+
+
+def target_labels(
+    model_labels: list[str], labels: np.ndarray, classes: list[str], drop_rows: bool = False
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Match a dataset's classes to a model's labels by name: ``(labels scored, y_true, kept rows)``.
+
+    A model label the dataset's schema lacks (``contempt`` of an 8-class model on FER2013's 7
+    classes) is dropped before the argmax, since no face could be right to carry it. A class the
+    model lacks is an error, unless it is one of those ``classes`` no row uses, or ``drop_rows``
+    leaves out its rows (a 7-class model on FER+ majority labels: contempt faces are not scored).
+    """
+    ref = list(model_labels)
+    labels = np.asarray(labels)
+    keep = np.isin(labels, [i for i, c in enumerate(classes) if c in ref])
+    if not drop_rows and not keep.all():
+        unknown = sorted(set(classes[i] for i in np.unique(labels[~keep])))
+        raise BadLabelError(f"dataset classes {unknown} are not among the model's labels {ref}")
+    ref = [label for label in ref if label in classes]
+    y_true = np.array([ref.index(classes[i]) for i in labels[keep]], dtype=np.int64)
+    return ref, y_true, keep
 
 
 def evaluate_arrays(
@@ -105,17 +129,16 @@ def evaluate_arrays(
     """
     names, weights = model_names(model), model_weights(model)
     members = load_members(names)
-    ref = members[0].labels
-    unknown = sorted(set(classes[i] for i in np.unique(labels)) - set(ref))
-    if unknown:
-        raise BadLabelError(f"dataset classes {unknown} are not among the model's labels {ref}")
-    y_true = np.array([ref.index(classes[i]) for i in labels], dtype=np.int64)
+    ref, y_true, _ = target_labels(members[0].labels, labels, classes)
+    dropped = [label for label in members[0].labels if label not in ref]
     plain = [member_probs(m, images, ref) for m in members] if compare or not tta else None
     augmented = [member_probs(m, images, ref, tta=True, shift=tta_shift) for m in members] if tta else None
     probs = np.average(augmented if tta else plain, axis=0, weights=weights)
     out = {"model": ",".join(names), "models": names, **summarize(probs, y_true, ref)}
     if len(set(weights)) > 1:
         out["weights"] = weights
+    if dropped:
+        out["dropped_labels"] = dropped  # model outputs the data cannot have, left out before the argmax
     out["tta"] = {"flip": True, "shift": tta_shift, "views": 2 + 4 * bool(tta_shift)} if tta else None
     if compare and (tta or len(members) > 1):
         variants = []

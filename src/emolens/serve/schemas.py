@@ -51,6 +51,11 @@ class FaceOut(BaseModel):
     probs: dict[str, float]
     error: str | None = None
     rule: str | None = Field(None, description="The model's post-processing rule that gave the label, if one did")
+    quality: dict[str, float] | None = Field(
+        None,
+        description='How readable the face is: "score" in [0, 1] (the least of size, sharpness, exposure, '
+        'contrast); below 0.1 the label is "uncertain"',
+    )
 
 
 class AnnotatedImage(BaseModel):

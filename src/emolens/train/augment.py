@@ -23,6 +23,7 @@ class AugmentConfig:
     contrast: float = 0.25
     erase_p: float = 0.25
     erase_area: tuple[float, float] = (0.02, 0.12)
+    degrade: float = 0.0  # share of crops given camera degradations (emolens.degrade.random_degrade)
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
@@ -82,8 +83,9 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
 def mixup_cutmix(
     x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns mixed inputs and soft targets. With both alphas at 0 it is the identity."""
-    target = F.one_hot(y, num_classes).float()
+    """Returns mixed inputs and soft targets; ``y`` is class indices or (N, classes) distributions.
+    With both alphas at 0 the inputs are returned as they are."""
+    target = y.float() if y.dim() == 2 else F.one_hot(y, num_classes).float()
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return x, target
     perm = torch.randperm(x.shape[0], device=x.device)

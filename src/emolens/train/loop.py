@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
+from emolens.degrade import random_degrade
 from emolens.errors import EmoLensError
 from emolens.train.archs import create_arch, layer_blocks
 from emolens.train.augment import AugmentConfig, augment_batch, mixup_cutmix
@@ -61,6 +62,7 @@ class TrainConfig:
     nesterov: bool = True  # SGD
     schedule: str = "onecycle"  # or "cosine": linear warm-up over warmup_epochs, then cosine decay to 0
     warmup_epochs: float = 0.0  # cosine only (OneCycle warms up over its first 15%); restarts with each stage
+    label_mode: str = "distribution"  # soft labels (FER+ votes): distribution (cross-entropy), probability, majority
     stages: str = ""  # fine-tuning stages, e.g. "head:2,all:8": epochs training only the head, then all layers
     layer_decay: float = 1.0  # in "all" stages, the LR is multiplied by this once per block away from the head
 
@@ -77,6 +79,7 @@ class TrainConfig:
 
 
 OPTIMIZERS, SCHEDULES, STAGE_KINDS = ("adamw", "sgd"), ("onecycle", "cosine"), ("head", "all")
+LABEL_MODES = ("distribution", "probability", "majority")
 
 
 def parse_stages(text: str) -> list[tuple[str, int]]:
@@ -100,6 +103,10 @@ def check_config(cfg: TrainConfig) -> list[tuple[str, int]]:
         raise EmoLensError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {cfg.optimizer!r}")
     if cfg.schedule not in SCHEDULES:
         raise EmoLensError(f"schedule must be one of {', '.join(SCHEDULES)}, not {cfg.schedule!r}")
+    if cfg.label_mode not in LABEL_MODES:
+        raise EmoLensError(f"label_mode must be one of {', '.join(LABEL_MODES)}, not {cfg.label_mode!r}")
+    if not 0 <= cfg.augment.degrade <= 1:
+        raise EmoLensError(f"augment.degrade is a share of crops in [0, 1], not {cfg.augment.degrade}")
     if not 0 < cfg.layer_decay <= 1:
         raise EmoLensError(f"layer_decay is in (0, 1], not {cfg.layer_decay}")
     plan = parse_stages(cfg.stages) or [("all", cfg.epochs)]
@@ -219,7 +226,8 @@ def fit(
     from trained weights: fine-tuning; when ``init_labels`` differ from ``cfg.labels`` (or the head's
     shape differs) the head starts afresh. ``lineage`` (``lineage_of`` the checkpoint ``init`` came
     from) is kept in the checkpoints, so a model card can tell every run that made the model.
-    ``cfg.select_on="last"`` keeps the final weights.
+    ``cfg.select_on="last"`` keeps the final weights. ``train[1]`` may be label distributions
+    (N, classes), such as FER+ votes: ``cfg.label_mode`` says how they are learnt.
     ``cfg.stages`` (e.g. ``"head:2,all:8"``) trains only the classifier head first, then all layers,
     each stage with its own optimizer and schedule; ``cfg.layer_decay`` < 1 gives the layers further
     from the head smaller learning rates.
@@ -238,7 +246,8 @@ def fit(
         if cfg.device == "auto" and torch.cuda.is_available()
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
-    xtr, ytr = to_tensor(train[0]), torch.from_numpy(np.asarray(train[1], dtype=np.int64))
+    xtr, ysoft = to_tensor(train[0]), _soft_targets(train[1], len(cfg.labels))
+    ytr = ysoft.argmax(1) if ysoft is not None else torch.from_numpy(np.asarray(train[1], dtype=np.int64))
     xva, yva = to_tensor(val[0]), np.asarray(val[1], dtype=np.int64)
     # channels_last runs convolutions about 1.4x faster on CPU (measured on the 2-core machine)
     model = create_arch(cfg.arch, len(cfg.labels), cfg.channels, dropout=cfg.dropout).to(
@@ -308,8 +317,13 @@ def fit(
             order = _epoch_order(ytr, len(cfg.labels), cfg.weighted_sampling)
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                x = augment_batch(xtr[idx].to(dev).float() / 255, cfg.augment)
-                x, target = mixup_cutmix(x, ytr[idx].to(dev), len(cfg.labels), cfg.mixup_alpha, cfg.cutmix_alpha)
+                xb = xtr[idx]
+                if cfg.augment.degrade > 0:  # on the uint8 CPU batch: JPEG and resizing need OpenCV
+                    rng = np.random.default_rng(np.random.randint(2**31))  # from the checkpointed global state
+                    xb = _degrade_nchw(xb, cfg.augment.degrade, rng)
+                x = augment_batch(xb.to(dev).float() / 255, cfg.augment)
+                y = ytr[idx] if ysoft is None else _draw_targets(ysoft[idx], cfg.label_mode)
+                x, target = mixup_cutmix(x, y.to(dev), len(cfg.labels), cfg.mixup_alpha, cfg.cutmix_alpha)
                 with autocast:
                     logits = model(normalize(x).contiguous(memory_format=torch.channels_last))
                 loss = loss_fn(logits.float(), target, cfg)
@@ -380,6 +394,51 @@ def run_summary(state: dict) -> dict:
 def lineage_of(state: dict) -> list[dict]:
     """The runs that made a checkpoint, oldest first: what a run started from it passes to ``fit``."""
     return [*state.get("lineage", []), {"recipe": state["config"], **run_summary(state)}]
+
+
+def final_weights(last: str | Path, images: np.ndarray, out: str | Path) -> Path:
+    """A checkpoint of a finished run's own last weights instead of their EMA, with BatchNorm
+    statistics re-estimated on clean ``images``: for short fine-tunes, where an EMA with decay
+    0.999 still holds mostly the starting weights (after 800 updates, 45% of them). The
+    checkpoint's config records ``weights: "final"`` so the model card says so."""
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    model = create_arch(cfg["arch"], len(state["labels"]), cfg["channels"], dropout=cfg["dropout"])
+    model.load_state_dict(state["model"])
+    torch.manual_seed(cfg["seed"])
+    _refresh_bn(model, to_tensor(images))
+    state.update(model=model.state_dict(), config={**cfg, "weights": "final"})
+    torch.save(state, out)
+    return Path(out)
+
+
+def _soft_targets(y, n_classes: int) -> torch.Tensor | None:
+    """(N, classes) label distributions as a float tensor, or None for integer labels."""
+    y = np.asarray(y)
+    if y.ndim != 2:
+        return None
+    if y.shape[1] != n_classes:
+        raise EmoLensError(f"soft labels have {y.shape[1]} columns but the model has {n_classes} classes")
+    return torch.from_numpy((y / np.maximum(y.sum(1, keepdims=True), 1e-12)).astype(np.float32))
+
+
+def _draw_targets(dist: torch.Tensor, mode: str) -> torch.Tensor:
+    """The FER+ paper's modes: the distribution itself, one label drawn from it each time, or its majority."""
+    if mode == "majority":
+        return dist.argmax(1)
+    if mode == "distribution":
+        return dist
+    if mode == "probability":
+        return torch.multinomial(dist, 1).squeeze(1)
+    raise EmoLensError(f"label_mode must be one of {', '.join(LABEL_MODES)}, not {mode!r}")
+
+
+def _degrade_nchw(x: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
+    """``random_degrade`` on a uint8 NCHW batch (it works on N,H,W or N,H,W,3 crops)."""
+    nhwc = x.permute(0, 2, 3, 1).numpy()
+    crops = nhwc[..., 0] if nhwc.shape[-1] == 1 else nhwc
+    out = random_degrade(crops, p, rng).reshape(nhwc.shape)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def _rng_state() -> dict:

@@ -1,0 +1,128 @@
+"""Model quality: every model on both label sets of FER2013 PublicTest, with speed and cost.
+
+Method: FER2013 7 classes = `val.npz` labels; FER+ 8 classes = the majority of the 10 FER+
+votes (`val_ferplus.npz`, the FER+ paper's rule: single votes ignored, faces whose majority is
+unknown / not-a-face dropped; 3,199 of 3,589 faces). A 7-class model has no contempt output, so
+on FER+ the contempt faces are not scored (the row says how many); an 8-class model on the
+7-class labels has contempt left out before the argmax. One pass, no TTA. ECE over 15 bins.
+Speed: ONNX Runtime, 2 intra-op threads, median of 200 (batch 1) / 30 (batch 64) timed runs
+after 10 warm-up runs, all models timed side by side in one process. Parameters, MFLOPs and
+training time come from each model's card (wall-clock hours of training summed over every run of its lineage).
+"Own split": the 10% of Training that `emolens train` holds out (stratified, seed 0) and that the
+new runs select on; models trained on all of Training have seen it, so it flatters them.
+
+    python benchmarks/model_quality.py [--model fast --model "new fast=path.onnx" ...] [--out NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FER = ROOT.parent / "shared" / "datasets" / "fer2013"
+
+
+def median_ms(fn, repeats: int, warmup: int = 10) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def training_hours(card: dict) -> float | None:
+    runs = [*(r for r in card.get("lineage") or []), card.get("training") or {}]
+    secs = [r.get("train_seconds") for r in runs if r.get("train_seconds")]
+    return sum(secs) / 3600 if secs else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", help="a model name or LABEL=PATH (repeatable)")
+    ap.add_argument("--out", default="model_quality", help="results file name under benchmarks/results/")
+    args = ap.parse_args()
+
+    from emolens.data import load_npz_dataset, split
+    from emolens.evaluate import evaluate_arrays
+    from emolens.evaluate.ferplus import evaluate_ferplus
+    from emolens.models import load_emotion_model
+
+    with np.load(FER / "val.npz") as z:
+        images, labels, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
+    # the split `emolens train` holds out without --val (10%, stratified, seed 0); the shipped models
+    # before this split existed were trained on all of Training, so it flatters them
+    own = split(load_npz_dataset(FER / "train.npz"), val=0.1, seed=0)["val"]
+    models = [m.split("=", 1) if "=" in m else (m, m) for m in (args.model or ["fast", "fast-int8", "accurate"])]
+    rows = {}
+    for label, name in models:
+        print(label, flush=True)
+        m = load_emotion_model(name, 2)
+        fer7 = evaluate_arrays(name, images, labels, classes)
+        own_acc = evaluate_arrays(name, own.images, own.labels, own.classes)["accuracy"]
+        ferp = evaluate_ferplus(name, FER / "val.npz", FER / "val_ferplus.npz")
+        crop = images[:1]
+        batch = images[:64]
+        b1 = median_ms(lambda c=crop, mm=m: mm.predict(c, batch_size=1), 200)
+        b64 = median_ms(lambda b=batch, mm=m: mm.predict(b, batch_size=64), 30)
+        rows[label] = {"model": m, "name": name, "own": own_acc, "fer7": fer7, "ferp": ferp, "b1": b1, "b64": b64}
+
+    lines = [
+        f"## Model quality on FER2013 PublicTest (n = {len(labels)}): two label sets, speed, cost",
+        "",
+        "| model | labels | own split acc | FER2013 7-class acc | macro-F1 | ECE | FER+ majority acc | macro-F1 | "
+        "ECE | ms/face batch 1 | faces/s batch 64 | params | MFLOPs | training hours (wall, from the cards) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in rows.items():
+        card, f7, fp = r["model"].card, r["fer7"], r["ferp"]
+        hours = training_hours(card)
+        lines.append(
+            f"| `{label}` | {len(r['model'].labels)} | {r['own']:.2%} | {f7['accuracy']:.2%} | {f7['macro_f1']:.3f} | "
+            f"{f7['ece']:.3f} | "
+            f"{fp['accuracy']:.2%} (n={fp['n']}) | {fp['macro_f1']:.3f} | {fp['ece']:.3f} | {r['b1']:.3f} | "
+            f"{64000 / r['b64']:,.0f} | {card.get('params', 0):,} | {card.get('mflops', '?')} | "
+            f"{'?' if hours is None else f'{hours:.1f}'} |"
+        )
+    for key, title in (("fer7", "FER2013 labels"), ("ferp", "FER+ majority labels")):
+        all_classes = list(dict.fromkeys(c for r in rows.values() for c in r[key]["per_class_recall"]))
+        lines += ["", f"Per-class recall, {title}:", "", "| model | " + " | ".join(all_classes) + " |"]
+        lines.append("|---|" + "---|" * len(all_classes))
+        for label, r in rows.items():
+            rec = r[key]["per_class_recall"]
+            lines.append(
+                f"| `{label}` | " + " | ".join(f"{rec[c]:.3f}" if c in rec else "—" for c in all_classes) + " |"
+            )
+    unscored = {label: r["ferp"]["n_unscorable"] for label, r in rows.items() if r["ferp"]["n_unscorable"]}
+    lines += [
+        "",
+        "Models: " + "; ".join(f"`{label}` = {name}" for label, name in models) + ".",
+        (
+            "FER+ faces whose majority is contempt, not scored for 7-class models: "
+            + ", ".join(f"`{k}` {v}" for k, v in unscored.items())
+            + "."
+            if unscored
+            else ""
+        ),
+        "",
+        f"Method: `benchmarks/model_quality.py` (see its docstring); ONNX Runtime, 2 threads, on {platform.machine()}, "
+        f"{os.cpu_count()} logical cores, load average at end {os.getloadavg()[0]:.1f} (timings on a shared machine "
+        "are comparable only within this table).",
+        "",
+    ]
+    out = ROOT / "benchmarks" / "results" / f"{args.out}.md"
+    out.write_text("\n".join(lines))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
