@@ -197,7 +197,7 @@ def test_offline_photo_camera_and_corrections(app_browser, shared_datasets):
     page.click("#send")
     page.wait_for_selector("#send-status.ok")
     assert page.get_attribute("body", "data-pending") == "0"
-    stored = httpx.get(f"{url}/api/v1/feedback").json()["items"]
+    stored = httpx.get(f"{url}/api/v1/feedback", headers={"X-API-Key": key}).json()["items"]  # personal data
     assert [(r["label"], r["predicted"], r["source"]) for r in stored] == [("sad", js["faces"][0]["label"], "api:crop")]
 
     # The switch to the server: the same photo through the REST API gives the same answer.

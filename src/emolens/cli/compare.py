@@ -30,9 +30,11 @@ def compare(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure as JSON.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the table as Markdown.")] = None,
 ) -> None:
-    """Compare two models on the same labelled faces: accuracy and macro-F1 with paired bootstrap
-    confidence intervals, per-class recall differences, McNemar's test on the paired answers, and
-    the faces where they disagree. Photos are detected and aligned first."""
+    """Compare two models on the same labelled faces.
+
+    Accuracy and macro-F1 with paired bootstrap confidence intervals, per-class recall differences,
+    McNemar's test on the paired answers, and the faces where they disagree. Photos are detected and
+    aligned first."""
     import numpy as np
 
     from emolens.data import load_dataset

@@ -14,8 +14,9 @@ from emolens.cli.main import console, fail
 from emolens.errors import EmoLensError
 
 shadow = typer.Typer(
-    help="The shadow model: set EMOLENS_SHADOW_MODEL (and EMOLENS_SHADOW_SHARE) for `emolens serve`, "
-    "then read how it compares and promote it.",
+    help="A shadow model beside the served one: report, promote.\n\n"
+    "Set EMOLENS_SHADOW_MODEL (and EMOLENS_SHADOW_SHARE) for `emolens serve`, then read how it compares "
+    "and promote it.",
     no_args_is_help=True,
 )
 
