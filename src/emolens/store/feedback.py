@@ -273,7 +273,8 @@ class FeedbackStore:
             predicted=predicted,
             confidence=None if confidence is None else float(confidence),
             probs={k: round(float(v), 5) for k, v in probs.items()} if probs else None,
-            model_version=model_version,
+            # the column holds 64 characters (PostgreSQL enforces it): a long ensemble or path is cut
+            model_version=None if model_version is None else model_version[:64],
             label=label,
             is_correction=predicted is None or label != predicted,
             holdout=holdout,
