@@ -216,10 +216,10 @@ def render(rows, n_groups, n_lfw, args, ort_version, pa_version, ray_version, st
         "with cores until storage or the driver limits it. The wall-clock scaling efficiency measured here "
         f"({eff2:.0%}) reflects the shared machine (see its load), not the job; assuming {eff:.0%} on a "
         f"cluster, that is {core_hours / eff / 24:,.0f} cores for a day, e.g. "
-        f"**{math.ceil(core_hours / eff / 24 / 64):,} nodes of 64 cores for 24 hours** or "
+        f"**{math.ceil(core_hours / eff / 24 / 64):,} node(s) of 64 cores for 24 hours** or "
         f"{math.ceil(core_hours / eff / 8 / 64):,} such nodes for 8 hours. Detection is "
         f"{base['split'].get('detect', 0):.0%} of the stage time: it, not classification, sets the size of the "
-        "cluster (RetinaFace enlarges small images to 640 px on the short side; LFW's 250 px portraits pay that).",
+        "cluster.",
         f"- **On an idle machine.** CPU time bounds the rate at {1000 / base['cpu_ms_per_image']:.0f} images/s "
         f"a core ({2000 / base['cpu_ms_per_image']:.0f} on these 2 cores): a ceiling derived from the CPU time, "
         "not a measurement; the wall-clock rates above were measured with the machine shared (see its load).",
