@@ -19,25 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
+from speed import median_ms  # benchmarks/ is on the path when a script here runs
+
 ROOT = Path(__file__).resolve().parents[1]
 FER = ROOT.parent / "shared" / "datasets" / "fer2013"
-
-
-def median_ms(fn, repeats: int, warmup: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def training_hours(card: dict) -> float | None:
@@ -72,8 +61,8 @@ def main() -> None:
         ferp = evaluate_ferplus(name, FER / "val.npz", FER / "val_ferplus.npz")
         crop = images[:1]
         batch = images[:64]
-        b1 = median_ms(lambda c=crop, mm=m: mm.predict(c, batch_size=1), 200)
-        b64 = median_ms(lambda b=batch, mm=m: mm.predict(b, batch_size=64), 30)
+        b1 = median_ms(lambda c=crop, mm=m: mm.predict(c, batch_size=1), 200, warmup=10)
+        b64 = median_ms(lambda b=batch, mm=m: mm.predict(b, batch_size=64), 30, warmup=10)
         rows[label] = {"model": m, "name": name, "own": own_acc, "fer7": fer7, "ferp": ferp, "b1": b1, "b64": b64}
 
     lines = [

@@ -35,10 +35,6 @@ class PostgresServer:
     port: int
     user: str | None
 
-    @property
-    def admin_url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
     def new_database(self) -> str:
         """A fresh, empty database; its SQLAlchemy URL."""
         import psycopg

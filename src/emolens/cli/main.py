@@ -495,6 +495,8 @@ def _print_rules(guard: dict) -> None:
         console.print("[green]accepted[/green]: no rule lowers macro-F1")
     else:
         console.print(f"[red]refused[/red]: {escape(guard['reason'])}")
+
+
 def _print_robustness(rob: dict) -> None:
     table = Table("degradation", "accuracy", "macro-F1", "drop (points)")
     table.add_row("none", f"{rob['clean']['accuracy']:.4f}", f"{rob['clean']['macro_f1']:.4f}", "")

@@ -51,10 +51,6 @@ class AnalysisStore:
                 return None
             return row.results, row.upload
 
-    def count(self) -> int:
-        with session(self.url) as s:
-            return s.scalar(select(func.count()).select_from(AnalysisRow))
-
 
 def _aware(t: datetime) -> datetime:
     # SQLite hands back naive datetimes for timezone-aware columns; they were stored in UTC.
