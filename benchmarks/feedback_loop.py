@@ -88,18 +88,19 @@ def main() -> None:
 
     from emolens.classify.emotion import EmotionModel, scale_probabilities
     from emolens.evaluate.calibration import expected_calibration_error as ece
+    from emolens.feedback import FeedbackService, FeedbackSplit
+    from emolens.feedback.split import is_holdout
     from emolens.learn import FinetuneOptions, finetune_from_feedback
     from emolens.models import load_emotion_model
     from emolens.registry import Registry
     from emolens.settings import get_settings
-    from emolens.store.feedback import FeedbackSplit, FeedbackStore, _is_holdout
 
-    class CropHashStore(FeedbackStore):
+    class CropHashStore(FeedbackService):
         """The earlier rule: each record held out by the hash of its own crop."""
 
         def split(self) -> FeedbackSplit:
             records = self.list(limit=None)[::-1]
-            held = [_is_holdout(r.crop_key) for r in records]
+            held = [is_holdout(r.crop_key) for r in records]
             return FeedbackSplit(
                 train=[r for r, h in zip(records, held, strict=True) if not h],
                 holdout=[r for r, h in zip(records, held, strict=True) if h],
@@ -139,7 +140,7 @@ def main() -> None:
         parent_path = str(Registry().ensure_base().path)
         before = measure(parent_path)
         model = load_emotion_model(parent_path)
-        store = (CropHashStore if rule == "crop" else FeedbackStore)()
+        store = (CropHashStore if rule == "crop" else FeedbackService)()
         face_of = {}  # record uid -> the domain face it is a frame of
         for f, crops in frames:
             probs = model.predict(np.stack(crops))

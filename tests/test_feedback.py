@@ -29,17 +29,17 @@ def analysed():
 @pytest.fixture
 def store(emolens_home, database_url):
     """The feedback store on SQLite, then on PostgreSQL (see ``database_url``)."""
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
-    return FeedbackStore()
+    return FeedbackService()
 
 
 @pytest.fixture
 def sqlite_store(emolens_home):
     """The feedback store on SQLite only: for slow tests whose subject is not the database."""
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
-    return FeedbackStore()
+    return FeedbackService()
 
 
 def face_crops(results, n: int) -> list[np.ndarray]:
@@ -147,10 +147,10 @@ def test_import_streamlit_reports_bad_rows_and_is_idempotent(store, analysed, tm
 
 WRITER = """
 import sys, numpy as np
-from emolens.store.feedback import FeedbackStore
+from emolens.feedback import FeedbackService
 from emolens.io import load_image
 base = np.load(sys.argv[1])
-store = FeedbackStore()
+store = FeedbackService()
 worker, n = int(sys.argv[2]), int(sys.argv[3])
 for i in range(n):
     crop = np.clip(base.astype(int) + worker * 7 + i % 5, 0, 255).astype(np.uint8)
@@ -235,7 +235,8 @@ def test_crash_between_file_and_row_leaves_only_an_orphan_file_that_repair_remov
         "import emolens.store.feedback as fb\n"
         "def crash(*a, **k):\n    os._exit(9)\n"
         "fb.session = crash\n"
-        f"fb.FeedbackStore().add(np.load({str(tmp_path / 'crop.npy')!r}), 'sad')\n"
+        "from emolens.feedback import FeedbackService\n"
+        f"FeedbackService().add(np.load({str(tmp_path / 'crop.npy')!r}), 'sad')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=os.environ.copy(), capture_output=True)
     assert proc.returncode == 9

@@ -379,7 +379,7 @@ def test_feedback_uploads_decode_inside_the_bounded_gate(tmp_path):
 
 
 def test_import_refuses_links_that_leave_the_folder(emolens_home, tmp_path):
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
     folder = tmp_path / "export"
     (folder / "feedback_images").mkdir(parents=True)
@@ -393,7 +393,7 @@ def test_import_refuses_links_that_leave_the_folder(emolens_home, tmp_path):
         "2024-01-01 10:00:00,feedback_images/face.png,happy,sad,0.9\n"
         "2024-01-01 10:01:00,feedback_images/real.png,happy,sad,0.9\n"
     )
-    report = FeedbackStore().import_streamlit(folder)
+    report = FeedbackService().import_streamlit(folder)
     assert report.imported == 1
     assert len(report.skipped) == 1 and "outside" in report.skipped[0] and "face.png" in report.skipped[0]
 
@@ -402,9 +402,9 @@ def test_import_refuses_links_that_leave_the_folder(emolens_home, tmp_path):
 
 
 def test_database_and_its_wal_files_are_private(emolens_home):
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
-    store = FeedbackStore()
+    store = FeedbackService()
     store.add(np.full((48, 48), 50, np.uint8), "sad")
     files = [emolens_home / n for n in ("emolens.db", "emolens.db-wal", "emolens.db-shm")]
     assert all(p.exists() for p in files)

@@ -33,10 +33,11 @@ def frames(face: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarra
 
 
 def test_people_and_sources_never_straddle_the_split_and_bursts_rarely_do(emolens_home, faces):
-    from emolens.store.feedback import FeedbackStore, _is_holdout
+    from emolens.feedback import FeedbackService
+    from emolens.feedback.split import is_holdout
 
     images, labels, classes = faces
-    store = FeedbackStore()
+    store = FeedbackService()
     rng = np.random.default_rng(0)
     face_of = {}
     for f, (img, y) in enumerate(zip(images[:40], labels[:40], strict=True)):
@@ -65,7 +66,7 @@ def test_people_and_sources_never_straddle_the_split_and_bursts_rarely_do(emolen
     # The earlier rule, by each crop's own hash, puts most bursts on both sides.
     by_crop: dict[int, set[bool]] = {}
     for r in split.train + split.holdout:
-        by_crop.setdefault(face_of[r.uid], set()).add(_is_holdout(r.crop_key))
+        by_crop.setdefault(face_of[r.uid], set()).add(is_holdout(r.crop_key))
     assert sum(len(s) == 2 for s in by_crop.values()) >= 10
     ds = store.dataset("holdout", classes)
     assert len(ds) == len(split.holdout)

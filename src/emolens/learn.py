@@ -4,7 +4,7 @@ The candidate trains on the training part of the feedback, mixed with a replay s
 base model's own training data so it does not forget, with augmentation and a low learning
 rate. It is then judged beside the active model on two sets it never trained on: a fixed base
 validation set and the held-out part of the feedback. The feedback is held out by group (person,
-source, upload session, near-duplicates: see ``emolens.store.feedback``), and the gain is judged
+source, upload session, near-duplicates: see ``emolens.feedback.split``), and the gain is judged
 by its confidence interval from a bootstrap over those groups, so a gain the held-out size cannot
 support is not claimed. A temperature fitted on the held-out feedback goes into the candidate's
 model file so its confidences stay calibrated. The candidate becomes active only when every gate
@@ -193,13 +193,14 @@ def finetune_from_feedback(
     """Fine-tune the active model on the stored feedback; register the candidate; promote it when
     the gates pass and ``promote`` is True (or returns True when called with the outcome)."""
     from emolens.data.datasets import load_dataset
+    from emolens.feedback import FeedbackService
     from emolens.registry import Registry
     from emolens.settings import get_settings
-    from emolens.store.feedback import FeedbackStore
 
     require("torch", "train")
     s = get_settings()
-    store = store or FeedbackStore()
+    # The feedback service, or the store it works on (the server hands its store).
+    store = store if isinstance(store, FeedbackService) else FeedbackService(store)
     registry = registry or Registry()
     options, gates = options or FinetuneOptions(), gates or Gates()
     minimum = s.min_feedback if min_feedback is None else min_feedback

@@ -51,11 +51,11 @@ def promote_shadow(
     from emolens.data.datasets import load_dataset, to_crops
     from emolens.evaluate import classification_metrics, compare_predictions
     from emolens.evaluate.compare import model_probs
+    from emolens.feedback import FeedbackService
     from emolens.learn import Gates, paired_change
     from emolens.models import is_ensemble, load_emotion_model, model_spec
     from emolens.registry import Registry
     from emolens.settings import get_settings
-    from emolens.store.feedback import FeedbackStore
     from emolens.store.shadow import ShadowStore
 
     s = get_settings()
@@ -92,7 +92,8 @@ def promote_shadow(
     # held-out feedback resampled by group (faces of one person or photo are not independent).
     changes = {"base": paired_change(answers["active"] == yb, answers["shadow"] == yb, np.arange(len(yb)),
                                      gates.confidence, gates.bootstrap)}  # fmt: skip
-    store = feedback_store or FeedbackStore()
+    # The feedback service, or the store it works on (the server hands its store).
+    store = feedback_store if isinstance(feedback_store, FeedbackService) else FeedbackService(feedback_store)
     split = store.split()
     held = [r for r in split.holdout if r.label in labels]
     if held:

@@ -39,12 +39,12 @@ def add(
 
     Say what the emotion of face --face in IMAGE really is (--label) or that it was right (--correct)."""
     from emolens.analyzer import Analyzer
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
     if (label is None) == (not correct):
         fail(EmoLensError("give either --label EMOTION or --correct"))
     try:
-        store = FeedbackStore()
+        store = FeedbackService()
         if label:
             store.check_label(label)  # before the (slower) analysis
         results = Analyzer(model=model)(image)
@@ -66,10 +66,10 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """The stored feedback, newest first."""
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
     try:
-        records = FeedbackStore().list(limit=limit, label=label, corrections_only=corrections)
+        records = FeedbackService().list(limit=limit, label=label, corrections_only=corrections)
     except EmoLensError as exc:
         fail(exc)
     if as_json:
@@ -91,10 +91,10 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Count the stored feedback.
 
     Corrections and confirmations, per label, the commonest mistakes, per source."""
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
     try:
-        st = FeedbackStore().stats()
+        st = FeedbackService().stats()
     except EmoLensError as exc:
         fail(exc)
     if as_json:
@@ -123,10 +123,10 @@ def export(
     """Export the feedback as an image folder and a CSV.
 
     The folder is usable as a training dataset."""
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
     try:
-        out = FeedbackStore().export(folder)
+        out = FeedbackService().export(folder)
     except (EmoLensError, OSError) as exc:
         fail(EmoLensError(str(exc)))
     console.print(f"wrote {out} and {folder / 'images'}")
@@ -142,10 +142,10 @@ def import_(
     """Import the earlier Streamlit app's feedback.
 
     Bad rows are listed and skipped."""
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
     try:
-        report = FeedbackStore().import_streamlit(folder, user_id=user)
+        report = FeedbackService().import_streamlit(folder, user_id=user)
     except EmoLensError as exc:
         fail(exc)
     for line in report.skipped:
@@ -158,10 +158,10 @@ def check(
     repair: Annotated[bool, typer.Option("--repair", help="Remove files no record refers to.")] = False,
 ) -> None:
     """Verify that every record's face crop is present and intact."""
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
     try:
-        result = FeedbackStore().check(repair=repair)
+        result = FeedbackService().check(repair=repair)
     except EmoLensError as exc:
         fail(exc)
     console.print(
@@ -177,10 +177,10 @@ def remove(uid: Annotated[str, typer.Argument(help="Record id (from `feedback li
     """Delete one feedback record.
 
     Its files go too when no other record uses them."""
-    from emolens.store.feedback import FeedbackStore
+    from emolens.feedback import FeedbackService
 
     try:
-        FeedbackStore().delete(uid)
+        FeedbackService().delete(uid)
     except EmoLensError as exc:
         fail(exc)
     console.print(f"removed {uid}")

@@ -21,8 +21,14 @@ router = APIRouter(prefix="/api/v1", tags=["feedback"], responses=COMMON)
 json_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=JsonRoute, responses=BODY)
 upload_router = APIRouter(prefix="/api/v1", tags=["feedback"], route_class=MultipartRoute, responses=BODY)
 
-MAX_CROP_SIDE = 512  # uploaded crops larger than this are shrunk before they are stored
 MAX_OFFSET = 10**12  # far beyond any store, and inside a database's 64-bit integers
+
+
+def _feedback(state: ServerState):
+    """The feedback service over the server's store."""
+    from emolens.feedback import FeedbackService
+
+    return FeedbackService(state.feedback_store())
 
 
 def _user(key: ApiKey) -> str:
@@ -53,7 +59,7 @@ async def feedback_on_analysis(
 
 
 def _store_on_analysis(state: ServerState, body: FeedbackIn, key: ApiKey):
-    store = state.feedback_store()
+    store = _feedback(state)
     if body.label is not None:
         store.check_label(body.label)  # before the image is decoded again
     results = state.analyses.get(body.analysis_id)
@@ -69,18 +75,14 @@ def _store_on_analysis(state: ServerState, body: FeedbackIn, key: ApiKey):
 
 
 def _store_crop(state: ServerState, data: bytes, label: str, predicted: str | None, key: ApiKey):
-    import cv2
-
-    from emolens.io import load_image
-
-    store = state.feedback_store()
-    label = store.check_label(label)  # before decoding: an unknown label costs nothing
-    crop = load_image(data, max_pixels=state.settings.max_pixels)
-    h, w = crop.shape[:2]
-    if max(h, w) > MAX_CROP_SIDE:
-        f = MAX_CROP_SIDE / max(h, w)
-        crop = cv2.resize(crop, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    return store.add(crop, label, predicted=predicted or None, source="api:crop", user_id=_user(key))
+    return _feedback(state).add_encoded(
+        data,
+        label,
+        max_pixels=state.settings.max_pixels,
+        predicted=predicted or None,
+        source="api:crop",
+        user_id=_user(key),
+    )
 
 
 @upload_router.post(
@@ -97,7 +99,7 @@ async def feedback_on_crop(
     state: ServerState = Depends(get_state),
     key: ApiKey = Depends(require("write")),
 ) -> FeedbackOut:
-    """Store a labelled face crop as it is (shrunk to 512 px at most). Needs ``write``."""
+    """Store a labelled face crop (fitted to 96 x 96 px when larger, as fine-tuning reads it). Needs ``write``."""
     check_image_part(image)
     data = await image.read()
     record = await state.gate.run(_store_crop, state, data, label, predicted, key)  # decoding is bounded there
@@ -118,18 +120,15 @@ def list_feedback(
 ) -> FeedbackList:
     """Needs a key with the ``read`` scope (records are personal data) unless the server sets
     ``EMOLENS_API_PERSONAL_READS_OPEN=true``."""
-    store = state.feedback_store()
+    store = _feedback(state)
     items = store.list(limit=limit, offset=offset, label=label, corrections_only=corrections_only)
-    if label:
-        total = len(store.list(limit=None, label=label, corrections_only=corrections_only))
-    else:
-        total = store.count(corrections_only=corrections_only)
+    total = store.count(label=label, corrections_only=corrections_only)
     return FeedbackList(items=[FeedbackOut.of(r) for r in items], total=total, limit=limit, offset=offset)
 
 
 @router.get("/feedback/stats", response_model=FeedbackStats, summary="Feedback counts")
 def feedback_stats(state: ServerState = Depends(get_state), _key=Depends(read_access)) -> FeedbackStats:
-    stats = state.feedback_store().stats()
+    stats = _feedback(state).stats()
     state.metrics.feedback_stored.set(stats["total"])
     return FeedbackStats(**stats, min_feedback=state.settings.min_feedback)
 
@@ -140,7 +139,7 @@ def _zip_export(state: ServerState):
     work = Path(tempfile.mkdtemp(prefix="emolens-export-"))
     out = tempfile.TemporaryFile()  # noqa: SIM115 - handed on open; _chunks closes it
     try:
-        state.feedback_store().export(work / "feedback")
+        _feedback(state).export(work / "feedback")
         with zipfile.ZipFile(out, "w") as z:
             for path in sorted((work / "feedback").rglob("*")):
                 if path.is_file():  # PNGs are compressed already
@@ -183,7 +182,7 @@ def export_feedback(state: ServerState = Depends(get_state), _key: ApiKey = Depe
     "/feedback/{uid}", response_model=FeedbackOut, summary="One feedback record", responses=errors(401, 403, 404)
 )
 def get_feedback(uid: str, state: ServerState = Depends(get_state), _key=Depends(personal_read_access)) -> FeedbackOut:
-    return FeedbackOut.of(state.feedback_store().get(uid))
+    return FeedbackOut.of(_feedback(state).get(uid))
 
 
 @router.get(
@@ -195,7 +194,7 @@ def get_feedback(uid: str, state: ServerState = Depends(get_state), _key=Depends
 def get_feedback_crop(
     uid: str, state: ServerState = Depends(get_state), _key=Depends(personal_read_access)
 ) -> Response:
-    store = state.feedback_store()
+    store = _feedback(state)
     record = store.get(uid)
     try:
         data = store.blobs.get(record.crop_key)
@@ -210,5 +209,5 @@ def get_feedback_crop(
 def delete_feedback(
     uid: str, state: ServerState = Depends(get_state), _key: ApiKey = Depends(require("admin"))
 ) -> Response:
-    state.feedback_store().delete(uid)
+    _feedback(state).delete(uid)
     return Response(status_code=204)
