@@ -56,7 +56,8 @@ def embed_all(lfw: Path, cache: Path) -> dict:
 
     from emolens.errors import EmoLensError
     from emolens.identify.embed import DlibEmbedder
-    from emolens.identify.gallery import default_detector, enrollment_face
+    from emolens.identify.enrol import enrollment_face
+    from emolens.identify.gallery import default_detector
     from emolens.io import load_image
 
     files = sorted((lfw / "people").glob("*/*.jpg")) + sorted((lfw / "strangers").glob("*.jpg"))
@@ -110,7 +111,7 @@ def embed_all(lfw: Path, cache: Path) -> dict:
 
 
 def _face(path: Path, detector):
-    from emolens.identify.gallery import enrollment_face
+    from emolens.identify.enrol import enrollment_face
     from emolens.io import load_image
 
     return enrollment_face(load_image(path), detector)[0]

@@ -22,7 +22,8 @@ pytest.importorskip("sklearn")
 
 from emolens.errors import EmoLensError, NotFoundError, RefusedError  # noqa: E402
 from emolens.identify import recognize  # noqa: E402
-from emolens.identify.gallery import NoUsableFaceError, People, enrollment_face, parse_person_folder  # noqa: E402
+from emolens.identify.enrol import NoUsableFaceError, enrollment_face, parse_person_folder  # noqa: E402
+from emolens.identify.gallery import People  # noqa: E402
 
 PEOPLE = {  # folder in the class directory -> LFW name
     "STU001_Abdullah_Gul": "Abdullah_Gul",
@@ -117,7 +118,7 @@ def test_enroll_folder_enrolls_everyone_and_lists_what_it_skipped(world):
 def test_enrolling_the_same_photo_twice_is_skipped_and_bad_ids_refused(world, lfw):
     again = world["people"].enroll_image(photos(lfw, "Al_Gore")[0], "STU003")
     assert again.enrolled == [] and again.skipped == [("Al_Gore_0001.jpg", "already enrolled for this person")]
-    from emolens.identify.gallery import InvalidPersonError
+    from emolens.store.people import InvalidPersonError
 
     for bad in ("", "a/b", "x" * 129):
         with pytest.raises(InvalidPersonError):
@@ -191,7 +192,7 @@ def test_versions_are_kept_and_restored_identically(world, lfw):
     assert people.active_version().version == v2.version.version
     restored = people.restore(info1.version)
     assert restored.active and people.active_version().version == info1.version
-    from emolens.identify.gallery import clear_cache
+    from emolens.identify.versions import clear_cache
 
     clear_cache()  # force a refit from the stored faces
     rec1b, info1b, _ = people.recognizer()

@@ -131,7 +131,7 @@ def add(
         session_id, inputs = first, inputs[1:]
     try:
         session = AttendanceSession.open(session_id, emotions=emotions)
-        session._check_open()  # noqa: SLF001 - refuse before any work, not on the first frame
+        session.check_open()  # refuse before any work, not on the first frame
     except EmoLensError as exc:
         fail(exc)
     failed = _feed(session, inputs, camera, every, frames)
@@ -171,15 +171,12 @@ def report(
 
     from emolens.cli.main import console, fail, human_to_stderr
     from emolens.errors import EmoLensError
-    from emolens.identify.attendance import AttendanceSession, _find_session
-    from emolens.store.db import session as db_session
+    from emolens.identify.attendance import AttendanceSession
 
     human_to_stderr(json_out, csv_out)
     try:
-        if session_id is None:  # the latest session, open or stopped
-            with db_session() as s:
-                session_id = _find_session(s, None).uid
-        session = AttendanceSession.open(session_id)
+        # Without an id: the latest session, open or stopped.
+        session = AttendanceSession.open(session_id) if session_id else AttendanceSession.latest()
         rep = session.report()
     except EmoLensError as exc:
         fail(exc)

@@ -38,7 +38,8 @@ def enroll(
 
     from emolens.cli.main import console, err, fail
     from emolens.errors import EmoLensError
-    from emolens.identify.gallery import EnrollReport, People
+    from emolens.identify.enrol import EnrollReport
+    from emolens.identify.gallery import People
 
     people = People()
     report = EnrollReport()

@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
-from emolens.errors import EmoLensError, NotFoundError, RefusedError
-from emolens.identify.gallery import Match, People, as_utc
+from emolens.errors import EmoLensError, RefusedError
+from emolens.identify.gallery import Match, People
 from emolens.io import ImageInput, iter_image_paths, load_image
-from emolens.store.db import session as db_session
-from emolens.store.people import PersonRow, RecordRow, SessionRow
+from emolens.store.people import PeopleRows, PersonRow, RecordRow, SessionRow, as_utc
 
 log = logging.getLogger("emolens.identify")
 
@@ -165,19 +163,13 @@ class AttendanceSession:
         _rec, info, _ = people.recognizer()  # fails now, not on the first frame, when nothing is trained
         now = datetime.now(UTC)
         uid = uuid.uuid4().hex[:12]
-        with db_session(people.url) as s:
-            s.add(
-                SessionRow(
-                    uid=uid,
-                    name=(name or f"session {now:%Y-%m-%d %H:%M}")[:256],
-                    started_at=now,
-                    version=info.version,
-                    threshold=info.threshold,
-                    frames=0,
-                    undecodable=0,
-                    faces=0,
-                    unknown_faces=0,
-                )
+        with people.store.transaction() as rows:
+            rows.add_session(
+                uid=uid,
+                name=(name or f"session {now:%Y-%m-%d %H:%M}")[:256],
+                started_at=now,
+                version=info.version,
+                threshold=info.threshold,
             )
         log.info("attendance session %s started", uid)
         return cls(uid, people, emotions)
@@ -186,22 +178,26 @@ class AttendanceSession:
     def open(cls, uid: str | None = None, people: People | None = None, emotions: bool = True) -> AttendanceSession:
         """Reopen a session by id (a unique prefix is enough); None: the most recent open session."""
         people = people or People()
-        with db_session(people.url) as s:
-            row = _find_session(s, uid, open_only=uid is None)
-            return cls(row.uid, people, emotions)
+        return cls(people.store.find_session(uid, open_only=uid is None).uid, people, emotions)
 
-    def _row(self, s) -> SessionRow:
-        return _find_session(s, self.uid)
+    @classmethod
+    def latest(cls, people: People | None = None, emotions: bool = True) -> AttendanceSession:
+        """Reopen the most recent session, open or stopped (NotFoundError when there is none)."""
+        people = people or People()
+        return cls(people.store.find_session(None).uid, people, emotions)
+
+    def _row(self, rows: PeopleRows) -> SessionRow:
+        return rows.find_session(self.uid)
 
     @property
     def is_open(self) -> bool:
-        with db_session(self.people.url) as s:
-            return self._row(s).stopped_at is None
+        with self.people.store.transaction() as rows:
+            return self._row(rows).stopped_at is None
 
     def stop(self) -> AttendanceReport:
         """Close the session (idempotent) and return its report."""
-        with db_session(self.people.url) as s:
-            row = self._row(s)
+        with self.people.store.transaction() as rows:
+            row = self._row(rows)
             if row.stopped_at is None:
                 row.stopped_at = datetime.now(UTC)
         log.info("attendance session %s stopped", self.uid)
@@ -221,7 +217,7 @@ class AttendanceSession:
         """Recognise every face of one image and record who is present (``at``: when it was taken;
         default now). Raises BadImageError for an unreadable image."""
         src = source or (Path(image).name if isinstance(image, (str, Path)) else "image")
-        self._check_open()
+        self.check_open()
         return self._process(load_image(image), at or datetime.now(UTC), src)
 
     def add_images(
@@ -256,7 +252,7 @@ class AttendanceSession:
         returns True."""
         import cv2
 
-        self._check_open()
+        self.check_open()
         camera = isinstance(source, int) or (isinstance(source, str) and source.isdigit())
         if not camera and not Path(source).is_file():
             raise EmoLensError(f"{source}: no such video file")
@@ -284,14 +280,15 @@ class AttendanceSession:
             self._count(undecodable=summary.undecodable)
         return summary
 
-    def _check_open(self) -> None:
-        with db_session(self.people.url) as s:
-            if self._row(s).stopped_at is not None:
+    def check_open(self) -> None:
+        """RefusedError when the session is stopped: a caller can refuse before any work."""
+        with self.people.store.transaction() as rows:
+            if self._row(rows).stopped_at is not None:
                 raise RefusedError(f"attendance session {self.uid} is stopped; start a new one")
 
     def _count(self, **inc: int) -> None:
-        with db_session(self.people.url) as s:
-            row = self._row(s)
+        with self.people.store.transaction() as rows:
+            row = self._row(rows)
             for k, v in inc.items():
                 setattr(row, k, getattr(row, k) + v)
 
@@ -310,8 +307,8 @@ class AttendanceSession:
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
         newly = []
-        with db_session(self.people.url) as s:
-            row = self._row(s)
+        with self.people.store.transaction() as rows:
+            row = self._row(rows)
             if row.stopped_at is not None:
                 raise RefusedError(f"attendance session {self.uid} is stopped; start a new one")
             row.frames += 1
@@ -320,14 +317,12 @@ class AttendanceSession:
             for m, probs in zip(matches, emotions, strict=True):
                 if not m.known:
                     continue
-                person = s.scalars(select(PersonRow).where(PersonRow.key == m.key)).first()
+                person = rows.person_or_none(m.key)
                 if person is None:  # removed while the session ran
                     continue
-                rec = s.scalars(
-                    select(RecordRow).where(RecordRow.session_id == row.id, RecordRow.person_id == person.id)
-                ).first()
+                rec = rows.record(row.id, person.id)
                 if rec is None:
-                    rec = RecordRow(
+                    rec = rows.add_record(
                         session_id=row.id,
                         person_id=person.id,
                         first_seen=at,
@@ -338,7 +333,6 @@ class AttendanceSession:
                         sightings=0,
                         emotions={"n": 0, "top": {}, "sum": {}},
                     )
-                    s.add(rec)
                     newly.append(m.key)
                 rec.sightings += 1
                 rec.best_confidence = max(rec.best_confidence, m.confidence)
@@ -350,11 +344,10 @@ class AttendanceSession:
     # -- results
 
     def report(self) -> AttendanceReport:
-        with db_session(self.people.url) as s:
-            row = self._row(s)
-            records = {r.person_id: r for r in s.scalars(select(RecordRow).where(RecordRow.session_id == row.id))}
-            people = s.scalars(select(PersonRow).order_by(PersonRow.key)).all()
-            rows = [_attendance_row(p, records.get(p.id)) for p in people]
+        with self.people.store.transaction() as db:
+            row = self._row(db)
+            records = db.records(row.id)
+            rows = [_attendance_row(p, records.get(p.id)) for p in db.people()]
             rows.sort(key=lambda r: (not r.present, r.first_seen or datetime.max.replace(tzinfo=UTC), r.key))
             return AttendanceReport(
                 row.uid,
@@ -415,11 +408,9 @@ def _sampled_frames(cap, camera: bool, every: int, max_frames: int | None, summa
 def list_sessions(people: People | None = None) -> list[dict[str, Any]]:
     """Every session, newest first: id, name, times, frames and how many people were present."""
     people = people or People()
-    with db_session(people.url) as s:
-        rows = s.scalars(select(SessionRow).order_by(SessionRow.started_at.desc())).all()
+    with people.store.transaction() as rows:
         out = []
-        for r in rows:
-            n = len(s.scalars(select(RecordRow.id).where(RecordRow.session_id == r.id)).all())
+        for r, n in rows.sessions():
             out.append(
                 {
                     "uid": r.uid,
@@ -431,27 +422,6 @@ def list_sessions(people: People | None = None) -> list[dict[str, Any]]:
                 }
             )
         return out
-
-
-def _find_session(s, uid: str | None, open_only: bool = False) -> SessionRow:
-    if uid is None:
-        q = select(SessionRow).order_by(SessionRow.started_at.desc())
-        if open_only:
-            q = q.where(SessionRow.stopped_at.is_(None))
-        row = s.scalars(q).first()
-        if row is None:
-            raise NotFoundError(
-                "no open attendance session; start one with `emolens attendance start`"
-                if open_only
-                else "no attendance session yet; start one with `emolens attendance start`"
-            )
-        return row
-    rows = s.scalars(select(SessionRow).where(SessionRow.uid.startswith(str(uid), autoescape=True))).all()
-    if not rows:
-        raise NotFoundError(f"no attendance session {uid!r}; see `emolens attendance list`")
-    if len(rows) > 1:
-        raise EmoLensError(f"attendance session id {uid!r} is ambiguous; give more characters")
-    return rows[0]
 
 
 def _tally(tally: dict, probs: dict[str, float]) -> dict:

@@ -1,20 +1,54 @@
-"""Tables of the identity domain: people, face embeddings, recognizer versions, attendance.
+"""The people store: the rows of the identity domain (people, face embeddings, recognizer
+versions, attendance sessions and records) and the queries on them.
 
 The ORM classes mirror ``migrations/versions/identity_0001.py``, which owns the schema. Every
 row about a person refers to ``people`` with ON DELETE CASCADE; ``delete_person_rows`` also
 deletes the dependents explicitly, so erasure holds on a database that does not enforce
 foreign keys.
+
+``PeopleStore.transaction()`` gives a ``PeopleRows``: the queries of one transaction, so that
+what belongs together (a person and their new face, a version and its active pointer) is
+committed together. The domain above it (``emolens.identify``) never touches a raw session.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, delete, select, text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, delete, func, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from emolens.store.db import Base
+from emolens.errors import EmoLensError, NotFoundError
+from emolens.store.db import Base, get_engine, session
+
+if TYPE_CHECKING:
+    from emolens.settings import Settings
+
+ACTIVE_SLOT = "default"
+
+
+class InvalidPersonError(EmoLensError):
+    """A person id that cannot be stored (empty, too long, or with a slash)."""
+
+    http_status = 422
+
+
+def check_key(key: str) -> str:
+    """A person id as stored (stripped), or InvalidPersonError."""
+    key = str(key).strip()
+    if not key or len(key) > 128 or "/" in key or "\\" in key:
+        raise InvalidPersonError(f"person id {key[:40]!r} is not valid: 1-128 characters, no slashes")
+    return key
+
+
+def as_utc(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes: they were stored as UTC."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 class PersonRow(Base):
@@ -144,3 +178,222 @@ def checkpoint(engine) -> None:
         return
     with engine.connect() as conn:
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+class PeopleStore:
+    """The identity rows of one database. ``url``: its URL (default: that of ``settings``, the
+    configured settings when None)."""
+
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None):
+        if url is None:
+            from emolens.settings import get_settings
+
+            settings = settings or get_settings()
+            url = settings.database_url or f"sqlite:///{settings.home / 'emolens.db'}"
+        self.url = url
+
+    @contextmanager
+    def transaction(self) -> Iterator[PeopleRows]:
+        """The queries of one transaction: everything inside is committed together, or nothing is."""
+        with session(self.url) as s:
+            yield PeopleRows(s)
+
+    def database(self) -> str:
+        """The database's URL with any password hidden (a cache key, never logged with a password)."""
+        return get_engine(self.url).url.render_as_string(hide_password=True)
+
+    def checkpoint(self) -> None:
+        """See ``checkpoint``: after an erasure, no copy of the erased rows stays in SQLite's log."""
+        checkpoint(get_engine(self.url))
+
+    def find_session(self, uid: str | None = None, open_only: bool = False) -> SessionRow:
+        """An attendance session by id (a unique prefix is enough), or with ``uid`` None the
+        latest one (``open_only``: the latest open one). NotFoundError when there is none."""
+        with self.transaction() as rows:
+            return rows.find_session(uid, open_only)
+
+
+class PeopleRows:
+    """The identity queries inside one transaction (made by ``PeopleStore.transaction``)."""
+
+    def __init__(self, s: Session):
+        self._s = s
+
+    # -- people and their faces
+
+    def person(self, key: str, create: bool = False, name: str | None = None) -> tuple[PersonRow, bool]:
+        """The person with ``key`` and whether this call created them (``create``; a new ``name``
+        renames an existing one), or NotFoundError."""
+        key = check_key(key)
+        row = self._s.scalars(select(PersonRow).where(PersonRow.key == key)).first()
+        if row is None:
+            if not create:
+                raise NotFoundError(f"no enrolled person with id {key!r}; see `emolens people list`")
+            row = PersonRow(
+                uid=uuid.uuid4().hex, key=key, name=(name or key).strip() or key, created_at=datetime.now(UTC)
+            )
+            self._s.add(row)
+            self._s.flush()
+            return row, True
+        if name and name.strip() and name.strip() != row.name:
+            row.name = name.strip()
+        return row, False
+
+    def person_or_none(self, key: str) -> PersonRow | None:
+        return self._s.scalars(select(PersonRow).where(PersonRow.key == key)).first()
+
+    def people(self) -> list[PersonRow]:
+        """Everyone, by key."""
+        return list(self._s.scalars(select(PersonRow).order_by(PersonRow.key)).all())
+
+    def names(self) -> dict[int, tuple[str, str]]:
+        """Person row id -> (key, name), for everyone."""
+        return {r.id: (r.key, r.name) for r in self._s.scalars(select(PersonRow)).all()}
+
+    def face_counts(self, embedder: str) -> dict[int, int]:
+        """Person row id -> their faces enrolled with ``embedder`` (people without any are absent)."""
+        q = select(FaceRow.person_id, func.count()).where(FaceRow.embedder == embedder).group_by(FaceRow.person_id)
+        return dict(self._s.execute(q).all())
+
+    def face_count(self, person_id: int, embedder: str) -> int:
+        q = (
+            select(func.count())
+            .select_from(FaceRow)
+            .where(FaceRow.person_id == person_id, FaceRow.embedder == embedder)
+        )
+        return int(self._s.scalar(q) or 0)
+
+    def has_face(self, person_id: int, embedder: str, image_sha256: str) -> bool:
+        """Whether this photo (its digest) is already enrolled for this person and embedder."""
+        q = select(FaceRow.id).where(
+            FaceRow.person_id == person_id, FaceRow.embedder == embedder, FaceRow.image_sha256 == image_sha256
+        )
+        return self._s.scalar(q) is not None
+
+    def add_face(self, person_id: int, embedder: str, vector: np.ndarray, **fields: Any) -> None:
+        """One enrolled face: ``fields`` are ``image_sha256``, ``image_key``, ``source``, ``box``."""
+        vector = np.asarray(vector, dtype=np.float32)
+        self._s.add(
+            FaceRow(
+                person_id=person_id,
+                embedder=embedder,
+                dim=int(vector.shape[0]),
+                vector=vector.tobytes(),
+                created_at=datetime.now(UTC),
+                **fields,
+            )
+        )
+
+    def gallery(
+        self, embedder: str, dim: int, version_id: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(vectors, person ids, face ids) of ``embedder``'s faces: all, or those of one version
+        (``dim``: the width of the empty array when there are none)."""
+        q = select(FaceRow.id, FaceRow.person_id, FaceRow.vector, FaceRow.dim).where(FaceRow.embedder == embedder)
+        if version_id is not None:
+            q = q.where(FaceRow.id.in_(select(VersionFaceRow.face_id).where(VersionFaceRow.version_id == version_id)))
+        rows = self._s.execute(q.order_by(FaceRow.id)).all()
+        if not rows:
+            return np.zeros((0, dim), np.float32), np.zeros(0, int), []
+        X = np.stack([np.frombuffer(r.vector, np.float32, count=r.dim) for r in rows])
+        return X, np.array([r.person_id for r in rows]), [r.id for r in rows]
+
+    def delete_person(self, row: PersonRow) -> tuple[dict[str, int], set[str]]:
+        """Delete a person and every row about them: the rows deleted per table, and the keys of
+        their face crops no other face uses (the same photo enrolled for two people stays)."""
+        keys = set(self._s.scalars(select(FaceRow.image_key).where(FaceRow.person_id == row.id)).all()) - {None}
+        counts = delete_person_rows(self._s, row.id)
+        still_used = set(self._s.scalars(select(FaceRow.image_key).where(FaceRow.image_key.in_(keys))).all())
+        return counts, keys - still_used
+
+    # -- recognizer versions
+
+    def next_version(self) -> int:
+        return (self._s.scalar(select(func.max(VersionRow.version))) or 0) + 1
+
+    def add_version(self, face_ids: Iterable[int], **fields: Any) -> VersionRow:
+        """A version (``fields``: the columns of ``VersionRow``) and the faces it was trained on."""
+        row = VersionRow(created_at=datetime.now(UTC), **fields)
+        self._s.add(row)
+        self._s.flush()
+        self._s.add_all(VersionFaceRow(version_id=row.id, face_id=f) for f in face_ids)
+        return row
+
+    def activate(self, version_id: int) -> None:
+        # One row, updated inside the caller's transaction: readers see the old or the new pointer.
+        row = self._s.get(ActiveRow, ACTIVE_SLOT)
+        if row is None:
+            self._s.add(ActiveRow(slot=ACTIVE_SLOT, version_id=version_id, switched_at=datetime.now(UTC)))
+        else:
+            row.version_id, row.switched_at = version_id, datetime.now(UTC)
+
+    def active_id(self) -> int | None:
+        row = self._s.get(ActiveRow, ACTIVE_SLOT)
+        return None if row is None else row.version_id
+
+    def version_by_id(self, version_id: int) -> VersionRow:
+        return self._s.get(VersionRow, version_id)
+
+    def version(self, number: int) -> VersionRow | None:
+        return self._s.scalars(select(VersionRow).where(VersionRow.version == int(number))).first()
+
+    def versions(self) -> list[VersionRow]:
+        return list(self._s.scalars(select(VersionRow).order_by(VersionRow.version)).all())
+
+    def version_face_ids(self, version_id: int, embedder: str) -> list[int]:
+        """The faces a version was trained on that are still enrolled (with ``embedder``)."""
+        q = (
+            select(VersionFaceRow.face_id)
+            .join(FaceRow, FaceRow.id == VersionFaceRow.face_id)
+            .where(VersionFaceRow.version_id == version_id, FaceRow.embedder == embedder)
+            .order_by(VersionFaceRow.face_id)
+        )
+        return list(self._s.scalars(q).all())
+
+    # -- attendance
+
+    def add_session(self, **fields: Any) -> SessionRow:
+        row = SessionRow(frames=0, undecodable=0, faces=0, unknown_faces=0, **fields)
+        self._s.add(row)
+        return row
+
+    def find_session(self, uid: str | None, open_only: bool = False) -> SessionRow:
+        """See ``PeopleStore.find_session``."""
+        if uid is None:
+            q = select(SessionRow).order_by(SessionRow.started_at.desc())
+            if open_only:
+                q = q.where(SessionRow.stopped_at.is_(None))
+            row = self._s.scalars(q).first()
+            if row is None:
+                raise NotFoundError(
+                    "no open attendance session; start one with `emolens attendance start`"
+                    if open_only
+                    else "no attendance session yet; start one with `emolens attendance start`"
+                )
+            return row
+        q = select(SessionRow).where(SessionRow.uid.startswith(str(uid), autoescape=True))
+        rows = self._s.scalars(q).all()
+        if not rows:
+            raise NotFoundError(f"no attendance session {uid!r}; see `emolens attendance list`")
+        if len(rows) > 1:
+            raise EmoLensError(f"attendance session id {uid!r} is ambiguous; give more characters")
+        return rows[0]
+
+    def sessions(self) -> list[tuple[SessionRow, int]]:
+        """Every session, newest first, with how many people it marked present."""
+        rows = self._s.scalars(select(SessionRow).order_by(SessionRow.started_at.desc())).all()
+        return [(r, len(self._s.scalars(select(RecordRow.id).where(RecordRow.session_id == r.id)).all())) for r in rows]
+
+    def record(self, session_id: int, person_id: int) -> RecordRow | None:
+        """A person's attendance record in a session, if they were marked present."""
+        q = select(RecordRow).where(RecordRow.session_id == session_id, RecordRow.person_id == person_id)
+        return self._s.scalars(q).first()
+
+    def add_record(self, **fields: Any) -> RecordRow:
+        row = RecordRow(**fields)
+        self._s.add(row)
+        return row
+
+    def records(self, session_id: int) -> dict[int, RecordRow]:
+        """Person row id -> their record, for everyone marked present in a session."""
+        return {r.person_id: r for r in self._s.scalars(select(RecordRow).where(RecordRow.session_id == session_id))}

@@ -44,7 +44,7 @@ def get_people(request: Request):
                 from emolens.identify.gallery import People
 
                 state: ServerState = app_state.emolens
-                people = People(state.db_url, home=state.settings.home)
+                people = People(state.db_url, home=state.settings.home, settings=state.settings)
                 app_state.people = people
     return people
 
@@ -88,7 +88,7 @@ def list_versions(people=Depends(get_people), _key=Depends(personal_read_access)
 
 
 def _enroll(state: ServerState, people, data: bytes, key: str, name: str | None, source: str):
-    from emolens.identify.gallery import NoUsableFaceError
+    from emolens.identify.enrol import NoUsableFaceError
 
     image = _decode(state, data)
     _models(people)
