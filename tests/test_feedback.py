@@ -65,6 +65,7 @@ def test_add_from_results_stores_crop_prediction_and_files(store, analysed):
     assert not same.is_correction and same.label == analysed[0].label
     assert same.crop_key == rec.crop_key  # stored once by content
     assert [r.uid for r in store.list()] == [same.uid, rec.uid]  # newest first
+    assert store.count(label="sad") == 1 and store.count(label="sad", corrections_only=True) == 1
     st = store.stats()
     assert st["total"] == 2 and st["corrections"] == 1 and st["confirmations"] == 1
     assert st["confusions"] == {f"{analysed[0].label} → sad": 1}

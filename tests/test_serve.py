@@ -290,6 +290,9 @@ def test_feedback_on_uploaded_crop(server, client):
     )
     assert r.status_code == 201, r.text
     assert r.json()["label"] == "surprise" and r.json()["is_correction"] is True and r.json()["source"] == "api:crop"
+    # One crop policy for both ways in: a crop larger than 96 px is fitted to 96 x 96 px, as fine-tuning reads it.
+    stored = client.get(f"/api/v1/feedback/{r.json()['uid']}/crop", headers=hdr(server, "read"))
+    assert Image.open(io.BytesIO(stored.content)).size == (96, 96)
 
 
 def test_feedback_bad_inputs_store_nothing(server, client):
