@@ -586,3 +586,44 @@ def test_cli_keys_commands(tmp_path, monkeypatch):
         assert "serve" in runner.invoke(app, ["--help"]).stdout
     finally:
         get_settings.cache_clear()
+
+
+# -- settings passed down ----------------------------------------------------------------------
+def test_create_app_uses_the_home_it_is_given_not_the_process_one(tmp_path, monkeypatch):
+    """The registry, the models by name, the database and the analyzer all come from the settings
+    given to create_app, even when EMOLENS_HOME points elsewhere."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from emolens.models import load_emotion_model, resolve_model
+    from emolens.serve import create_app
+    from emolens.settings import Settings, get_settings
+    from emolens.store.keys import KeyStore
+
+    elsewhere, home = tmp_path / "elsewhere", tmp_path / "given"
+    for key in ("EMOLENS_CONFIG", "EMOLENS_MODEL", "EMOLENS_DATABASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("EMOLENS_HOME", str(elsewhere))
+    get_settings.cache_clear()
+    load_emotion_model.cache_clear()
+    try:
+        (home / "models").mkdir(parents=True)
+        shutil.copyfile(resolve_model("fast-int8"), home / "models" / "mine.onnx")  # a user model of this home
+        app = create_app(Settings(home=home, threads=1))
+        state = app.state.emolens
+        assert state.db_url == f"sqlite:///{home / 'emolens.db'}"
+        _, admin = KeyStore(state.db_url).create("admin", "admin")
+        with TestClient(app) as c:
+            listing = c.get("/api/v1/models").json()
+            assert "mine" in listing["available"] and listing["serving"] == "fast", listing
+            r = c.post("/api/v1/models/mine/promote", headers={"X-API-Key": admin})
+            assert r.status_code == 200 and r.json()["name"] == "v2", r.text  # v1 is the shipped default
+            r = analyze(c)
+            assert r.status_code == 200 and r.json()["model"] == "v2", r.text
+        assert (home / "registry" / "versions" / "v2" / "model.onnx").is_file()
+        assert (home / "emolens.db").is_file()
+        assert not (elsewhere / "registry").exists() and not (elsewhere / "emolens.db").exists()
+    finally:
+        get_settings.cache_clear()
+        load_emotion_model.cache_clear()

@@ -195,6 +195,22 @@ def test_live_session_takes_encoded_frames(two_faces, shared_analyzer):
     assert session.frames == 0
 
 
+def test_video_analyzer_runs_the_registrys_active_version(emolens_home, monkeypatch, tmp_path):
+    """`active` resolves as in images: the registry's active version, named in the results."""
+    from emolens.registry import Registry
+    from emolens.settings import Settings, get_settings
+
+    version = Registry().promote("fast-int8")  # v1 is the shipped default, v2 this one
+    frame = render(background(320, 240), [astronaut_patch(140)], [(80, 40)])
+    va = VideoAnalyzer(detect_every=1)
+    assert va.process(frame).model == version.name == "v2" and va.model.path == version.path
+    # Given the settings of this home, the process's home elsewhere does not matter.
+    monkeypatch.setenv("EMOLENS_HOME", str(tmp_path / "elsewhere"))
+    get_settings.cache_clear()
+    va = VideoAnalyzer(detect_every=1, settings=Settings(home=emolens_home))
+    assert va.process(frame).model == "v2" and va.model.path == version.path
+
+
 def test_smoothing_steadies_a_flickering_face():
     rng = np.random.default_rng(0)
     readings = np.where(rng.random((200, 1)) < 0.5, [0.7, 0.3], [0.3, 0.7])  # two labels, flipping at random

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from emolens.errors import EmoLensError
 from emolens.io import ImageInput, load_image
 from emolens.quality import face_quality
 from emolens.results import FaceResult, Results
+
+if TYPE_CHECKING:
+    from emolens.settings import Settings
 
 
 class Analyzer:
@@ -37,14 +41,22 @@ class Analyzer:
         max_faces: int | None = None,
         threads: int | None = None,
         tta: bool | None = None,
+        settings: Settings | None = None,
     ):
         """``model``: a name, registry version or path, or an ensemble (``"fast+accurate"``,
         ``"accurate*3+fast"``, a list, or ``{name: weight}``) whose probabilities are averaged;
-        ``tta``: also average every model over the mirrored face (twice the classification cost)."""
-        from emolens.models import model_spec
-        from emolens.settings import get_settings
+        ``tta``: also average every model over the mirrored face (twice the classification cost).
+        ``settings`` (default: the process's) gives every option not given here, the home whose
+        models and registry names are resolved in, and the pixel limit of decoded images."""
+        from emolens.models import ModelResolver, model_spec
 
-        s = get_settings()
+        if settings is None:
+            from emolens.settings import get_settings
+
+            settings = get_settings()
+        self.settings = s = settings
+        self.resolver = ModelResolver(s)
+        self.max_pixels = s.max_pixels
         self.model_name = model_spec(model or s.model)
         self.tta = s.tta if tta is None else bool(tta)
         self.threads = s.threads if threads is None else threads
@@ -66,18 +78,14 @@ class Analyzer:
     def model_version(self) -> str:
         """What runs now: for ``active``, the registry's active version (``fast`` while it is
         empty), read at every call, so a promotion or rollback takes effect without a restart."""
-        from emolens.models import resolve_versions
-
-        return resolve_versions(self.model_name)
+        return self.resolver.versions(self.model_name)
 
     @property
     def model(self):
         """The EmotionModel, or an EnsembleModel for an ensemble or with ``tta``."""
         name = self.model_version
         if self._model is None or name != self._loaded:
-            from emolens.models import load_emotion_model
-
-            self._model, self._loaded = load_emotion_model(name, self.threads, self.tta), name
+            self._model, self._loaded = self.resolver.load(name, self.threads, self.tta), name
         return self._model
 
     @property
@@ -97,7 +105,7 @@ class Analyzer:
         """Analyze one image. Raises BadImageError for an unreadable image; a face-free image is
         an empty result, and a face that cannot be classified carries an ``error`` of its own."""
         t0 = time.perf_counter()
-        image = load_image(source)
+        image = load_image(source, self.max_pixels)
         return self._analyze_decoded(source, image, (time.perf_counter() - t0) * 1e3)
 
     def _analyze_decoded(self, source: ImageInput, image: np.ndarray, decode_ms: float) -> Results:
@@ -158,7 +166,7 @@ class Analyzer:
 
         def decode(src: ImageInput) -> tuple[np.ndarray, float]:
             t = time.perf_counter()
-            return load_image(src), (time.perf_counter() - t) * 1e3
+            return load_image(src, self.max_pixels), (time.perf_counter() - t) * 1e3
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emolens-decode") as pool:
             it = iter(sources)

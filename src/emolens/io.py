@@ -50,7 +50,10 @@ def offline_url_error(url: str) -> BadImageError:
 
 
 def load_image(source: ImageInput, max_pixels: int | None = None) -> np.ndarray:
-    """Decode ``source`` to an RGB uint8 array, applying EXIF orientation."""
+    """Decode ``source`` to an RGB uint8 array, applying EXIF orientation.
+
+    ``max_pixels`` refuses larger images; the process's ``max_pixels`` setting when not given
+    (the analyzers, video and the server pass the limit of the settings they were given)."""
     if max_pixels is None:
         from emolens.settings import get_settings
 

@@ -20,11 +20,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emolens.errors import ModelError, RefusedError, require
+
+if TYPE_CHECKING:
+    from emolens.settings import Settings
 
 
 @dataclass
@@ -189,19 +192,24 @@ def finetune_from_feedback(
     gates: Gates | None = None,
     promote: bool | Callable[[FinetuneOutcome], bool] = False,
     progress: bool = True,
+    settings: Settings | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune the active model on the stored feedback; register the candidate; promote it when
-    the gates pass and ``promote`` is True (or returns True when called with the outcome)."""
+    the gates pass and ``promote`` is True (or returns True when called with the outcome).
+    ``settings`` (default: the process's) give the defaults and the stores not given."""
     from emolens.data.datasets import load_dataset
     from emolens.feedback import FeedbackService
     from emolens.registry import Registry
-    from emolens.settings import get_settings
 
     require("torch", "train")
-    s = get_settings()
+    if settings is None:
+        from emolens.settings import get_settings
+
+        settings = get_settings()
+    s = settings
     # The feedback service, or the store it works on (the server hands its store).
-    store = store if isinstance(store, FeedbackService) else FeedbackService(store)
-    registry = registry or Registry()
+    store = store if isinstance(store, FeedbackService) else FeedbackService(store, settings=s)
+    registry = registry or Registry(settings=s)
     options, gates = options or FinetuneOptions(), gates or Gates()
     minimum = s.min_feedback if min_feedback is None else min_feedback
     corrections = store.count(corrections_only=True)

@@ -25,9 +25,13 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from emolens.catalog import NamedModels
 from emolens.errors import ModelNotFoundError, NotFoundError, RefusedError, StorageError
+
+if TYPE_CHECKING:
+    from emolens.settings import Settings
 
 BASE_MODEL = "fast"  # what an empty registry starts from
 
@@ -69,10 +73,21 @@ def _atomic_write_json(path: Path, data: dict) -> None:
 
 
 class Registry:
-    def __init__(self, root: str | Path | None = None):
-        from emolens.settings import get_settings
+    """The versions in ``root`` (default: ``settings.home / "registry"``). ``models`` is the table of
+    named models a promotion by name registers from (default: the shipped ones and those in the
+    ``models`` folder beside ``root``); resolving specs is ``emolens.models.ModelResolver``'s."""
 
-        self.root = Path(root) if root else get_settings().home / "registry"
+    def __init__(
+        self, root: str | Path | None = None, *, settings: Settings | None = None, models: NamedModels | None = None
+    ):
+        if not root:
+            if settings is None:
+                from emolens.settings import get_settings
+
+                settings = get_settings()
+            root = settings.home / "registry"
+        self.root = Path(root)
+        self.models = models or NamedModels(self.root.parent / "models")
         self.pointer = self.root / "active.json"
         self._filelock = None
 
@@ -184,11 +199,9 @@ class Registry:
         """Register a model known by name (shipped, e.g. ``accurate``, or the user's), with its
         PyTorch weights when they lie beside it so that it can be fine-tuned; a model registered
         before and unchanged since is not copied again."""
-        from emolens.models import resolve_model, shipped_models
-
-        onnx = resolve_model(model)
+        onnx = self._named(model)
         pt = onnx.with_suffix(".pt")
-        source = f"shipped:{model}" if shipped_models().get(model) == onnx else f"file:{onnx}"
+        source = self.models.source(model, onnx)
         for version in self.versions():  # registered before and unchanged: that version, not a copy
             if version.source == source and filecmp.cmp(version.path, onnx, shallow=False):
                 return version
@@ -202,23 +215,25 @@ class Registry:
         first, after the shipped default if the registry is empty, so that a rollback returns to
         what was active before. The model must load and answer a test input before it becomes
         active (RefusedError otherwise); the whole promotion holds the registry's lock."""
-        from emolens.models import available_models
-
         if not is_version_name(name):
-            models = available_models()
-            if name not in models:
-                versions = ", ".join(v.name for v in self.versions()) or "none yet"
-                raise ModelNotFoundError(
-                    f"no model named {name!r}: promote a registered version ({versions}) or a model by name "
-                    f"({', '.join(models)}), not a path; to promote a model file, copy it into "
-                    f"{self.root.parent / 'models'} first"
-                )
-            check_contract(models[name], name)
+            check_contract(self._named(name), name)
         with self._lock():
             if not is_version_name(name):
                 self.ensure_base()
                 name = self._register_model(name).name
             return self._promote_version(name)
+
+    def _named(self, name: str) -> Path:
+        """The file of a model known by name; never a path (what is promoted must be kept by name)."""
+        models = self.models.all()
+        if name not in models:
+            versions = ", ".join(v.name for v in self.versions()) or "none yet"
+            raise ModelNotFoundError(
+                f"no model named {name!r}: promote a registered version ({versions}) or a model by name "
+                f"({', '.join(models)}), not a path; to promote a model file, copy it into "
+                f"{self.models.folder} first"
+            )
+        return models[name]
 
     def _promote_version(self, name: str) -> ModelVersion:
         version = self.get(name)
@@ -280,19 +295,3 @@ def _card_metrics(onnx: Path) -> dict:
 def is_version_name(name: str) -> bool:
     """``v1``, ``v23``: a registry version, as opposed to a model name such as ``accurate``."""
     return name.startswith("v") and name[1:].isdigit()
-
-
-def resolve_version(name: str) -> Path | None:
-    """Path of registry version ``name`` ("active", "v3"), or None when it is not a registry name."""
-    reg = Registry()
-    if name == "active":
-        version = reg.active_name()
-        if version is None:
-            return None
-        name = version
-    elif not is_version_name(name):
-        return None
-    try:
-        return reg.get(name).path
-    except NotFoundError as exc:
-        raise ModelNotFoundError(str(exc)) from exc

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     shadow_share: float = 0.1  # the share of analyses the shadow model also classifies (0..1)
     shadow_queue: int = 32  # shadow classifications allowed to wait; beyond that a sample is skipped
 
+    @property
+    def db_url(self) -> str:
+        """The database's SQLAlchemy URL: ``database_url``, else the SQLite file ``home/emolens.db``."""
+        return self.database_url or f"sqlite:///{self.home / 'emolens.db'}"
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
@@ -80,4 +85,7 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
+    """The process's settings, read once. Only entry points call this, and only when they were
+    given no ``Settings``: ``Analyzer``, ``VideoAnalyzer``, ``create_app``, ``Registry``,
+    ``ModelResolver``, the batch job and the CLI commands; what they build is given the object."""
     return Settings()

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emolens.errors import EmoLensError, RefusedError
+
+if TYPE_CHECKING:
+    from emolens.settings import Settings
 
 
 @dataclass
@@ -45,20 +48,25 @@ def promote_shadow(
     gates=None,
     confidence: float = 0.95,
     promote: bool = False,
+    settings: Settings | None = None,
 ) -> ShadowPromotion:
     """Judge the shadow model (default: the ``shadow_model`` setting) against the active model and
-    make it active when every gate passes and ``promote`` is True."""
+    make it active when every gate passes and ``promote`` is True. ``settings`` (default: the
+    process's) give the defaults, the home whose models are resolved, and the stores not given."""
     from emolens.data.datasets import load_dataset, to_crops
     from emolens.evaluate import classification_metrics, compare_predictions
     from emolens.evaluate.compare import model_probs
     from emolens.feedback import FeedbackService
     from emolens.learn import Gates, paired_change
-    from emolens.models import is_ensemble, load_emotion_model, model_spec
-    from emolens.registry import Registry
-    from emolens.settings import get_settings
+    from emolens.models import ModelResolver, is_ensemble, model_spec
     from emolens.store.shadow import ShadowStore
 
-    s = get_settings()
+    if settings is None:
+        from emolens.settings import get_settings
+
+        settings = get_settings()
+    s = settings
+    models = ModelResolver(s)
     shadow = shadow or s.shadow_model
     if not shadow:
         raise RefusedError("no shadow model: give one, or set EMOLENS_SHADOW_MODEL (the server's shadow_model)")
@@ -71,19 +79,18 @@ def promote_shadow(
             "promoting a shadow model needs the fixed base validation set of the gates: "
             "give --base-val or set EMOLENS_BASE_VAL_DATA"
         )
-    registry = registry or Registry()
+    registry = registry or models.registry
     gates = gates or Gates()
     active = registry.ensure_base()
-    labels = load_emotion_model(str(active.path)).labels
-    if sorted(load_emotion_model(shadow).labels) != sorted(labels):
+    labels = models.load(str(active.path)).labels
+    if sorted(models.load(shadow).labels) != sorted(labels):
         raise RefusedError(f"the shadow {shadow} does not have the active model's labels ({', '.join(labels)})")
-    spec = load_emotion_model(str(active.path)).meta.input
+    spec = models.load(str(active.path)).meta.input
+    files = {"active": str(active.path), "shadow": str(models.path(shadow))}  # resolved here, in this home
     base_ds = load_dataset(base_val).remap(labels)
     xb, yb, _ = to_crops(base_ds, spec.size, spec.channels, detect=False)
     # Each model answers the base set once: its accuracy for the gates and the paired test come from it.
-    answers = {
-        name: model_probs(m, xb, labels).argmax(1) for name, m in (("active", str(active.path)), ("shadow", shadow))
-    }
+    answers = {name: model_probs(m, xb, labels).argmax(1) for name, m in files.items()}
     metrics = {}
     for name in ("active", "shadow"):
         base = classification_metrics(yb, answers[name], labels)
@@ -93,14 +100,15 @@ def promote_shadow(
     changes = {"base": paired_change(answers["active"] == yb, answers["shadow"] == yb, np.arange(len(yb)),
                                      gates.confidence, gates.bootstrap)}  # fmt: skip
     # The feedback service, or the store it works on (the server hands its store).
-    store = feedback_store if isinstance(feedback_store, FeedbackService) else FeedbackService(feedback_store)
+    store = (
+        feedback_store if isinstance(feedback_store, FeedbackService) else FeedbackService(feedback_store, settings=s)
+    )
     split = store.split()
     held = [r for r in split.holdout if r.label in labels]
     if held:
         xh, yh, _ = to_crops(store.to_dataset(held, labels, "holdout"), spec.size, spec.channels, detect=False)
         groups = np.array([split.group[r.uid] for r in held])
-        right = {name: model_probs(m, xh, labels).argmax(1) == yh for name, m in (("active", str(active.path)),
-                                                                                    ("shadow", shadow))}  # fmt: skip
+        right = {name: model_probs(m, xh, labels).argmax(1) == yh for name, m in files.items()}
         for name in ("active", "shadow"):
             metrics[name]["feedback"] = {"accuracy": float(right[name].mean()), "n": len(yh)}
         changes["feedback"] = paired_change(right["active"], right["shadow"], groups, gates.confidence, gates.bootstrap)
@@ -119,7 +127,7 @@ def promote_shadow(
     }
     passed = all(g["passed"] for g in verdict.values())
     try:
-        serving = (shadow_store or ShadowStore()).report(active=active.name, shadow=shadow)
+        serving = (shadow_store or ShadowStore(s.db_url)).report(active=active.name, shadow=shadow)
     except EmoLensError:
         serving = {}
     outcome = ShadowPromotion(

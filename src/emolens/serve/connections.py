@@ -5,6 +5,10 @@ sent half its headers: each such connection holds a socket and memory for as lon
 likes (slowloris). Here every connection must send a complete request head within
 ``header_timeout_s`` of opening, or of the previous response; otherwise it is closed. A request
 whose head arrived is governed by ``request_timeout_s`` instead.
+
+uvicorn builds protocol objects itself, from a class it pickles into its worker processes, so the
+deadline cannot be passed to them: ``create_app`` sets it for its process from the settings it
+was given (``set_header_timeout``), in every worker too, since each worker creates its app.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 class _HeaderDeadline:
     """Mixed into a uvicorn HTTP protocol class (which provides loop, transport, cycle)."""
 
+    header_timeout_s: float = 10.0  # the setting's default, until create_app sets this process's
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
@@ -33,11 +38,9 @@ class _HeaderDeadline:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm(self) -> None:
-        from emolens.settings import get_settings
-
         if self._deadline is not None:
             self._deadline.cancel()
-        seconds = get_settings().header_timeout_s  # uvicorn builds protocols itself: no way to pass it in
+        seconds = _HeaderDeadline.header_timeout_s
         if seconds and seconds > 0:
             self._deadline = self.loop.call_later(seconds, self._expire)  # type: ignore[attr-defined]
 
@@ -60,6 +63,11 @@ try:
 
 except ImportError:  # httptools is optional; uvicorn then uses h11
     HttpToolsWithHeaderDeadline = None  # type: ignore[assignment,misc]
+
+
+def set_header_timeout(seconds: float) -> None:
+    """The deadline for request heads of every connection this process accepts from now on (0: none)."""
+    _HeaderDeadline.header_timeout_s = seconds
 
 
 def http_protocol() -> type:

@@ -151,10 +151,12 @@ class ServerState:
     """Everything one app instance holds; created by ``create_app``, found on ``app.state.emolens``."""
 
     def __init__(self, settings: Settings):
+        from emolens.models import ModelResolver
         from emolens.serve.metrics import Metrics
 
         self.settings = settings
-        self.db_url = settings.database_url or f"sqlite:///{settings.home / 'emolens.db'}"
+        self.models = ModelResolver(settings)  # names, versions and the registry of settings.home
+        self.db_url = settings.db_url
         self.keys = KeyStore(self.db_url)
         self.metrics = Metrics()
         self.analyses = AnalysisCache(
@@ -195,6 +197,7 @@ class ServerState:
                         max_faces=s.max_faces,
                         threads=threads,
                         tta=s.tta,
+                        settings=s,
                     )
         return self._analyzer
 
@@ -215,7 +218,11 @@ class ServerState:
                     options = replace(base.detector.options, max_side=self.settings.video_max_side)
                     detector = create_detector(base.detector.name, options)
                     self._live_analyzer = Analyzer(
-                        model=base.model_name, detector=detector, threads=base.threads, tta=base.tta
+                        model=base.model_name,
+                        detector=detector,
+                        threads=base.threads,
+                        tta=base.tta,
+                        settings=base.settings,
                     )
         return self._live_analyzer
 
@@ -264,9 +271,7 @@ class ServerState:
         return FeedbackStore(self.db_url, blobs=self.settings.home / "blobs")
 
     def registry(self):
-        from emolens.registry import Registry
-
-        return Registry(self.settings.home / "registry")
+        return self.models.registry
 
 
 def get_state(request: Request) -> ServerState:

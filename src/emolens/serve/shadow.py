@@ -28,7 +28,9 @@ class ShadowRunner:
         self.store = store
         # The active analyzer's detector object is shared, never run: the shadow only classifies.
         # One ONNX thread: the shadow must take as little CPU from the active model as it can.
-        self.analyzer = Analyzer(model=self.spec, detector=active_analyzer.detector, threads=1, tta=False)
+        self.analyzer = Analyzer(
+            model=self.spec, detector=active_analyzer.detector, threads=1, tta=False, settings=active_analyzer.settings
+        )
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="emolens-shadow")
         self.counts = {"sampled": 0, "stored": 0, "skipped": 0, "failed": 0}
         self.last_error: str | None = None

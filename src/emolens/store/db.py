@@ -29,10 +29,11 @@ class Base(DeclarativeBase):
 
 
 def default_url() -> str:
+    """The process's database (``Settings.db_url``), for stores made without a URL; code that has
+    settings of its own passes ``settings.db_url``."""
     from emolens.settings import get_settings
 
-    s = get_settings()
-    return s.database_url or f"sqlite:///{s.home / 'emolens.db'}"
+    return get_settings().db_url
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

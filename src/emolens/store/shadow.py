@@ -61,11 +61,18 @@ def _probs(p: dict[str, float]) -> dict[str, float]:
 
 
 class ShadowStore:
-    def __init__(self, url: str | None = None, blobs: str | Path | None = None):
-        from emolens.settings import get_settings
+    """The rows in the database at ``url`` (None: the process's, ``store.db.default_url``) and the
+    crops of disagreements in ``blobs`` (``$EMOLENS_HOME/shadow``); without ``blobs`` a store
+    reads and reports, but records and clears nothing."""
 
+    def __init__(self, url: str | None = None, blobs: str | Path | None = None):
         self.url = url
-        self.blobs = BlobStore(blobs or get_settings().home / "shadow")
+        self.blobs = BlobStore(blobs) if blobs is not None else None
+
+    def _blobs(self) -> BlobStore:
+        if self.blobs is None:
+            raise ValueError("this ShadowStore was made without a crop folder (blobs): it can only read")
+        return self.blobs
 
     def record(
         self,
@@ -88,7 +95,7 @@ class ShadowStore:
             key = None
             if not agree:
                 crop = align_face(image, a.box, a.landmarks, CROP_SIZE, channels=3)  # as feedback stores it
-                key = self.blobs.put(_png(crop))
+                key = self._blobs().put(_png(crop))
             rows.append(
                 ShadowRow(
                     created_at=datetime.now(UTC),
@@ -216,8 +223,9 @@ class ShadowStore:
         }
 
     def clear(self) -> None:
+        blobs = self._blobs()
         with session(self.url) as s:
             keys = {k for (k,) in s.execute(select(ShadowRow.crop_key).where(ShadowRow.crop_key.is_not(None)))}
             s.execute(delete(ShadowRow))
         for key in keys:
-            self.blobs.remove(key)
+            blobs.remove(key)

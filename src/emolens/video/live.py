@@ -49,7 +49,7 @@ class LiveSession:
         PIL image or a path. ``timestamp`` (seconds) defaults to the time since the first frame.
         Boxes are in the pixels of the frame as sent. Raises ``BadImageError`` for a frame that
         does not decode; the session carries on with the next."""
-        image = load_image(frame)
+        image = load_image(frame, self.video.analyzer.max_pixels)
         with self._lock:
             now = time.monotonic()
             if self.started is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from emolens.results import FaceResult, Results
 from emolens.video.smooth import Smoother, make_smoother
 from emolens.video.source import VideoSource
 from emolens.video.track import Tracker
+
+if TYPE_CHECKING:
+    from emolens.settings import Settings
 
 
 class VideoAnalyzer:
@@ -63,10 +67,16 @@ class VideoAnalyzer:
         min_face_size: int | None = None,
         detection_threshold: float | None = None,
         max_faces: int | None = None,
+        settings: Settings | None = None,
     ):
-        from emolens.settings import get_settings
+        if settings is None:  # the given analyzer's, else the process's
+            if analyzer is not None:
+                settings = analyzer.settings
+            else:
+                from emolens.settings import get_settings
 
-        s = get_settings()
+                settings = get_settings()
+        s = settings
         if analyzer is None:
             options = DetectorOptions(
                 min_face_size=s.min_face_size if min_face_size is None else min_face_size,
@@ -76,15 +86,16 @@ class VideoAnalyzer:
                 threads=s.threads if threads is None else threads,
             )
             det = create_detector(detector or s.detector, options)
-            analyzer = Analyzer(model=model, detector=det, threads=threads)
+            analyzer = Analyzer(model=model, detector=det, threads=threads, settings=s)
         self.analyzer = analyzer
         self.detect_every = max(1, int(detect_every or s.video_detect_every))
         self.classify_every = max(1, int(classify_every))
-        self.smoother = smoother or make_smoother(smoothing, window)
+        self.smoother = smoother or make_smoother(smoothing, window, default_alpha=s.video_smoothing)
         self.tracker = Tracker(iou_threshold=iou_threshold, min_hits=min_hits, max_misses=max_misses)
         self.flow = flow
         self.source_name = ""
         self._model = None
+        self._version = ""  # what self._model is: `active` resolved to the registry's version
         self.reset()
 
     @property
@@ -94,11 +105,14 @@ class VideoAnalyzer:
         Why: two ONNX Runtime sessions that each own a thread pool take turns frame after frame
         here, and a pool's threads spin for a while after each run, so the detector kept finding
         a core busy with the classifier's idle spinning: detection took 36 ms a frame instead of
-        19 (640x480, 2 cores). A few 48x48 crops gain nothing from more threads anyway."""
-        if self._model is None:
-            from emolens.models import load_emotion_model
+        19 (640x480, 2 cores). A few 48x48 crops gain nothing from more threads anyway.
 
-            self._model = load_emotion_model(self.analyzer.model_name, 1, self.analyzer.tta)
+        ``active`` is resolved as the analyzer resolves it (the registry's active version, ``fast``
+        while it is empty), once: a promotion does not switch models in the middle of a video."""
+        if self._model is None:
+            a = self.analyzer
+            version = a.model_version
+            self._model, self._version = a.resolver.load(version, 1, a.tta), version
         return self._model
 
     @property
@@ -135,7 +149,7 @@ class VideoAnalyzer:
         """Analyse the next frame (RGB uint8) of this video; ``index`` defaults to a running count."""
         from emolens.io import load_image
 
-        image = load_image(image)
+        image = load_image(image, self.analyzer.max_pixels)
         index = self._next_index if index is None else int(index)
         self._next_index = index + 1
         h, w = image.shape[:2]
@@ -160,7 +174,7 @@ class VideoAnalyzer:
             faces=faces,
             image=image,
             source=self.source_name,
-            model=self.analyzer.model_name,
+            model=self._version or self.analyzer.model_name,
             members=getattr(self.model, "describe", lambda: None)(),  # an ensemble: every member's version
             detector=self.analyzer.detector.name,
             timings_ms=timings,

@@ -82,15 +82,13 @@ class WindowSmoother(Smoother):
         return "none" if self.window == 1 else f"mean of last {self.window}"
 
 
-def make_smoother(alpha: float | None = None, window: int | None = None) -> Smoother:
-    """``window`` (a mean of the last k readings) when given, else EMA with ``alpha``
-    (default: the ``video_smoothing`` setting)."""
+def make_smoother(
+    alpha: float | None = None, window: int | None = None, *, default_alpha: float = DEFAULT_ALPHA
+) -> Smoother:
+    """``window`` (a mean of the last k readings) when given, else EMA with ``alpha`` (default:
+    ``default_alpha``, which ``VideoAnalyzer`` takes from the ``video_smoothing`` setting)."""
     if alpha is not None and window:
         raise ValueError("give a smoothing alpha or a window, not both")
     if window:
         return WindowSmoother(window)
-    if alpha is None:
-        from emolens.settings import get_settings
-
-        alpha = getattr(get_settings(), "video_smoothing", DEFAULT_ALPHA)
-    return EmaSmoother(alpha)
+    return EmaSmoother(default_alpha if alpha is None else alpha)

@@ -38,14 +38,12 @@ def _database_ok(state: ServerState) -> str:
 def _model_ok(state: ServerState) -> str:
     """The registry's active version loads: it may have changed since the startup check. Cheap
     after the first time: the pointer is one small read, the model is loaded once (the analyzer's)."""
-    from emolens.models import load_emotion_model
-
     if state.settings.model != "active":
         return "ok"  # a fixed model: checked at startup
     try:
         version = state.registry().active_name()
         if version is not None:
-            _ = load_emotion_model(version, state.analysis_threads).meta
+            _ = state.models.load(version, state.analysis_threads).meta
         return "ok"
     except Exception as exc:  # a version that cannot load is "not ready", whatever the error
         return f"error: {exc}"[:300]

@@ -17,7 +17,6 @@ json_router = APIRouter(prefix="/api/v1", tags=["models"], route_class=JsonRoute
 
 @router.get("/models", response_model=ModelsOut, summary="Model versions and their metrics")
 def list_models(state: ServerState = Depends(get_state), _key=Depends(read_access)) -> ModelsOut:
-    from emolens.models import available_models
     from emolens.registry import BASE_MODEL
 
     reg = state.registry()
@@ -26,7 +25,7 @@ def list_models(state: ServerState = Depends(get_state), _key=Depends(read_acces
         serving=state.analyzer.model_version,
         base=BASE_MODEL,
         versions=[ModelVersionOut.of(v) for v in reg.versions()],
-        available=sorted(available_models()),
+        available=sorted(state.models.available()),
     )
 
 
@@ -66,7 +65,12 @@ def _finetune_job(state: ServerState, epochs: int | None):
 
     options = FinetuneOptions(epochs=epochs) if epochs else FinetuneOptions()
     return finetune_from_feedback(
-        store=state.feedback_store(), registry=state.registry(), options=options, promote=True, progress=False
+        store=state.feedback_store(),
+        registry=state.registry(),
+        options=options,
+        promote=True,
+        progress=False,
+        settings=state.settings,
     )
 
 

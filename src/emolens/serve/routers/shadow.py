@@ -111,6 +111,7 @@ def promote_shadow(
             base_val=s.base_val_data,
             confidence=confidence,
             promote=True,
+            settings=s,
         )
 
     return JobOut(**vars(state.jobs.start("shadow-promote", job)))

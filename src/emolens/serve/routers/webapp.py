@@ -84,12 +84,10 @@ def _detector_sha() -> str:
 def _model(state: ServerState, name: str | None) -> tuple[str, Path]:
     """The model the app runs: the server's own (the active version) unless a name is asked for.
     Only names (shipped, user, registry versions): never a path on the server."""
-    from emolens.models import resolve_model
-
     name = name or state.analyzer.model_version
     if "/" in name or "\\" in name or name.endswith(".onnx"):
         raise NotFoundError(f"model {name!r}: ask for a model by name (see GET /api/v1/models)")
-    return name, resolve_model(name)
+    return name, state.models.path(name)
 
 
 def _config(state: ServerState, model: str | None) -> dict:
