@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emolens.classify import EmotionModel, ModelMeta
-from emolens.classify.modelfile import THRESHOLDS_KEY, annotate, save_thresholds
+from emolens.classify.modelfile import THRESHOLDS_KEY, annotate, decide, save_thresholds
 from emolens.errors import BadLabelError, ModelError
 from emolens.evaluate import (
     apply_thresholds,
@@ -262,8 +262,9 @@ def test_saved_thresholds_make_the_analyzer_answer_uncertain(tmp_path, emolens_h
     assert "uncertain (happy" in results.summary() and results.labels == ["uncertain"]
     assert results.plot().shape == results.image.shape
     assert results.to_rows()[0]["label"] == "uncertain"
-    probs = np.array([[plain.probs[k] for k in FER], np.eye(7)[3]])
-    assert EmotionModel(copy).answers(probs) == ["uncertain", "happy"]
+    m = EmotionModel(copy)  # the analyzer's own rule (``decide``), straight from the model's metadata
+    sure = dict(zip(FER, np.eye(7)[3], strict=True))
+    assert [decide(p, m.thresholds, m.meta.rules) for p in (plain.probs, sure)] == ["uncertain", "happy"]
 
     save_thresholds(copy, {"happy": plain.confidence - 0.05})
     load_emotion_model.cache_clear()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.classify.modelfile import UNCERTAIN, InputSpec, ModelMeta
+from emolens.classify.modelfile import InputSpec, ModelMeta
 from emolens.errors import ModelError
 
 
@@ -82,17 +82,6 @@ class EmotionModel:
 
             self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         return self._digest
-
-    def answers(self, probs: np.ndarray) -> list[str]:
-        """One answer per row of ``predict``: the top label, or "uncertain" when the top probability
-        is below that label's threshold (see ``ModelMeta.thresholds``), as the model's rules may change it."""
-        from emolens.classify.rules import apply_rules
-
-        top = probs.argmax(1)
-        ruled = apply_rules(probs, self.labels, self.meta.rules or [])[0]
-        limits = np.array([(self.thresholds or {}).get(label, 0.0) for label in self.labels])
-        conf = probs[np.arange(len(probs)), top]
-        return [UNCERTAIN if c < limits[k] else self.labels[r] for k, c, r in zip(top, conf, ruled, strict=True)]
 
     def _load(self) -> None:
         if self._session is not None:

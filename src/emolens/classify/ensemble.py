@@ -83,9 +83,6 @@ class EnsembleModel:
             for m in self.members
         ]
 
-    def answers(self, probs: np.ndarray) -> list[str]:
-        return [self.labels[k] for k in probs.argmax(1)]
-
     def predict(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """The weighted mean of the members' probabilities (N, n_labels), in ``labels`` order."""
         from emolens.data.datasets import fit_crops  # fitting crops to a model's input lives with the data
