@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.classify.modelfile import InputSpec, ModelMeta
+from emolens.classify.modelfile import DescribedByMeta, InputSpec, ModelMeta
 from emolens.errors import ModelError
 
 
@@ -44,7 +44,7 @@ def to_input(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-class EmotionModel:
+class EmotionModel(DescribedByMeta):
     """A self-describing ONNX emotion model. The session is created on first use and reused."""
 
     def __init__(self, path: str | Path, threads: int = 0):
@@ -60,19 +60,6 @@ class EmotionModel:
         self._load()
         assert self._meta is not None
         return self._meta
-
-    @property
-    def labels(self) -> list[str]:
-        return self.meta.labels
-
-    @property
-    def card(self) -> dict:
-        return self.meta.card
-
-    @property
-    def thresholds(self) -> dict[str, float] | None:
-        """Per-class confidence thresholds from the model's metadata, or None."""
-        return self.meta.thresholds
 
     @property
     def digest(self) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emolens.classify.emotion import EmotionModel
-from emolens.classify.modelfile import InputSpec, ModelMeta
+from emolens.classify.modelfile import DescribedByMeta, InputSpec, ModelMeta
 from emolens.errors import BadLabelError
 
 
@@ -26,7 +26,7 @@ class Member:
     weight: float  # normalised: the weights of an ensemble sum to 1
 
 
-class EnsembleModel:
+class EnsembleModel(DescribedByMeta):
     def __init__(self, members: list[Member], tta: bool = False):
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -57,18 +57,6 @@ class EnsembleModel:
             # Thresholds and rules belong to one model's outputs, so an ensemble carries none.
             self._meta = ModelMeta(labels=list(ref), input=spec, output="probabilities", card=card)
         return self._meta
-
-    @property
-    def labels(self) -> list[str]:
-        return self.meta.labels
-
-    @property
-    def card(self) -> dict:
-        return self.meta.card
-
-    @property
-    def thresholds(self) -> None:
-        return None
 
     def describe(self) -> list[dict]:
         """Every member's version: its name, file hash, card name and weight (what results record)."""
