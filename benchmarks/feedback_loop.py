@@ -87,7 +87,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="emolens-bench-"))
 
     from emolens.classify.emotion import EmotionModel, scale_probabilities
-    from emolens.evaluate.calibration import expected_calibration_error as ece
+    from emolens.evaluate.calibrate import expected_calibration_error as ece
     from emolens.feedback import FeedbackService, FeedbackSplit
     from emolens.feedback.split import is_holdout
     from emolens.learn import FinetuneOptions, finetune_from_feedback

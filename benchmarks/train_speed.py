@@ -19,7 +19,8 @@ import torch
 
 from emolens.train.archs import create_arch, list_archs
 from emolens.train.augment import AugmentConfig, augment_batch
-from emolens.train.loop import TrainConfig, loss_fn, normalize
+from emolens.train.loop import TrainConfig, normalize
+from emolens.train.optim import loss_fn
 
 
 def step_time(arch: str, device: torch.device, batch: int, steps: int, warmup: int) -> float:

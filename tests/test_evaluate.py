@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emolens.classify import EmotionModel, ModelMeta
-from emolens.classify.modelfile import THRESHOLDS_KEY, annotate, save_thresholds
+from emolens.classify.modelfile import THRESHOLDS_KEY, annotate, decide, save_thresholds
 from emolens.errors import BadLabelError, ModelError
 from emolens.evaluate import (
     apply_thresholds,
@@ -262,8 +262,9 @@ def test_saved_thresholds_make_the_analyzer_answer_uncertain(tmp_path, emolens_h
     assert "uncertain (happy" in results.summary() and results.labels == ["uncertain"]
     assert results.plot().shape == results.image.shape
     assert results.to_rows()[0]["label"] == "uncertain"
-    probs = np.array([[plain.probs[k] for k in FER], np.eye(7)[3]])
-    assert EmotionModel(copy).answers(probs) == ["uncertain", "happy"]
+    m = EmotionModel(copy)  # the analyzer's own rule (``decide``), straight from the model's metadata
+    sure = dict(zip(FER, np.eye(7)[3], strict=True))
+    assert [decide(p, m.thresholds, m.meta.rules) for p in (plain.probs, sure)] == ["uncertain", "happy"]
 
     save_thresholds(copy, {"happy": plain.confidence - 0.05})
     load_emotion_model.cache_clear()
@@ -326,3 +327,34 @@ def test_evaluate_command_writes_the_report(fer300_npz, tmp_path, emolens_home):
         assert heading in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html
+
+
+def test_evaluate_dataset_returns_a_typed_report_whose_json_is_evaluate_arrays(fer300_npz, tmp_path):
+    from emolens.evaluate import EvaluationReport, check_evaluation, evaluate_dataset
+
+    report = evaluate_dataset("fast", fer300_npz, target_precision=0.8, progress=False)
+    with np.load(fer300_npz) as z:
+        images, labels, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
+    measured = evaluate_arrays(["fast"], images, labels, classes, target_precision=0.8, compare=True)
+    # ``to_dict`` is the JSON `emolens evaluate --json` has always written: the same keys, in the same order.
+    assert isinstance(report, EvaluationReport)
+    assert report.to_dict() == {**measured, "not_counted": [], "dataset": str(fer300_npz)}
+    assert list(report.to_dict()) == [*measured, "not_counted", "dataset"]
+    assert "tried_rules" not in report.to_dict() and "ferplus" not in report.to_dict()
+    happy = report.per_class["happy"]
+    assert happy.recall == measured["per_class_recall"]["happy"] and happy.support == measured["support"]["happy"]
+    assert report.accuracy == measured["accuracy"] and report.thresholds["rule"] == "precision"
+    target = report.save_thresholds(tmp_path / "th.onnx")
+    assert report.to_dict()["thresholds"]["saved_to"] == str(target) and EmotionModel(target).thresholds
+
+    with pytest.raises(Exception, match="not both"):
+        check_evaluation("fast", target_precision=0.8, target_coverage=0.9)
+    with pytest.raises(Exception, match="without test-time augmentation"):
+        check_evaluation("fast", tta_shift=2, target_coverage=0.9, save_thresholds=True)
+    with pytest.raises(Exception, match="--thresholds-out"):  # a shipped model is never changed in place
+        check_evaluation("fast", target_coverage=0.9, save_thresholds=True)
+    with pytest.raises(Exception, match="--thresholds-out"):
+        report.save_thresholds()
+    with pytest.raises(Exception, match="--rules-out"):
+        check_evaluation("fast", rules=["if angry and disgust >= 0.2 then disgust"], save_rules=True)
+    assert check_evaluation("fast+fast-int8") == ["fast", "fast-int8"]

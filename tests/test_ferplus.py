@@ -137,14 +137,14 @@ def test_soft_label_training_learns_eight_classes(fer, tmp_path):
 
 def test_the_probability_mode_draws_labels_from_the_votes():
     torch = pytest.importorskip("torch", reason="training tests need the train extra")
-    from emolens.train.loop import _draw_targets
+    from emolens.train.optim import draw_targets
 
     dist = torch.tensor([[0.7, 0.3, 0.0]]).repeat(4000, 1)
     torch.manual_seed(0)
-    drawn = _draw_targets(dist, "probability")
+    drawn = draw_targets(dist, "probability")
     assert drawn.dtype == torch.int64 and set(drawn.tolist()) == {0, 1}
     assert (drawn == 0).float().mean().item() == pytest.approx(0.7, abs=0.03)
-    assert _draw_targets(dist[:2], "distribution") is not None and _draw_targets(dist[:2], "majority").tolist() == [
+    assert draw_targets(dist[:2], "distribution") is not None and draw_targets(dist[:2], "majority").tolist() == [
         0,
         0,
     ]

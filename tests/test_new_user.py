@@ -216,3 +216,23 @@ def test_print_results_is_a_short_summary():
     assert text.startswith("Results(group.jpg: 640x480, 7 faces: happy 90%") and text.endswith(", ...)")
     assert len(text) < 200 and len(repr(faces[0])) < 80
     assert repr(Results([], image=image)) == "Results(image: 640x480, 0 faces)"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_is_short_and_says_how_to_activate_and_add_extras():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    assert "source .venv/bin/activate" in text and ".venv/bin/pip install -e '.[" in text
+    assert "not on PyPI" in text and "emolens analyze" in text
+    for note in ("figures given in the issue", "No GPU was lent"):  # notes from development stay out
+        assert note not in text
+
+
+def test_the_test_command_says_what_it_does_to_the_machine():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    script = (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
+    for text in (readme, script):
+        assert "chromium" in text and "12 minutes" in text and "QUICK=1 bash scripts/test.sh" in text
+    assert "mkdocs build --strict" in script  # the docs site is built with the tests: a stale reference fails

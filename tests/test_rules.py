@@ -123,5 +123,5 @@ def test_cli_refuses_a_harmful_rule_and_saves_a_helpful_one(shared_datasets, tmp
     m = load_emotion_model.__wrapped__(str(out))
     assert [str(r) for r in m.meta.rules] == [HELPS]
     # The analyzer applies the saved rule: a face the rule answers says so.
-    probs = np.array([[0.6, 0.3, 0.0, 0.0, 0.1, 0.0, 0.0]], dtype=np.float32)
-    assert m.answers(probs) == ["disgust"]
+    probs = dict(zip(m.labels, [0.6, 0.3, 0.0, 0.0, 0.1, 0.0, 0.0], strict=True))
+    assert decide(probs, m.thresholds, m.meta.rules) == "disgust"

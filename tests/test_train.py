@@ -180,13 +180,13 @@ def test_yaml_config_with_overrides(tmp_path):
 
 
 def test_weighted_sampling_balances_classes():
-    from emolens.train.loop import _epoch_order
+    from emolens.train.optim import epoch_order
 
     labels = torch.tensor([0] * 900 + [1] * 100)
     torch.manual_seed(0)
-    drawn = labels[_epoch_order(labels, 2, weighted=True)]
+    drawn = labels[epoch_order(labels, 2, weighted=True)]
     assert len(drawn) == 1000 and 0.4 < float((drawn == 1).float().mean()) < 0.6
-    assert sorted(_epoch_order(labels, 2, weighted=False).tolist()) == list(range(1000))
+    assert sorted(epoch_order(labels, 2, weighted=False).tolist()) == list(range(1000))
 
 
 def test_train_command_holds_out_a_stratified_share_without_val(fer_slice, tmp_path):
@@ -249,7 +249,7 @@ def test_sgd_with_cosine_warmup_lowers_the_loss(small_slice, tmp_path):
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays():
-    from emolens.train.loop import cosine_warmup
+    from emolens.train.optim import cosine_warmup
 
     factors = [cosine_warmup(s, warm=4, total=12) for s in range(13)]
     assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
@@ -259,7 +259,7 @@ def test_cosine_schedule_warms_up_linearly_then_decays():
 
 def test_layer_decay_gives_early_blocks_smaller_learning_rates():
     from emolens.train.archs import layer_blocks
-    from emolens.train.loop import param_groups
+    from emolens.train.optim import param_groups
 
     model = create_arch("vgg-tiny")
     blocks = layer_blocks(model)

@@ -104,7 +104,7 @@ def calibrate(probs: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 
     """Fit a temperature on held-out feedback. ECE after is cross-fitted (the temperature fitted on
     half of the groups is measured on the other half, both ways), so it is not judged on its own data."""
     from emolens.classify.emotion import scale_probabilities
-    from emolens.evaluate.calibration import expected_calibration_error as ece
+    from emolens.evaluate.calibrate import expected_calibration_error as ece
 
     t = fit_temperature(probs, y)
     uniq = np.unique(groups)

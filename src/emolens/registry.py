@@ -67,7 +67,7 @@ class ModelVersion:
 
 
 def _atomic_write_json(path: Path, data: dict) -> None:
-    from emolens.store.blobs import atomic_write
+    from emolens.fileio import atomic_write
 
     atomic_write(path, json.dumps(data, indent=2).encode())
 

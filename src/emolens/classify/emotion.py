@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.classify.modelfile import UNCERTAIN, InputSpec, ModelMeta
+from emolens.classify.modelfile import DescribedByMeta, InputSpec, ModelMeta
 from emolens.errors import ModelError
 
 
@@ -44,7 +44,7 @@ def to_input(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-class EmotionModel:
+class EmotionModel(DescribedByMeta):
     """A self-describing ONNX emotion model. The session is created on first use and reused."""
 
     def __init__(self, path: str | Path, threads: int = 0):
@@ -62,19 +62,6 @@ class EmotionModel:
         return self._meta
 
     @property
-    def labels(self) -> list[str]:
-        return self.meta.labels
-
-    @property
-    def card(self) -> dict:
-        return self.meta.card
-
-    @property
-    def thresholds(self) -> dict[str, float] | None:
-        """Per-class confidence thresholds from the model's metadata, or None."""
-        return self.meta.thresholds
-
-    @property
     def digest(self) -> str:
         """The first 12 hex digits of the model file's SHA-256: which weights gave a result."""
         if self._digest is None:
@@ -82,17 +69,6 @@ class EmotionModel:
 
             self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         return self._digest
-
-    def answers(self, probs: np.ndarray) -> list[str]:
-        """One answer per row of ``predict``: the top label, or "uncertain" when the top probability
-        is below that label's threshold (see ``ModelMeta.thresholds``), as the model's rules may change it."""
-        from emolens.classify.rules import apply_rules
-
-        top = probs.argmax(1)
-        ruled = apply_rules(probs, self.labels, self.meta.rules or [])[0]
-        limits = np.array([(self.thresholds or {}).get(label, 0.0) for label in self.labels])
-        conf = probs[np.arange(len(probs)), top]
-        return [UNCERTAIN if c < limits[k] else self.labels[r] for k, c, r in zip(top, conf, ruled, strict=True)]
 
     def _load(self) -> None:
         if self._session is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emolens.classify.emotion import EmotionModel
-from emolens.classify.modelfile import InputSpec, ModelMeta
+from emolens.classify.modelfile import DescribedByMeta, InputSpec, ModelMeta
 from emolens.errors import BadLabelError
 
 
@@ -26,7 +26,7 @@ class Member:
     weight: float  # normalised: the weights of an ensemble sum to 1
 
 
-class EnsembleModel:
+class EnsembleModel(DescribedByMeta):
     def __init__(self, members: list[Member], tta: bool = False):
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -58,18 +58,6 @@ class EnsembleModel:
             self._meta = ModelMeta(labels=list(ref), input=spec, output="probabilities", card=card)
         return self._meta
 
-    @property
-    def labels(self) -> list[str]:
-        return self.meta.labels
-
-    @property
-    def card(self) -> dict:
-        return self.meta.card
-
-    @property
-    def thresholds(self) -> None:
-        return None
-
     def describe(self) -> list[dict]:
         """Every member's version: its name, file hash, card name and weight (what results record)."""
         return [
@@ -82,9 +70,6 @@ class EnsembleModel:
             }
             for m in self.members
         ]
-
-    def answers(self, probs: np.ndarray) -> list[str]:
-        return [self.labels[k] for k in probs.argmax(1)]
 
     def predict(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """The weighted mean of the members' probabilities (N, n_labels), in ``labels`` order."""

@@ -126,6 +126,26 @@ class ModelMeta:
             raise ModelError(f"{source}: {exc}") from None
 
 
+class DescribedByMeta:
+    """What a model tells from its metadata, for ``EmotionModel`` and ``EnsembleModel`` alike;
+    a subclass provides ``meta`` (a ``ModelMeta``)."""
+
+    meta: ModelMeta
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta.labels
+
+    @property
+    def card(self) -> dict:
+        return self.meta.card
+
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        """Per-class confidence thresholds from the model's metadata, or None (an ensemble has none)."""
+        return self.meta.thresholds
+
+
 def check_thresholds(thresholds, labels: list[str]) -> dict[str, float]:
     """``{label: threshold}`` with known labels and thresholds in [0, 1]; raises ModelError otherwise."""
     if not isinstance(thresholds, dict):

@@ -1,9 +1,11 @@
 """The ``emolens`` command line: a thin layer over the Python API, one verb per capability.
 
-``main`` holds the image verbs (analyze, train, evaluate, explain, export...); each capability
-beside them (feedback and models, people and attendance, video, serving) registers its own.
+``main`` builds the app from one module per capability (analyze, evaluate, train, export, explain,
+feedback and models, people and attendance, video, serving...); ``console`` holds what they share.
 """
 
-from emolens.cli.main import EXAMPLE, app, console, err, fail
+from emolens.cli.analyze import EXAMPLE
+from emolens.cli.console import console, err, fail
+from emolens.cli.main import app
 
 __all__ = ["EXAMPLE", "app", "console", "err", "fail"]

@@ -24,7 +24,7 @@ def _feed(session, inputs: list[str] | None, camera: int | None, every: int, fra
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from emolens.cli.main import console, err
+    from emolens.cli.console import console, err
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import VIDEO_SUFFIXES
     from emolens.io import iter_image_paths
@@ -89,7 +89,7 @@ def start(
     """Start a session and feed it images, videos or a camera.
 
     The session uses the active recognizer version."""
-    from emolens.cli.main import console, fail
+    from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
@@ -122,7 +122,7 @@ def add(
 
     The older form, `emolens attendance add SESSION_ID IMAGES...`, still works."""
     # A first argument that is no existing path and has no file suffix or wildcard is a session id.
-    from emolens.cli.main import fail
+    from emolens.cli.console import fail
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
@@ -145,7 +145,7 @@ def stop(
     session_id: Annotated[str | None, typer.Argument(help="Session id (default: the latest open session).")] = None,
 ) -> None:
     """Stop a session: nothing more can be added to it."""
-    from emolens.cli.main import console, fail
+    from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
@@ -169,7 +169,7 @@ def report(
     First seen when, with what confidence, and how they looked."""
     from rich.table import Table
 
-    from emolens.cli.main import console, fail, human_to_stderr
+    from emolens.cli.console import console, fail, human_to_stderr
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
@@ -210,7 +210,7 @@ def list_sessions() -> None:
     """List sessions, newest first."""
     from rich.table import Table
 
-    from emolens.cli.main import console, fail
+    from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.attendance import list_sessions as sessions
 
@@ -226,7 +226,7 @@ def list_sessions() -> None:
 
 
 def _summary(session, rep=None) -> None:
-    from emolens.cli.main import console
+    from emolens.cli.console import console
 
     rep = rep or session.report()
     state = "stopped" if rep.stopped_at else "open"

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.main import _write, err, fail
+from emolens.cli.console import err, fail, write_output
 from emolens.errors import EmoLensError
 
 
@@ -104,7 +104,7 @@ def batch(
     except EmoLensError as exc:
         fail(exc, 1)
     _print_summary(summary)
-    if json_out and not _write(json_out, json.dumps(summary.to_dict(), indent=2)):
+    if json_out and not write_output(json_out, json.dumps(summary.to_dict(), indent=2)):
         raise typer.Exit(1)
     raise typer.Exit(0 if summary.complete else 1)
 

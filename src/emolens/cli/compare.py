@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.main import _write, console, err, fail
+from emolens.cli.console import console, err, fail, write_output
 from emolens.errors import EmoLensError
 
 
@@ -90,9 +90,9 @@ def compare(
         except (EmoLensError, OSError) as exc:
             err.print(f"[yellow]no contact sheet:[/yellow] {escape(str(exc))}")
     if json_out:
-        _write(json_out, json.dumps(out, indent=2))
+        write_output(json_out, json.dumps(out, indent=2))
     if markdown:
-        _write(markdown, cmp.to_markdown())
+        write_output(markdown, cmp.to_markdown())
 
 
 def register(app: typer.Typer) -> None:

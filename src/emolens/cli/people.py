@@ -14,7 +14,7 @@ people_app = typer.Typer(help="Enrolled people: enroll, list, remove, train, ver
 def _progress(total_hint: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from emolens.cli.main import err
+    from emolens.cli.console import err
 
     return Progress(
         TextColumn(total_hint), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
@@ -36,7 +36,7 @@ def enroll(
     """Enroll people from photos. Photos without a usable face are listed with the reason."""
     from rich.markup import escape
 
-    from emolens.cli.main import console, err, fail
+    from emolens.cli.console import console, err, fail
     from emolens.errors import EmoLensError
     from emolens.identify.enrol import EnrollReport
     from emolens.identify.gallery import People
@@ -87,7 +87,7 @@ def list_people(json_out: Annotated[bool, typer.Option("--json", help="Print JSO
     """List enrolled people and how many faces each has."""
     from rich.table import Table
 
-    from emolens.cli.main import console, fail
+    from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.gallery import People
 
@@ -113,7 +113,7 @@ def remove(
     """Erase a person and everything recorded about them.
 
     Embeddings, stored face crops, attendance records; the name is redacted in reports."""
-    from emolens.cli.main import console, fail
+    from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.gallery import People
 
@@ -147,7 +147,7 @@ def train(
 
 
 def _train(people, classifier: str, strangers: Path | None) -> None:
-    from emolens.cli.main import console, err, fail
+    from emolens.cli.console import console, err, fail
     from emolens.errors import EmoLensError
 
     def say(kind: str) -> None:
@@ -195,7 +195,7 @@ def versions() -> None:
     All are kept: see `emolens people restore`."""
     from rich.table import Table
 
-    from emolens.cli.main import console, fail
+    from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.gallery import People
 
@@ -222,7 +222,7 @@ def versions() -> None:
 @people_app.command("restore")
 def restore(version: Annotated[str, typer.Argument(help="A version number, e.g. 3 or v3.")]) -> None:
     """Make an earlier recognizer version active again."""
-    from emolens.cli.main import console, fail
+    from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
     from emolens.identify.gallery import People
 
@@ -248,7 +248,7 @@ def identify(
     and the others go on (exit code 1)."""
     from rich.markup import escape
 
-    from emolens.cli.main import console, err, fail
+    from emolens.cli.console import console, err, fail
     from emolens.errors import BadImageError, EmoLensError
     from emolens.identify.gallery import People
     from emolens.io import iter_image_paths

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.main import console, fail
+from emolens.cli.console import console, fail
 from emolens.errors import EmoLensError
 
 data = typer.Typer(help="Quality gates for image folders; merge synthetic images in.")

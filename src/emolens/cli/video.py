@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.main import console, err, fail
+from emolens.cli.console import console, err, fail
 from emolens.errors import EmoLensError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from emolens.data.datasets import fit_crops
 from emolens.errors import BadLabelError
-from emolens.evaluate.calibration import calibration
+from emolens.evaluate.calibrate import calibration
 from emolens.evaluate.metrics import accuracy_at_coverage, classification_metrics, selective
 from emolens.evaluate.thresholds import threshold_report
 from emolens.evaluate.tta import predict_tta

@@ -178,7 +178,8 @@ def _html(md: str, folder: Path) -> str:
 
 def write_report(report: dict, out_dir: str | Path, command: str = "") -> dict[str, Path]:
     """report.md, report.html (plots embedded), metrics.json, confusion.json, confusion.png,
-    reliability.png and coverage.png in ``out_dir``."""
+    reliability.png and coverage.png in ``out_dir`` (needs matplotlib). ``report`` is
+    ``EvaluationReport.to_dict()`` or ``evaluate_arrays``' result."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {

@@ -48,34 +48,10 @@ def _path(start: np.ndarray, end: np.ndarray, saliency: np.ndarray, steps: int) 
     return batch
 
 
-def _curve(
-    predict: Predict, start: np.ndarray, end: np.ndarray, saliency: np.ndarray, target: int, steps: int
-) -> np.ndarray:
-    return np.asarray(predict(_path(start, end, saliency, steps)))[:, target].astype(np.float64)
-
-
 def auc(curve: np.ndarray) -> float:
     """Area under a curve sampled at equal steps over [0, 1] (trapezoid rule)."""
     curve = np.asarray(curve, dtype=np.float64)
     return float((curve[:-1] + curve[1:]).sum() / (2 * (len(curve) - 1)))
-
-
-def deletion_curve(predict: Predict, crop: np.ndarray, saliency: np.ndarray, target: int, steps: int = STEPS):
-    return _curve(predict, crop, grey(crop), saliency, target, steps)
-
-
-def insertion_curve(predict: Predict, crop: np.ndarray, saliency: np.ndarray, target: int, steps: int = STEPS):
-    return _curve(predict, blur(crop), crop, saliency, target, steps)
-
-
-def deletion_score(predict: Predict, crop: np.ndarray, saliency: np.ndarray, target: int, steps: int = STEPS) -> float:
-    """AUC of P(target) as the most salient pixels turn mid-grey; lower is better."""
-    return auc(deletion_curve(predict, crop, saliency, target, steps))
-
-
-def insertion_score(predict: Predict, crop: np.ndarray, saliency: np.ndarray, target: int, steps: int = STEPS) -> float:
-    """AUC of P(target) as the most salient pixels return into a blurred crop; higher is better."""
-    return auc(insertion_curve(predict, crop, saliency, target, steps))
 
 
 def scores(predict: Predict, crop: np.ndarray, saliency: np.ndarray, target: int, steps: int = STEPS) -> dict:

@@ -44,12 +44,6 @@ class BusyError(EmoLensError):
     http_status = 503
 
 
-class RequestTimeoutError(EmoLensError):
-    """The request was not answered within ``request_timeout_s``."""
-
-    http_status = 504
-
-
 def error_type(exc: BaseException) -> str:
     name = type(exc).__name__
     if name == "EmoLensError":

@@ -7,31 +7,12 @@ its final name is always whole; a crash leaves at most a ``.tmp`` file, which ``
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from emolens.errors import StorageError
-
-
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``path`` whole or not at all: a synced temporary file (``.<name>.tmp`` beside it)
-    renamed over it. The file is private to its owner (0600) unless ``mode`` says otherwise:
-    most of what EmoLens writes this way holds faces."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from emolens.fileio import atomic_write
 
 
 class BlobStore:

@@ -1,15 +1,108 @@
-"""Training configuration from YAML with ``key=value`` overrides (dotted keys reach nested fields).
+"""The training recipe (``TrainConfig``) and its checks; read from YAML with ``key=value`` overrides
+(dotted keys reach nested fields).
 
 With ``stages`` (e.g. ``head:2,all:8``) the number of epochs follows from the stages."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emolens.errors import EmoLensError, require
 from emolens.train.augment import AugmentConfig
-from emolens.train.loop import TrainConfig, check_config, parse_stages
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "vgg-tiny"
+    labels: list[str] = field(
+        default_factory=lambda: ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    )
+    size: int = 48
+    channels: int = 1
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    focal_gamma: float = 0.0
+    class_weights: list[float] | None = None
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 5.0
+    dropout: float = 0.3
+    seed: int = 0
+    threads: int = 0  # 0: leave torch's default
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    weighted_sampling: bool = False  # draw batches with class-balanced probabilities
+    accumulate: int = 1  # gradient accumulation: optimizer step every N batches
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    amp: bool = True  # bfloat16 autocast where the device supports it (CUDA)
+    select_on: str = "accuracy"  # or "macro_f1", or "last" (keep the final weights)
+    patience: int = 0  # early stopping in epochs without improvement; 0 = off
+    optimizer: str = "adamw"  # or "sgd"; weight_decay is decoupled for AdamW, an L2 term for SGD (try 5e-4 there)
+    momentum: float = 0.9  # SGD
+    nesterov: bool = True  # SGD
+    schedule: str = "onecycle"  # or "cosine": linear warm-up over warmup_epochs, then cosine decay to 0
+    warmup_epochs: float = 0.0  # cosine only (OneCycle warms up over its first 15%); restarts with each stage
+    label_mode: str = "distribution"  # soft labels (FER+ votes): distribution (cross-entropy), probability, majority
+    stages: str = ""  # fine-tuning stages, e.g. "head:2,all:8": epochs training only the head, then all layers
+    layer_decay: float = 1.0  # in "all" stages, the LR is multiplied by this once per block away from the head
+
+    @property
+    def input_spec(self) -> dict:
+        return {
+            "size": self.size,
+            "channels": self.channels,
+            "mean": [0.5] * self.channels,
+            "std": [0.5] * self.channels,
+            "layout": "NCHW",
+            "range": 255,
+        }
+
+
+OPTIMIZERS, SCHEDULES, STAGE_KINDS = ("adamw", "sgd"), ("onecycle", "cosine"), ("head", "all")
+LABEL_MODES = ("distribution", "probability", "majority")
+
+
+def parse_stages(text: str) -> list[tuple[str, int]]:
+    """``"head:2,all:8"`` → ``[("head", 2), ("all", 8)]``; raises EmoLensError for anything else."""
+    plan = []
+    for part in (p.strip() for p in str(text or "").split(",")):
+        if not part:
+            continue
+        kind, _, n = part.partition(":")
+        if kind.strip() not in STAGE_KINDS or not n.strip().isdigit() or int(n) < 1:
+            raise EmoLensError(
+                f"bad stage {part!r}: stages are {'|'.join(STAGE_KINDS)}:EPOCHS, comma-separated (e.g. head:2,all:8)"
+            )
+        plan.append((kind.strip(), int(n)))
+    return plan
+
+
+def check_config(cfg: TrainConfig) -> list[tuple[str, int]]:
+    """Validate the choices a typo could break; returns the stage plan (one "all" stage by default)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise EmoLensError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise EmoLensError(f"schedule must be one of {', '.join(SCHEDULES)}, not {cfg.schedule!r}")
+    if cfg.label_mode not in LABEL_MODES:
+        raise EmoLensError(f"label_mode must be one of {', '.join(LABEL_MODES)}, not {cfg.label_mode!r}")
+    if not 0 <= cfg.augment.degrade <= 1:
+        raise EmoLensError(f"augment.degrade is a share of crops in [0, 1], not {cfg.augment.degrade}")
+    if not 0 < cfg.layer_decay <= 1:
+        raise EmoLensError(f"layer_decay is in (0, 1], not {cfg.layer_decay}")
+    plan = parse_stages(cfg.stages) or [("all", cfg.epochs)]
+    if sum(n for _, n in plan) != cfg.epochs:
+        raise EmoLensError(
+            f"stages {cfg.stages!r} add up to {sum(n for _, n in plan)} epochs but epochs is {cfg.epochs}"
+        )
+    for _, n in plan:
+        if cfg.warmup_epochs > n and cfg.schedule == "cosine":
+            raise EmoLensError(f"warmup_epochs {cfg.warmup_epochs} is longer than a {n}-epoch stage")
+    return plan
 
 
 def load_config(

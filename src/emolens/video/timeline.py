@@ -78,9 +78,6 @@ class Timeline:
     def track_ids(self) -> list[int]:
         return sorted({int(v[2]) for v in self._data})
 
-    def track_rows(self, track_id: int) -> list[dict]:
-        return [r for r in self.rows if r["track_id"] == track_id]
-
     def _by_track(self) -> dict[int, list[dict]]:
         groups: dict[int, list[dict]] = {}
         for r in self.rows:
