@@ -537,6 +537,13 @@ def train(
         int | None,
         typer.Option(help="K-fold cross-validation on DATA (group-aware with a group column): one model per fold."),
     ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="Distil: a model (name, .onnx or ensemble a+b) whose probabilities on DATA join the labels "
+            "(--set distill_weight=0.5, distill_temperature=2)."
+        ),
+    ] = None,
     votes: Annotated[
         Path | None,
         typer.Option(
@@ -558,7 +565,7 @@ def train(
     from emolens.train.config import dump_config, load_config
     from emolens.train.loop import fit, lineage_of
 
-    shortcuts = (("arch", arch), ("epochs", epochs), ("stages", stages))
+    shortcuts = (("arch", arch), ("epochs", epochs), ("stages", stages), ("teacher", teacher))
     overrides = list(set_ or []) + [f"{k}={v}" for k, v in shortcuts if v is not None]
     if cv is not None:
         return _cross_validate(data, config, overrides, cv, out)
@@ -597,6 +604,11 @@ def train(
         )
         if train_ds.soft is not None and not skip_tr:  # crops keep every row: the votes stay aligned
             ytr = train_ds.soft
+        if cfg.teacher:
+            from emolens.train.distill import distill_targets
+
+            console.print(f"distilling from {cfg.teacher}: its probabilities on {len(xtr)} training faces")
+            ytr = distill_targets(cfg.teacher, xtr, ytr, cfg.labels, cfg.distill_weight, cfg.distill_temperature)
     except EmoLensError as exc:
         fail(exc)
     for line in skip_tr + skip_va:
