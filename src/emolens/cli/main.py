@@ -592,7 +592,9 @@ def train(
         cfg = load_config(config, overrides, base=base)
         if val is not None:
             val_ds = load_ferplus(val) if votes is not None else load_dataset(val)
+            validation = f"the file {val.name}"
         else:
+            validation = f"a stratified {val_fraction:.0%} of {data.name} held out (seed {cfg.seed})"
             parts = split(train_ds, val=val_fraction, seed=cfg.seed)
             train_ds, val_ds = parts["train"], parts["val"]
         if train_ds.classes != cfg.labels:
@@ -622,7 +624,9 @@ def train(
     if start is not None:
         console.print(f"starting from {init}" + (f", stages {cfg.stages}" if cfg.stages else ""))
     try:
-        result = fit((xtr, ytr), (xva, yva), cfg, out, resume=resume, stop_after=stop_after, **init_kw)
+        result = fit(
+            (xtr, ytr), (xva, yva), cfg, out, resume=resume, stop_after=stop_after, validation=validation, **init_kw
+        )
     except EmoLensError as exc:
         fail(exc)
     console.print(f"best validation {cfg.select_on}: {result['best']:.4f} → {result['checkpoint']}")
