@@ -46,6 +46,13 @@ def train(
         int | None,
         typer.Option(help="K-fold cross-validation on DATA (group-aware with a group column): one model per fold."),
     ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="Distil: a model (name, .onnx or ensemble a+b) whose probabilities on DATA join the labels "
+            "(--set distill_weight=0.5, distill_temperature=2)."
+        ),
+    ] = None,
     votes: Annotated[
         Path | None,
         typer.Option(
@@ -67,7 +74,7 @@ def train(
     from emolens.train.config import dump_config, load_config
     from emolens.train.loop import fit, lineage_of
 
-    shortcuts = (("arch", arch), ("epochs", epochs), ("stages", stages))
+    shortcuts = (("arch", arch), ("epochs", epochs), ("stages", stages), ("teacher", teacher))
     overrides = list(set_ or []) + [f"{k}={v}" for k, v in shortcuts if v is not None]
     if cv is not None:
         return _cross_validate(data, config, overrides, cv, out)
@@ -94,7 +101,9 @@ def train(
         cfg = load_config(config, overrides, base=base)
         if val is not None:
             val_ds = load_ferplus(val) if votes is not None else load_dataset(val)
+            validation = f"the file {val.name}"
         else:
+            validation = f"a stratified {val_fraction:.0%} of {data.name} held out (seed {cfg.seed})"
             parts = split(train_ds, val=val_fraction, seed=cfg.seed)
             train_ds, val_ds = parts["train"], parts["val"]
         if train_ds.classes != cfg.labels:
@@ -106,6 +115,11 @@ def train(
         )
         if train_ds.soft is not None and not skip_tr:  # crops keep every row: the votes stay aligned
             ytr = train_ds.soft
+        if cfg.teacher:
+            from emolens.train.distill import distill_targets
+
+            console.print(f"distilling from {cfg.teacher}: its probabilities on {len(xtr)} training faces")
+            ytr = distill_targets(cfg.teacher, xtr, ytr, cfg.labels, cfg.distill_weight, cfg.distill_temperature)
     except EmoLensError as exc:
         fail(exc)
     for line in skip_tr + skip_va:
@@ -119,7 +133,9 @@ def train(
     if start is not None:
         console.print(f"starting from {init}" + (f", stages {cfg.stages}" if cfg.stages else ""))
     try:
-        result = fit((xtr, ytr), (xva, yva), cfg, out, resume=resume, stop_after=stop_after, **init_kw)
+        result = fit(
+            (xtr, ytr), (xva, yva), cfg, out, resume=resume, stop_after=stop_after, validation=validation, **init_kw
+        )
     except EmoLensError as exc:
         fail(exc)
     console.print(f"best validation {cfg.select_on}: {result['best']:.4f} → {result['checkpoint']}")

@@ -197,3 +197,96 @@ def resnet_small(num_classes: int = 7, in_channels: int = 1, **kw) -> nn.Module:
 @register_arch("resnet18-fer")
 def resnet18_fer(num_classes: int = 7, in_channels: int = 1, **kw) -> nn.Module:
     return ResNetFER((64, 128, 256, 512), num_classes, in_channels, **kw)
+
+
+def _conv_bn_relu6(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    pad = (kernel - 1) // 2
+    conv = nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = [] if expand == 1 else [_conv_bn_relu6(cin, hidden, 1)]
+        layers += [
+            _conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (Sandler et al. 2018) with torchvision's parameter names, so its ImageNet weights
+    load as they are (``emolens.train.pretrained``).
+
+    EmoLens feeds 48x48 grey crops normalised to [-1, 1]; the network enlarges them to
+    ``input_size`` (ImageNet features need faces larger than 48 px after a stride-32 trunk) and turns
+    them into the 3-channel ImageNet normalisation inside the graph, so the analyzer's input stays
+    the same for every model.
+    """
+
+    # (expansion, output channels, repeats, first stride) per stage, as in the paper
+    _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2))
+    _SETTINGS += ((6, 320, 1, 1),)
+
+    def __init__(self, num_classes: int, in_channels: int, dropout: float = 0.2, input_size: int = 96):
+        super().__init__()
+        import torch
+
+        self.input_size = input_size
+        layers: list[nn.Module] = [_conv_bn_relu6(3, 32, 3, 2)]
+        cin = 32
+        for expand, cout, repeats, stride in self._SETTINGS:
+            for i in range(repeats):
+                layers.append(_InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+                cin = cout
+        layers.append(_conv_bn_relu6(cin, 1280, 1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        # x in [-1, 1] → pixel in [0, 1] → ImageNet's normalisation, as one affine map per channel
+        self.register_buffer("in_scale", 0.5 / std, persistent=False)
+        self.register_buffer("in_shift", (0.5 - mean) / std, persistent=False)
+        self.in_channels = in_channels
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        # always resized (a no-op at input_size): a shape test would be frozen into the exported graph
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if self.in_channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = self.features(x * self.in_scale + self.in_shift)
+        return self.classifier(x.mean((2, 3)))
+
+    def layer_blocks(self) -> list[list[nn.Parameter]]:
+        """The stem, one block per resolution stage, the last 1x1 convolution, then the head."""
+        blocks: list[list[nn.Parameter]] = [list(self.features[0].parameters())]
+        for layer in list(self.features)[1:-1]:
+            stride = layer.conv[-3][0].stride[0] if len(layer.conv) == 4 else layer.conv[0][0].stride[0]
+            if stride == 2 or len(blocks) == 1:
+                blocks.append([])
+            blocks[-1] += list(layer.parameters())
+        return blocks + [list(self.features[-1].parameters()), list(self.classifier.parameters())]
+
+
+@register_arch("mobilenetv2")
+def mobilenetv2(num_classes: int = 7, in_channels: int = 1, dropout: float = 0.2, **kw) -> nn.Module:
+    """MobileNetV2 seeing the 48x48 crop at 96 px (``--set pretrained=imagenet`` starts from ImageNet)."""
+    if in_channels not in (1, 3):
+        raise ValueError(f"mobilenetv2 takes 1 or 3 input channels, not {in_channels}")
+    return MobileNetV2(num_classes, in_channels, dropout=dropout, **kw)
+
+
+@register_arch("mobilenetv2-64")
+def mobilenetv2_64(num_classes: int = 7, in_channels: int = 1, dropout: float = 0.2, **kw) -> nn.Module:
+    """MobileNetV2 seeing the crop at 64 px: about half the cost of 96 px."""
+    return mobilenetv2(num_classes, in_channels, dropout=dropout, input_size=64, **kw)

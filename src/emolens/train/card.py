@@ -27,14 +27,36 @@ def write_card(onnx_path: str | Path, metrics: dict) -> Path:
 
 
 def _describe_recipe(recipe: dict) -> str:
-    return (
+    start = f"from {recipe['pretrained']} weights, " if recipe.get("pretrained") else ""
+    taught = (
+        f"; distilled from {recipe['teacher']} (its share {recipe.get('distill_weight')}, "
+        f"temperature {recipe.get('distill_temperature')})"
+        if recipe.get("teacher")
+        else ""
+    )
+    return start + (
         f"{recipe.get('epochs')} epochs, batch {recipe.get('batch_size')}, "
         f"{OPTIMIZERS.get(recipe.get('optimizer', 'adamw'), recipe.get('optimizer'))} lr {recipe.get('lr')} "
         f"({SCHEDULES.get(recipe.get('schedule', 'onecycle'), recipe.get('schedule'))}), "
         f"weight decay {recipe.get('weight_decay')}, label smoothing {recipe.get('label_smoothing')}, "
         f"EMA {recipe.get('ema_decay')}, dropout {recipe.get('dropout')}, augmentation {recipe.get('augment')}, "
-        f"seed {recipe.get('seed')}; selected on validation {recipe.get('select_on')}"
+        f"seed {recipe.get('seed')}; selected on validation {recipe.get('select_on')}{taught}"
     )
+
+
+def _protocol_line(recipe: dict, training: dict, metrics: dict) -> str | None:
+    """How the weights were chosen, and that the measured figures come from elsewhere."""
+    where = training.get("validation")
+    if not where:
+        return None
+    n = f" (n = {training['n_val']})" if training.get("n_val") else ""
+    chosen = (
+        "the final weights were kept (no selection); validation only monitored"
+        if recipe.get("select_on") == "last"
+        else f"the epoch was chosen on validation {recipe.get('select_on')}"
+    )
+    measured = f"; {metrics['dataset']} was scored once, after training" if metrics.get("dataset") else ""
+    return f"- **Validation protocol**: {where}{n}; {chosen}{measured}"
 
 
 def _recipe_line(recipe: dict, training: dict, runs: list[dict]) -> str:
@@ -86,6 +108,9 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
         f"- **Data**: {card.get('data') or 'not stated'}",
         _recipe_line(recipe, t, runs),
     ]
+    protocol = _protocol_line(recipe, t, m)
+    if protocol:
+        lines.append(protocol)
     if t:
         secs, total = t.get("train_seconds"), _minutes([*runs, t])
         where = f" of run ({len(runs) + 1})" if runs else ""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from emolens.errors import EmoLensError, require
 from emolens.train.augment import AugmentConfig
+from emolens.train.pretrained import SOURCES as PRETRAINED_SOURCES
 
 
 @dataclass
@@ -50,6 +51,10 @@ class TrainConfig:
     label_mode: str = "distribution"  # soft labels (FER+ votes): distribution (cross-entropy), probability, majority
     stages: str = ""  # fine-tuning stages, e.g. "head:2,all:8": epochs training only the head, then all layers
     layer_decay: float = 1.0  # in "all" stages, the LR is multiplied by this once per block away from the head
+    pretrained: str = ""  # "imagenet": start from weights a package carries (emolens.train.pretrained)
+    teacher: str = ""  # distillation: a model name/path/ensemble whose probabilities join the labels
+    distill_weight: float = 0.5  # the teacher's share of each target distribution
+    distill_temperature: float = 2.0
 
     @property
     def input_spec(self) -> dict:
@@ -92,6 +97,9 @@ def check_config(cfg: TrainConfig) -> list[tuple[str, int]]:
         raise EmoLensError(f"label_mode must be one of {', '.join(LABEL_MODES)}, not {cfg.label_mode!r}")
     if not 0 <= cfg.augment.degrade <= 1:
         raise EmoLensError(f"augment.degrade is a share of crops in [0, 1], not {cfg.augment.degrade}")
+    if cfg.pretrained and cfg.pretrained not in PRETRAINED_SOURCES:
+        choices = ", ".join(PRETRAINED_SOURCES)
+        raise EmoLensError(f"pretrained must be one of {choices} (or empty), not {cfg.pretrained!r}")
     if not 0 < cfg.layer_decay <= 1:
         raise EmoLensError(f"layer_decay is in (0, 1], not {cfg.layer_decay}")
     plan = parse_stages(cfg.stages) or [("all", cfg.epochs)]

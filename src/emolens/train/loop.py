@@ -37,6 +37,7 @@ from emolens.train.optim import (
     param_groups,
     soft_targets,
 )
+from emolens.train.pretrained import imagenet_weights
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -77,6 +78,7 @@ def fit(
     init_labels: list[str] | None = None,
     lineage: list[dict] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    validation: str = "",
 ) -> dict:
     """Train, keep the best EMA weights on the validation metric, write best.pt/last.pt + log.
 
@@ -88,6 +90,7 @@ def fit(
     from trained weights: fine-tuning; when ``init_labels`` differ from ``cfg.labels`` (or the head's
     shape differs) the head starts afresh. ``lineage`` (``lineage_of`` the checkpoint ``init`` came
     from) is kept in the checkpoints, so a model card can tell every run that made the model.
+    ``validation`` says where ``val`` came from (for the model card's validation protocol).
     ``cfg.select_on="last"`` keeps the final weights. ``train[1]`` may be label distributions
     (N, classes), such as FER+ votes: ``cfg.label_mode`` says how they are learnt.
     ``cfg.stages`` (e.g. ``"head:2,all:8"``) trains only the classifier head first, then all layers,
@@ -117,6 +120,8 @@ def fit(
     )
     if init is not None:
         _load_init(model, init, fresh_head=init_labels is not None and list(init_labels) != list(cfg.labels))
+    elif cfg.pretrained and not resume:
+        _load_init(model, imagenet_weights(cfg.arch), fresh_head=True)
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
     )
@@ -158,6 +163,8 @@ def fit(
             "input": cfg.input_spec,
             "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
             "n_train": len(xtr),
+            "n_val": len(xva),
+            "validation": validation,
             "hardware": _hardware(),
             "lineage": lineage or [],
             "rng": _rng_state(),  # so --resume draws the same batches and augmentations as one unbroken run
@@ -250,6 +257,8 @@ def run_summary(state: dict) -> dict:
         "val_macro_f1": best.get("val_macro_f1"),
         "train_seconds": None if seconds is None else round(seconds),
         "hardware": state.get("hardware") or f"{platform.machine()} CPU",
+        "validation": state.get("validation") or None,
+        "n_val": state.get("n_val"),
     }
 
 
