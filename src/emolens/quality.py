@@ -42,10 +42,7 @@ def face_qualities(crops: list[np.ndarray], box_sizes: list[float] | None = None
         return []
     grey = np.stack([c if c.ndim == 2 else cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops]).astype(np.float32)
     mean, var = grey.mean(axis=(1, 2)), grey.var(axis=(1, 2))
-    # cv2.Laplacian's default (3x3 cross kernel, reflect-101 border), on every crop at once; the
-    # grey levels are integers, so its sums are exact and equal OpenCV's.
-    p = np.pad(grey, ((0, 0), (1, 1), (1, 1)), mode="reflect")
-    lap = p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:] - 4 * grey
+    lap = np.stack([cv2.Laplacian(g, cv2.CV_32F) for g in grey])  # one C call a crop: cheaper than numpy's pad
     mean, var = mean.astype(np.float64), var.astype(np.float64)
     sharp = lap.var(axis=(1, 2)).astype(np.float64) / (var + 25.0)  # +25: flat crops do not divide by ~0
     lo0, lo1, hi1, hi0 = EXPOSURE
