@@ -16,7 +16,7 @@ from emolens.align import align_face
 from emolens.detect import Detector, DetectorOptions, create_detector
 from emolens.errors import EmoLensError
 from emolens.io import ImageInput, load_image
-from emolens.quality import face_quality
+from emolens.quality import face_qualities
 from emolens.results import FaceResult, Results
 
 if TYPE_CHECKING:
@@ -113,9 +113,10 @@ class Analyzer:
         t1 = time.perf_counter()
         faces = self.detector(image)
         t2 = time.perf_counter()
-        results = self.classify_faces(image, faces)
+        model = self.model  # resolved once per image (the property reads the registry for ``active``)
+        results = self._classify(image, faces, model)
         t3 = time.perf_counter()
-        describe = getattr(self.model, "describe", None)  # an ensemble records every member's version
+        describe = getattr(model, "describe", None)  # an ensemble records every member's version
         return Results(
             faces=results,
             image=image,
@@ -128,19 +129,24 @@ class Analyzer:
 
     def classify_faces(self, image: np.ndarray, faces) -> list[FaceResult]:
         """Align every face and classify all crops in one batch; a face that fails is marked, not fatal."""
-        out, crops, ok = self.align_faces(image, faces)
+        return self._classify(image, faces, self.model)
+
+    def _classify(self, image: np.ndarray, faces, model) -> list[FaceResult]:
+        out, crops, ok = self._align(image, faces, model)
         if crops:
-            model = self.model
-            probs = model.predict(np.stack(crops))
+            probs = model.predict(np.stack(crops)).tolist()  # Python floats in one go, not one float() a value
+            labels = model.labels
             for i, p in zip(ok, probs, strict=True):
-                out[i].probs = {label: float(v) for label, v in zip(model.labels, p, strict=True)}
+                out[i].probs = dict(zip(labels, p, strict=True))
         return out
 
     def align_faces(self, image: np.ndarray, faces) -> tuple[list[FaceResult], list[np.ndarray], list[int]]:
         """The faces as results without probabilities yet, their aligned crops, and the index of the
         face each crop belongs to; a face that cannot be aligned carries an ``error`` and no crop.
         Callers may classify the crops of many images in one batch (``emolens.batch`` does)."""
-        model = self.model
+        return self._align(image, faces, self.model)
+
+    def _align(self, image: np.ndarray, faces, model) -> tuple[list[FaceResult], list[np.ndarray], list[int]]:
         spec = model.meta.input
         th = model.meta.thresholds  # per-class thresholds in the model file: below them a face is "uncertain"
         rules = model.meta.rules  # post-processing rules in the model file
@@ -153,9 +159,11 @@ class Analyzer:
             try:
                 crops.append(align_face(image, f.box, f.landmarks, spec.size, spec.channels))
                 ok.append(i)
-                out[i].quality = face_quality(crops[-1], min(f.box[2] - f.box[0], f.box[3] - f.box[1]))
             except Exception as exc:  # one bad face never aborts the image
                 out[i].error = f"alignment failed: {exc}"
+        sizes = [min(faces[i].box[2] - faces[i].box[0], faces[i].box[3] - faces[i].box[1]) for i in ok]
+        for i, q in zip(ok, face_qualities(crops, sizes), strict=True):  # all faces at once: a crowd's are many
+            out[i].quality = q
         return out, crops, ok
 
     def stream(self, sources: Iterable[ImageInput], *, prefetch: bool = True) -> Iterator[Results | EmoLensError]:

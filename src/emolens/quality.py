@@ -25,23 +25,37 @@ RAMPS = {"size": (12.0, 40.0), "sharpness": (np.log10(0.02), np.log10(0.3)), "co
 EXPOSURE = (10.0, 40.0, 215.0, 245.0)  # mean grey: 0 below the first, 1 between the middle two, 0 above the last
 
 
-def _ramp(v: float, lo: float, hi: float) -> float:
-    return float(np.clip((v - lo) / (hi - lo), 0.0, 1.0))
+def _ramp(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.clip((v - lo) / (hi - lo), 0.0, 1.0)
 
 
 def face_quality(crop: np.ndarray, box_size: float | None = None) -> dict[str, float]:
     """The factors and their minimum (``score``) for one aligned uint8 crop (grey or RGB);
     ``box_size`` is the shorter side of the face's box in the image (left out when unknown)."""
-    grey = crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
-    g = grey.astype(np.float32)
-    mean, var = float(g.mean()), float(g.var())
-    sharp = float(cv2.Laplacian(g, cv2.CV_32F).var()) / (var + 25.0)  # +25: flat crops do not divide by ~0
+    return face_qualities([crop], None if box_size is None else [box_size])[0]
+
+
+def face_qualities(crops: list[np.ndarray], box_sizes: list[float] | None = None) -> list[dict[str, float]]:
+    """``face_quality`` for many crops of one size at once (the faces of a crowd): the same
+    figures, computed on the stacked crops, so a face costs a few microseconds, not a tenth of a ms."""
+    if len(crops) == 0:
+        return []
+    grey = np.stack([c if c.ndim == 2 else cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops]).astype(np.float32)
+    mean, var = grey.mean(axis=(1, 2)), grey.var(axis=(1, 2))
+    lap = np.stack([cv2.Laplacian(g, cv2.CV_32F) for g in grey])  # one C call a crop: cheaper than numpy's pad
+    mean, var = mean.astype(np.float64), var.astype(np.float64)
+    sharp = lap.var(axis=(1, 2)).astype(np.float64) / (var + 25.0)  # +25: flat crops do not divide by ~0
     lo0, lo1, hi1, hi0 = EXPOSURE
     factors = {
-        "sharpness": _ramp(np.log10(max(sharp, 1e-6)), *RAMPS["sharpness"]),
-        "exposure": min(_ramp(mean, lo0, lo1), 1.0 - _ramp(mean, hi1, hi0)),
-        "contrast": _ramp(float(np.sqrt(var)), *RAMPS["contrast"]),
+        "sharpness": _ramp(np.log10(np.maximum(sharp, 1e-6)), *RAMPS["sharpness"]),
+        "exposure": np.minimum(_ramp(mean, lo0, lo1), 1.0 - _ramp(mean, hi1, hi0)),
+        "contrast": _ramp(np.sqrt(var), *RAMPS["contrast"]),
     }
-    if box_size is not None:
-        factors["size"] = _ramp(float(box_size), *RAMPS["size"])
-    return {"score": round(min(factors.values()), 3), **{k: round(v, 3) for k, v in factors.items()}}
+    if box_sizes is not None:
+        factors["size"] = _ramp(np.asarray(box_sizes, dtype=np.float64), *RAMPS["size"])
+    columns = {k: v.tolist() for k, v in factors.items()}
+    out = []
+    for i in range(len(crops)):
+        row = {k: v[i] for k, v in columns.items()}
+        out.append({"score": round(min(row.values()), 3), **{k: round(v, 3) for k, v in row.items()}})
+    return out
