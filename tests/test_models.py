@@ -187,7 +187,8 @@ def test_no_user_models_folder(emolens_home):
 # --- the shipped model ----------------------------------------------------------------------
 
 
-FP32_SHIPPED = ["fast", "accurate"]  # the default and the flagship; each has its PyTorch weights beside it
+# the default, the flagship and the one for real cameras; each has its PyTorch weights beside it
+FP32_SHIPPED = ["fast", "accurate", "robust"]
 
 
 @pytest.mark.parametrize("name", FP32_SHIPPED)
