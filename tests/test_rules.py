@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from emolens.classify.modelfile import decide, save_rules
+from emolens.classify.amend import save_rules
+from emolens.classify.modelfile import decide
 from emolens.classify.rules import Rule, apply_rules, check_rules, parse_rule
 from emolens.errors import ModelError, RefusedError
 from emolens.evaluate import evaluate_rules

@@ -95,7 +95,7 @@ class EvaluationReport:
         """Write the chosen thresholds into the model file (in place, atomically, or a copy at
         ``out``), with a note of how they were chosen; below them the analyzer answers "uncertain".
         Returns the file written, also recorded as ``thresholds["saved_to"]``."""
-        from emolens.classify.modelfile import save_thresholds
+        from emolens.classify.amend import save_thresholds
         from emolens.models import resolve_model
 
         th = self.thresholds
@@ -113,7 +113,7 @@ class EvaluationReport:
         """Write the rules tried into the model file (or a copy at ``out``), the guard's report as
         evidence; refused (``RefusedError``) when a rule lowers macro-F1. Returns the file written,
         also recorded as ``rules["saved_to"]``."""
-        from emolens.classify.modelfile import save_rules
+        from emolens.classify.amend import save_rules
         from emolens.models import resolve_model
 
         if not self.tried_rules or self.rules is None:
