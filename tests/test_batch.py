@@ -206,7 +206,11 @@ def test_ctrl_c_then_kill_9_at_random_shards_then_resume(reference, photos, home
     out = tmp_path / "out"
     args = ("batch", photos, out, "--shard-size", "1", "-q")
     rng = random.Random()
-    code, stderr, first = _stop_after(_cli(*args, "--workers", "2"), out, rng.randint(1, 3), signal.SIGINT, home)
+    for _ in range(3):  # a fast machine may finish all 9 shards before the signal lands: start again
+        code, stderr, first = _stop_after(_cli(*args, "--workers", "2"), out, rng.randint(1, 3), signal.SIGINT, home)
+        if code != 0:
+            break
+        shutil.rmtree(out)
     assert code == 130, stderr
     assert "shards of this run finished and are kept; run the same command to resume" in stderr
     assert "Traceback" not in stderr and 1 <= first < N_IMAGES - 2

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from emolens.classify.amend import save_rules
+from emolens.classify.emotion import EmotionModel
 from emolens.classify.modelfile import decide
 from emolens.classify.rules import Rule, apply_rules, check_rules, parse_rule
 from emolens.errors import ModelError, RefusedError
@@ -104,10 +105,10 @@ def test_rules_are_saved_only_with_evidence(fast_probs, tmp_path):
             save_rules(model, [HURTS], evidence=evidence)
     assert hashlib.sha256(model.read_bytes()).hexdigest() == before  # nothing changed
     save_rules(model, [HELPS], evidence=evaluate_rules(probs, y, LABELS, [HELPS]))
-    meta = load_emotion_model.__wrapped__(str(model)).meta
+    meta = EmotionModel(str(model)).meta
     assert [str(r) for r in meta.rules] == [HELPS] and meta.card["rules"]["accepted"]
     save_rules(model, None)
-    assert load_emotion_model.__wrapped__(str(model)).meta.rules is None
+    assert EmotionModel(str(model)).meta.rules is None
 
 
 def test_cli_refuses_a_harmful_rule_and_saves_a_helpful_one(shared_datasets, tmp_path):
@@ -121,7 +122,7 @@ def test_cli_refuses_a_harmful_rule_and_saves_a_helpful_one(shared_datasets, tmp
     good = subprocess.run([*cmd, "--rule", HELPS], capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"})
     assert good.returncode == 0, good.stderr
     assert "accepted" in good.stdout and out.is_file()
-    m = load_emotion_model.__wrapped__(str(out))
+    m = EmotionModel(str(out))
     assert [str(r) for r in m.meta.rules] == [HELPS]
     # The analyzer applies the saved rule: a face the rule answers says so.
     probs = dict(zip(m.labels, [0.6, 0.3, 0.0, 0.0, 0.1, 0.0, 0.0], strict=True))

@@ -81,15 +81,11 @@ def align_face(
     src = image
     if scale < 0.5:
         src, matrix = _face_region(image, matrix, size)
-        if channels == 1 and src.ndim == 3:
-            # Grey before the area resize, the costliest step (a third of the pixels to average);
-            # the crop differs from grey-after by at most a rounding step.
-            src = cv2.cvtColor(src, cv2.COLOR_RGB2GRAY)
         factor = 2 * scale
         src = cv2.resize(src, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
         matrix[:, :2] /= factor
     crop = cv2.warpAffine(src, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    if channels == 1 and crop.ndim == 3:
+    if channels == 1:
         return cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     return crop
 
