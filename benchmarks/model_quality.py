@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speed import median_ms  # benchmarks/ is on the path when a script here runs
+from speed import median_ms, write_result  # benchmarks/ is on the path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
 FER = ROOT.parent / "shared" / "datasets" / "fer2013"
@@ -109,8 +109,7 @@ def main() -> None:
         "",
     ]
     out = ROOT / "benchmarks" / "results" / f"{args.out}.md"
-    out.write_text("\n".join(lines))
-    print(out.read_text())
+    print(write_result(out, lines))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from speed import write_result  # benchmarks/ is on the path when a script here runs
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "fer2013" / "val.npz"
 GOAL_SINGLES = ("scale-24px", "scale-16px", "blur-1.5", "jpeg-15", "noise-12", "dark", "contrast-0.4")
@@ -94,8 +96,7 @@ def main() -> None:
         "",
     ]
     out = ROOT / "benchmarks" / "results" / f"{args.out}.md"
-    out.write_text("\n".join(lines))
-    print(out.read_text())
+    print(write_result(out, lines))
 
 
 if __name__ == "__main__":

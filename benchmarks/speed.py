@@ -27,6 +27,22 @@ EXAMPLE = ROOT / "src" / "emolens" / "assets" / "examples" / "astronaut.jpg"
 GROUP = ROOT.parent / "shared" / "datasets" / "photos" / "compreface" / "015_6.jpg"
 
 
+NOTES_HEADING = "## Notes"
+
+
+def write_result(path: Path, lines: list[str]) -> str:
+    """Write a results file from a script's ``lines``, keeping the hand-written section that starts
+    with ``## Notes`` in the file it replaces (the script's tables change, the notes on them stay)."""
+    notes = ""
+    if path.is_file():
+        old = path.read_text()
+        at = old.find("\n" + NOTES_HEADING)
+        notes = old[at:] if at >= 0 else ""
+    text = "\n".join(lines).rstrip("\n") + "\n" + notes
+    path.write_text(text)
+    return text
+
+
 def median_ms(fn, repeats: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
