@@ -203,9 +203,11 @@ def test_train_command_holds_out_a_stratified_share_without_val(fer_slice, tmp_p
     np.savez(tmp_path / "six.npz", images=train_x[keep], labels=relabel, classes=np.array(six))
     result = CliRunner().invoke(
         app,
-        ["train", str(tmp_path / "six.npz"), "--out", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0.2"],
+        ["train", str(tmp_path / "six.npz"), "--out", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0.2"]
+        + ["--set", "select_on=last"],
     )
     assert result.exit_code == 0, result.output
+    assert "kept the final weights (epoch 1, validation accuracy" in result.output  # not "best validation last"
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     assert state["labels"] == six and state["n_train"] == round(keep.sum() * 0.8)
 

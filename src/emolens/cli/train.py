@@ -60,6 +60,10 @@ def train(
             "probability|majority); --val then uses its own votes file (val.npz → val_ferplus.npz)."
         ),
     ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Train on a stratified random N faces of DATA (seed from the config): quick trials."),
+    ] = None,
 ) -> None:
     """Train an emotion model, or fine-tune one with --init.
 
@@ -99,6 +103,11 @@ def train(
                 "channels": start["input"]["channels"],
             }
         cfg = load_config(config, overrides, base=base)
+        if limit is not None and limit < len(train_ds):
+            if limit < 1:
+                raise EmoLensError(f"--limit is a number of faces (at least 1), not {limit}")
+            # the stratified split's held-out share is the subset: every class keeps its proportion
+            train_ds = split(train_ds, val=limit / len(train_ds), seed=cfg.seed)["val"]
         if val is not None:
             val_ds = load_ferplus(val) if votes is not None else load_dataset(val)
             validation = f"the file {val.name}"
@@ -138,7 +147,14 @@ def train(
         )
     except EmoLensError as exc:
         fail(exc)
-    console.print(f"best validation {cfg.select_on}: {result['best']:.4f} → {result['checkpoint']}")
+    if cfg.select_on == "last":  # no selection: result["best"] is the last epoch's index, not a score
+        row = result["history"][-1] if result["history"] else {}
+        console.print(
+            f"kept the final weights (epoch {int(result['best']) + 1}, validation accuracy "
+            f"{row.get('val_accuracy', float('nan')):.4f}) → {result['checkpoint']}"
+        )
+    else:
+        console.print(f"best validation {cfg.select_on}: {result['best']:.4f} → {result['checkpoint']}")
 
 
 def _cross_validate(data: Path, config: Path | None, overrides: list[str], k: int, out: Path) -> None:

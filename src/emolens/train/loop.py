@@ -228,10 +228,10 @@ def fit(
             ema_weights = copy.deepcopy(ema.module.state_dict())
             if current > best:
                 best, stale = current, 0
-                torch.save(checkpoint(epoch, ema_weights), out / "best.pt")
+                _save(checkpoint(epoch, ema_weights), out / "best.pt")
             else:
                 stale += 1
-            torch.save(checkpoint(epoch, model.state_dict()), out / "last.pt")
+            _save(checkpoint(epoch, model.state_dict()), out / "last.pt")
             _write_log(out, history)
             _plot_curves(out, history)
             if on_epoch is not None:
@@ -281,6 +281,14 @@ def final_weights(last: str | Path, images: np.ndarray, out: str | Path) -> Path
     state.update(model=model.state_dict(), config={**cfg, "weights": "final"})
     torch.save(state, out)
     return Path(out)
+
+
+def _save(state: dict, path: Path) -> None:
+    """``torch.save`` whole or not at all: a run stopped while saving (a time limit, Ctrl-C) keeps
+    the previous checkpoint rather than a truncated one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 def _degrade_nchw(x: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
