@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
+# Shipped names that route each face between two shipped models (``emolens.classify.routed``):
+# name -> (the model for clear faces, the model for poor ones).
+ROUTED = {"adaptive": ("fast", "robust")}
 
 
 def shipped_models() -> dict[str, Path]:

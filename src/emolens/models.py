@@ -5,10 +5,11 @@ the user's models in ``$EMOLENS_HOME/models``; ``active`` and ``v1``, ``v2``... 
 the model registry (``active`` is the shipped ``fast`` while the registry is empty). Anything
 that is an existing file is a path.
 
-An ensemble is several of these joined by ``+`` (or ``,``), each optionally weighted with
-``*W``: ``fast+accurate``, ``accurate*3+fast``; in Python also a list (``["fast", "accurate"]``)
-or a mapping of names to weights. ``model_spec`` turns any of these into the one string every
-interface takes (``--model``, ``EMOLENS_MODEL``, ``Analyzer(model=...)``).
+``adaptive`` routes each face to ``fast`` when it is clear and to ``robust`` when it is soft or
+noisy (``emolens.classify.routed``). An ensemble is several of these joined by ``+`` (or ``,``),
+each optionally weighted with ``*W``: ``fast+accurate``, ``accurate*3+fast``; in Python also a
+list (``["fast", "accurate"]``) or a mapping of names to weights. ``model_spec`` turns any of
+these into the one string every interface takes (``--model``, ``EMOLENS_MODEL``, ``Analyzer(model=...)``).
 
 ``ModelResolver`` is the one place names are resolved, for one ``$EMOLENS_HOME``: ``versions``
 replaces ``active`` by the version that runs now, ``path`` gives the file of one model, and
@@ -23,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emolens.catalog import ASSETS, NamedModels, shipped_models
+from emolens.catalog import ASSETS, ROUTED, NamedModels, shipped_models
 from emolens.errors import ModelError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -150,6 +151,12 @@ class ModelResolver:
             raise ModelError(
                 f"{name_or_path!r} is an ensemble: this needs a single model (one name, version or .onnx path)"
             )
+        if str(name_or_path) in ROUTED:
+            clear, poor = ROUTED[str(name_or_path)]
+            raise ModelError(
+                f"{name_or_path!r} routes faces between {clear!r} and {poor!r}: this needs a single model "
+                f"(one name, version or .onnx path)"
+            )
         p = Path(name_or_path)
         if p.suffix == ".onnx" or p.exists():
             if not p.is_file():
@@ -177,7 +184,8 @@ class ModelResolver:
 
     def load(self, name_or_path: ModelSpec, threads: int = 0, tta: bool = False):
         """One model per (home, spec, threads, tta), loaded once and reused by every Analyzer: an
-        EmotionModel, or an EnsembleModel for several members or mirror TTA."""
+        EmotionModel, an EnsembleModel for several members or mirror TTA, or a RoutedModel for a
+        routed name (``adaptive``)."""
         return _load(self, str(name_or_path) if isinstance(name_or_path, Path) else name_or_path, threads, tta)
 
 
@@ -186,6 +194,14 @@ def _load(resolver: ModelResolver, name_or_path: str, threads: int, tta: bool):
     from emolens.classify import EmotionModel
 
     members = parse_model_spec(name_or_path)
+    if len(members) == 1 and members[0][0] in ROUTED:
+        from emolens.classify.routed import Route, RoutedModel
+
+        name = members[0][0]
+        clear, poor = ROUTED[name]
+        return RoutedModel(
+            Route(clear, _load(resolver, clear, threads, tta)), Route(poor, _load(resolver, poor, threads, tta)), name
+        )
     if len(members) == 1 and not tta:
         return EmotionModel(resolver.path(members[0][0]), threads=threads)
     from emolens.classify.ensemble import EnsembleModel, Member
