@@ -155,7 +155,8 @@ def test_local_run_matches_analyze_and_bad_files_are_rows(reference, analyzed, p
     for name, reason in BAD.items():
         assert failed.loc[f"bad/{name}", "reason"] == reason
     assert failed.loc[f"bad/{BAD_TRUNCATED}", "reason"] == "corrupt or truncated image"
-    assert list(df[df.status == "no_face"].image_id) == ["compreface/017_0.jpg"]
+    # dogs.jpg: RetinaFace's 0.8x first pass misses its dog faces (found at native size).
+    assert list(df[df.status == "no_face"].image_id) == ["compreface/017_0.jpg", "dlib_voc/dogs.jpg"]
     faces = df[df.status == "face"]
     assert len(faces) >= 8 and faces.model.eq("fast").all() and faces.detector.eq("retinaface").all()
     assert (faces[[c for c in df.columns if c.startswith("p_")]].sum(axis=1) - 1).abs().max() < 1e-4
@@ -171,7 +172,7 @@ def test_finished_job_run_again_changes_nothing(reference, photos, home):
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in reference.rglob("*") if p.is_file()}
     summary = run_batch(photos, reference, BatchOptions(workers=2))
     assert summary.shards_run == 0 and summary.shards_skipped == 3 and summary.complete
-    assert summary.images == N_IMAGES and summary.failed == 3 and summary.no_face == 1
+    assert summary.images == N_IMAGES and summary.failed == 3 and summary.no_face == 2
     assert sum(summary.labels.values()) == summary.faces
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in reference.rglob("*") if p.is_file()}
     assert after == before

@@ -181,10 +181,13 @@ def test_min_face_size_removes_small_faces(mosaic):
 
 
 def test_score_threshold_between_scores(mosaic):
-    scores = sorted(f.score for f in detector("retinaface")(mosaic))
+    # At one scale (two_pass False). With two passes, a small face under the threshold at the 0.8x
+    # first pass is a maybe, looked at again enlarged, where it may score above it (the 35 px face).
+    scores = sorted(f.score for f in detector("retinaface", two_pass=False)(mosaic))
     threshold = (scores[0] + scores[1]) / 2
-    kept = detector("retinaface", score_threshold=threshold)(mosaic)
+    kept = detector("retinaface", two_pass=False, score_threshold=threshold)(mosaic)
     assert len(kept) == len(scores) - 1 and min(f.score for f in kept) >= threshold
+    assert min(f.score for f in detector("retinaface", score_threshold=threshold)(mosaic)) >= threshold
 
 
 def test_missing_dlib_names_the_extra(monkeypatch, astronaut):
@@ -261,4 +264,7 @@ def test_dogs_are_not_faces_for_dlib_hog(photos):
 
 @pytest.mark.xfail(strict=True, reason="known limitation: RetinaFace (MobileNet-0.25) detects dog faces at p~0.99")
 def test_dogs_are_not_faces_for_retinaface(photos):
-    assert detector("retinaface")(load_image(photos / "dlib_voc" / "dogs.jpg")) == []
+    # At native size; the default 0.8x first pass happens to miss these two (400 and 200 px) dog faces.
+    dogs = load_image(photos / "dlib_voc" / "dogs.jpg")
+    assert detector("retinaface")(dogs) == []
+    assert detector("retinaface", two_pass=False)(dogs) == []

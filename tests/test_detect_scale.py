@@ -36,7 +36,7 @@ def test_large_min_face_size_shrinks_the_first_pass(vga):
     ref, faces = default(vga), large(vga)
     # 64 px faces are 32 px at half size, which the network finds in one pass.
     assert large.last_passes == [(256, 320)]
-    assert default.last_passes == [(480, 640)]  # default 20 px: native size, no enlarged region on a portrait
+    assert default.last_passes == [(384, 512)]  # default 20 px: 0.8x, no enlarged region on a portrait
     assert len(ref) == len(faces) == 1
     a, b = ref[0].box, faces[0].box
     inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
