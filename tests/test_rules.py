@@ -22,8 +22,8 @@ from emolens.models import ASSETS, load_emotion_model
 from emolens.results import FaceResult
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
-# Measured on PublicTest with `fast`: the first raises macro-F1 (+0.007), the second lowers it (-0.013).
-HELPS = "if angry and disgust >= 0.2 then disgust"
+# Measured on PublicTest with `fast`: the first raises macro-F1 (+0.002), the second lowers it (-0.013).
+HELPS = "if sad and fear >= 0.3 then fear"
 HURTS = "if fear and sad >= 0.2 then sad"
 
 
@@ -125,5 +125,5 @@ def test_cli_refuses_a_harmful_rule_and_saves_a_helpful_one(shared_datasets, tmp
     m = EmotionModel(str(out))
     assert [str(r) for r in m.meta.rules] == [HELPS]
     # The analyzer applies the saved rule: a face the rule answers says so.
-    probs = dict(zip(m.labels, [0.6, 0.3, 0.0, 0.0, 0.1, 0.0, 0.0], strict=True))
-    assert decide(probs, m.thresholds, m.meta.rules) == "disgust"
+    probs = dict(zip(m.labels, [0.0, 0.0, 0.35, 0.0, 0.05, 0.6, 0.0], strict=True))
+    assert decide(probs, m.thresholds, m.meta.rules) == "fear"
