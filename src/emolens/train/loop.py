@@ -284,11 +284,15 @@ def final_weights(last: str | Path, images: np.ndarray, out: str | Path) -> Path
 
 
 def _save(state: dict, path: Path) -> None:
-    """``torch.save`` whole or not at all: a run stopped while saving (a time limit, Ctrl-C) keeps
-    the previous checkpoint rather than a truncated one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """``torch.save`` whole or not at all (``emolens.fileio.atomic_write``): a run stopped while
+    saving (a time limit, Ctrl-C) keeps the previous checkpoint rather than a truncated one."""
+    import io
+
+    from emolens.fileio import atomic_write
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue(), mode=0o644)  # weights, not faces: readable as torch.save left them
 
 
 def _degrade_nchw(x: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
