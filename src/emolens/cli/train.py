@@ -57,7 +57,8 @@ def train(
         Path | None,
         typer.Option(
             help="FER+ votes of DATA (row for row): train 8 classes on them (--set label_mode=distribution|"
-            "probability|majority); --val then uses its own votes file (val.npz → val_ferplus.npz)."
+            "probability|majority); --val then uses its own votes file (val.npz → val_ferplus.npz). "
+            "With --set vote_blend=W, keep DATA's own labels and blend W of the votes into each target."
         ),
     ] = None,
     limit: Annotated[
@@ -84,10 +85,11 @@ def train(
         return _cross_validate(data, config, overrides, cv, out)
     start = None
     try:
+        blend = load_config(config, overrides).vote_blend if votes is not None else 0.0
         if votes is not None:
-            from emolens.data.ferplus import load_ferplus
+            from emolens.data.ferplus import blend_votes, load_ferplus
 
-            train_ds = load_ferplus(data, votes)
+            train_ds = blend_votes(load_dataset(data), votes, blend) if blend else load_ferplus(data, votes)
         else:
             train_ds = load_dataset(data)
         base: dict = {"labels": train_ds.classes}
@@ -109,7 +111,7 @@ def train(
             # the stratified split's held-out share is the subset: every class keeps its proportion
             train_ds = split(train_ds, val=limit / len(train_ds), seed=cfg.seed)["val"]
         if val is not None:
-            val_ds = load_ferplus(val) if votes is not None else load_dataset(val)
+            val_ds = load_ferplus(val) if votes is not None and not blend else load_dataset(val)
             validation = f"the file {val.name}"
         else:
             validation = f"a stratified {val_fraction:.0%} of {data.name} held out (seed {cfg.seed})"

@@ -92,6 +92,38 @@ def load_ferplus(images: str | Path, votes: str | Path | None = None) -> FaceDat
     )
 
 
+def blend_votes(dataset: FaceDataset, votes: str | Path, weight: float) -> FaceDataset:
+    """``dataset`` (its own labels, e.g. FER2013's 7) with each face's FER+ vote distribution
+    blended into a one-hot of its label: ``soft = (1 - weight) * one_hot + weight * votes``.
+
+    Votes go to the dataset's own classes (a class it lacks, such as ``contempt`` for FER2013, is
+    left out and the rest renormalised); faces without usable votes (status 2/3, or no emotion of
+    the dataset's with two or more votes) keep their one-hot label. Every row is kept, so the
+    labels that pick an epoch stay the dataset's own."""
+    if not 0 <= weight <= 1:
+        raise EmoLensError(f"the votes' weight is in [0, 1], not {weight}")
+    votes = Path(votes)
+    with np.load(votes, allow_pickle=False) as z:
+        counts = z["votes"]
+        status = z["status"] if "status" in z.files else np.zeros(len(counts), dtype=np.int8)
+    if len(counts) != len(dataset):
+        raise BadLabelError(f"{votes} has {len(counts)} rows but the dataset has {len(dataset)}: they must match")
+    dist = vote_distribution(counts)  # FERPLUS8 order
+    cols = [FERPLUS8.index(c) for c in dataset.classes if c in FERPLUS8]
+    if len(cols) != len(dataset.classes):
+        missing = sorted(set(dataset.classes) - set(FERPLUS8))
+        raise BadLabelError(f"FER+ votes have no column for {missing}: they can blend into FER2013's classes only")
+    mine = dist[:, cols]
+    total = mine.sum(1, keepdims=True)
+    usable = (total[:, 0] > 0) & ~np.isin(status, DROPPED_STATUS)
+    one_hot = np.eye(len(dataset.classes), dtype=np.float32)[dataset.labels]
+    voted = np.where(usable[:, None], mine / np.maximum(total, 1e-9), one_hot)
+    out = dataset.subset(np.arange(len(dataset)))
+    out.soft = ((1 - weight) * one_hot + weight * voted).astype(np.float32)
+    out.source = f"{dataset.source} with FER+ votes {votes.name} blended in at {weight:g} ({int(usable.sum())} faces)"
+    return out
+
+
 def training_targets(dataset: FaceDataset, mode: str) -> np.ndarray:
     """What ``fit`` learns from, for a FER+ training mode: integer labels (``majority``) or the
     (N, C) vote distribution (``probability``: sampled each time; ``distribution``: used as is)."""

@@ -48,6 +48,7 @@ class TrainConfig:
     nesterov: bool = True  # SGD
     schedule: str = "onecycle"  # or "cosine": linear warm-up over warmup_epochs, then cosine decay to 0
     warmup_epochs: float = 0.0  # cosine only (OneCycle warms up over its first 15%); restarts with each stage
+    vote_blend: float = 0.0  # with --votes: keep the data's own labels, blend this share of FER+ votes into each
     label_mode: str = "distribution"  # soft labels (FER+ votes): distribution (cross-entropy), probability, majority
     stages: str = ""  # fine-tuning stages, e.g. "head:2,all:8": epochs training only the head, then all layers
     layer_decay: float = 1.0  # in "all" stages, the LR is multiplied by this once per block away from the head
@@ -95,6 +96,8 @@ def check_config(cfg: TrainConfig) -> list[tuple[str, int]]:
         raise EmoLensError(f"schedule must be one of {', '.join(SCHEDULES)}, not {cfg.schedule!r}")
     if cfg.label_mode not in LABEL_MODES:
         raise EmoLensError(f"label_mode must be one of {', '.join(LABEL_MODES)}, not {cfg.label_mode!r}")
+    if not 0 <= cfg.vote_blend <= 1:
+        raise EmoLensError(f"vote_blend is the FER+ votes' share of each target, in [0, 1], not {cfg.vote_blend}")
     if not 0 <= cfg.augment.degrade <= 1:
         raise EmoLensError(f"augment.degrade is a share of crops in [0, 1], not {cfg.augment.degrade}")
     if cfg.pretrained and cfg.pretrained not in PRETRAINED_SOURCES:
