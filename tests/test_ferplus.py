@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from emolens.data import FERPLUS8
-from emolens.data.ferplus import VOTE_COLUMNS, load_ferplus, majority, training_targets, vote_distribution
+from emolens.data.datasets import FaceDataset
+from emolens.data.ferplus import (
+    VOTE_COLUMNS,
+    blend_votes,
+    load_ferplus,
+    majority,
+    training_targets,
+    vote_distribution,
+)
 from emolens.errors import BadLabelError, EmoLensError
 
 ASSETS_MODEL = "fast"
@@ -55,6 +63,34 @@ def test_loader_keeps_what_the_paper_keeps(fer):
         training_targets(train, "vote")
     half = train.subset(np.arange(100))  # splits carry the votes along
     assert np.array_equal(half.soft, train.soft[:100])
+
+
+def test_blending_votes_keeps_every_face_and_its_own_labels(tmp_path):
+    from emolens.data import FER7
+
+    votes = np.stack(
+        [
+            _votes(sadness=6, fear=4),  # FER2013 says fear: half of it goes to the votes' sad
+            _votes(contempt=8, anger=2),  # contempt is no FER2013 class: what is left is anger
+            _votes(unknown=9, NF=1),  # no emotion votes: the one-hot stays
+            _votes(happiness=10),  # status 3 (not a face for FER+): the one-hot stays
+        ]
+    )
+    np.savez(tmp_path / "v.npz", votes=votes, status=np.array([0, 0, 0, 3], dtype=np.int8))
+    labels = np.array([FER7.index(c) for c in ("fear", "disgust", "neutral", "surprise")])
+    data = FaceDataset(classes=list(FER7), labels=labels, images=np.zeros((4, 48, 48), np.uint8))
+    out = blend_votes(data, tmp_path / "v.npz", 0.5)
+    assert len(out) == 4 and out.classes == list(FER7) and np.array_equal(out.labels, labels)
+    assert np.allclose(out.soft.sum(1), 1)
+    row = dict(zip(FER7, out.soft[0], strict=True))
+    assert row["fear"] == pytest.approx(0.5 + 0.5 * 0.4) and row["sad"] == pytest.approx(0.5 * 0.6)
+    assert out.soft[1, FER7.index("angry")] == pytest.approx(0.5) and out.soft[1, FER7.index("disgust")] == 0.5
+    assert np.array_equal(out.soft[2:], np.eye(7)[labels[2:]])
+    assert np.array_equal(blend_votes(data, tmp_path / "v.npz", 0).soft, np.eye(7)[labels])
+    with pytest.raises(EmoLensError, match="in \\[0, 1\\]"):
+        blend_votes(data, tmp_path / "v.npz", 1.5)
+    with pytest.raises(BadLabelError, match="row"):
+        blend_votes(data.subset(np.arange(3)), tmp_path / "v.npz", 0.5)
 
 
 def test_votes_must_match_the_images_row_for_row(fer, tmp_path):
@@ -155,6 +191,7 @@ def test_train_and_evaluate_commands_use_the_votes(fer, tmp_path, emolens_home):
     from typer.testing import CliRunner
 
     from emolens.cli import app
+    from emolens.data import FER7
 
     with np.load(fer / "val.npz") as z, np.load(fer / "val_ferplus.npz") as v:
         idx = np.sort(np.random.default_rng(2).choice(3589, 400, replace=False))
@@ -172,6 +209,15 @@ def test_train_and_evaluate_commands_use_the_votes(fer, tmp_path, emolens_home):
 
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     assert state["labels"] == list(FERPLUS8) and state["config"]["label_mode"] == "distribution"
+
+    res = runner.invoke(
+        app,
+        ["train", str(tmp_path / "faces.npz"), "--votes", str(tmp_path / "faces_ferplus.npz"), "--set", "vote_blend=0.5",
+         "--epochs", "1", "--set", "batch_size=64", "--set", "threads=1", "--out", str(tmp_path / "blend")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    state = torch.load(tmp_path / "blend" / "best.pt", weights_only=False)
+    assert state["labels"] == list(FER7) and state["config"]["vote_blend"] == 0.5  # FER2013's own 7 classes
 
     res = runner.invoke(app, ["evaluate", "fast", str(tmp_path / "faces.npz"), "--json", str(tmp_path / "m.json")])
     assert res.exit_code == 0, res.output
