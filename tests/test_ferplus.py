@@ -212,8 +212,9 @@ def test_train_and_evaluate_commands_use_the_votes(fer, tmp_path, emolens_home):
 
     res = runner.invoke(
         app,
-        ["train", str(tmp_path / "faces.npz"), "--votes", str(tmp_path / "faces_ferplus.npz"), "--set", "vote_blend=0.5",
-         "--epochs", "1", "--set", "batch_size=64", "--set", "threads=1", "--out", str(tmp_path / "blend")],
+        ["train", str(tmp_path / "faces.npz"), "--votes", str(tmp_path / "faces_ferplus.npz"),
+         "--set", "vote_blend=0.5", "--epochs", "1", "--set", "batch_size=64", "--set", "threads=1",
+         "--out", str(tmp_path / "blend")],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     state = torch.load(tmp_path / "blend" / "best.pt", weights_only=False)
