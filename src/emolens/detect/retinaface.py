@@ -59,6 +59,7 @@ _REGION_MIN_PX = 48  # ... and at least this many first-pass pixels
 # Above this share of the enlarged image's area, regions cost about as much as enlarging it all.
 _REGIONS_MAX_SHARE = 0.6
 _PRE_NMS_TOP_K = 5000
+_SHRINK_BLUR_SIGMA = 0.7
 _BRIDGE_COVERED = 0.8  # see _bridges
 _LOGIT_SHIFT = math.log(0.9 / 0.1) - math.log(0.6 / 0.4)  # p = 0.9 -> score 0.6
 
@@ -199,7 +200,11 @@ class RetinaFaceDetector(Detector):
         h, w = image.shape[:2]
         sw, sh = max(1, round(w * factor)), max(1, round(h * factor))
         if (sw, sh) != (w, h):
-            interp = cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA
+            if 0.5 <= factor < 1:
+                # A mild shrink (the 0.8x first pass): a light anti-aliasing blur, then bilinear, finds the
+                # same faces as area averaging (bilinear alone lost a 30 px one) at a third of its cost.
+                image = cv2.GaussianBlur(image, (3, 3), _SHRINK_BLUR_SIGMA)
+            interp = cv2.INTER_AREA if factor < 0.5 else cv2.INTER_LINEAR
             image = cv2.resize(image, (sw, sh), interpolation=interp)
         ph, pw = math.ceil(sh / _ALIGN) * _ALIGN, math.ceil(sw / _ALIGN) * _ALIGN
         x = _to_input(image, ph, pw)
