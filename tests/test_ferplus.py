@@ -219,6 +219,11 @@ def test_train_and_evaluate_commands_use_the_votes(fer, tmp_path, emolens_home):
     assert res.exit_code == 0, res.output
     state = torch.load(tmp_path / "blend" / "best.pt", weights_only=False)
     assert state["labels"] == list(FER7) and state["config"]["vote_blend"] == 0.5  # FER2013's own 7 classes
+    export = ["export", str(tmp_path / "blend" / "best.pt"), str(tmp_path / "blend.onnx")]
+    res = runner.invoke(app, [*export, "--val", str(tmp_path / "faces.npz")])
+    assert res.exit_code == 0, res.output
+    card = (tmp_path / "blend.md").read_text()  # the votes beside faces.npz: the card scores both label sets
+    assert "## Measured on faces.npz (n = 400)" in card and "on the FER+ majority labels of the same faces" in card
 
     res = runner.invoke(app, ["evaluate", "fast", str(tmp_path / "faces.npz"), "--json", str(tmp_path / "m.json")])
     assert res.exit_code == 0, res.output

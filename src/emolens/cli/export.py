@@ -60,9 +60,13 @@ def export(
     if val:
         from emolens.data.datasets import load_npz
         from emolens.evaluate import evaluate_arrays
+        from emolens.evaluate.ferplus import evaluate_ferplus, ferplus_votes_for
 
         metrics = evaluate_arrays(str(out), *load_npz(val))
         metrics["dataset"] = val_name or val.name
+        votes = ferplus_votes_for(val)
+        if votes is not None:  # the same faces' FER+ votes beside them: the card shows both label sets
+            metrics["ferplus"] = evaluate_ferplus(str(out), val, votes)
         card_path = write_card(out, metrics)
         console.print(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} → {card_path}")
 

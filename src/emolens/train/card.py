@@ -19,6 +19,9 @@ def write_card(onnx_path: str | Path, metrics: dict) -> Path:
     card = dict(meta.card)
     card["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "per_class_recall", "n")}
     card["metrics"]["dataset"] = metrics.get("dataset", "validation")
+    if metrics.get("ferplus"):
+        f = metrics["ferplus"]
+        card["metrics"]["ferplus"] = {"accuracy": f["accuracy"], "macro_f1": f["macro_f1"], "n": f["n"]}
     meta.card = card
     annotate(path, meta)
     md = path.with_suffix(".md")
@@ -126,6 +129,14 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
             f"## Measured on {m.get('dataset')} (n = {m.get('n')})",
             "",
             f"- accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**",
+            *(
+                [
+                    f"- on the FER+ majority labels of the same faces (n = {m['ferplus']['n']}): accuracy "
+                    f"**{m['ferplus']['accuracy']:.4f}**, macro-F1 **{m['ferplus']['macro_f1']:.4f}**"
+                ]
+                if m.get("ferplus")
+                else []
+            ),
             "",
             "| class | recall |",
             "|---|---|",
