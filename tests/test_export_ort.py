@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from emolens.classify.emotion import EmotionModel
 from emolens.cli import EXAMPLE, app
+from emolens.export.ort import parity_tolerance
 from emolens.models import resolve_model
 
 
@@ -20,11 +21,25 @@ def test_export_ort_keeps_metadata_and_answers(tmp_path, emolens_home):
     mobile, onnx = EmotionModel(out), EmotionModel(resolve_model("fast-int8"))
     assert mobile.meta.to_props() == onnx.meta.to_props()  # what a Kotlin/Swift app reads
     crops = np.random.default_rng(1).integers(0, 256, (4, 48, 48), dtype=np.uint8)
-    np.testing.assert_allclose(mobile.predict(crops), onnx.predict(crops), atol=1e-5)
+    # INT8: the mobile graph keeps quantize/dequantize pairs apart that the .onnx session fuses (see
+    # parity_tolerance); the same answers, probabilities within its tolerance.
+    p_mobile, p_onnx = mobile.predict(crops), onnx.predict(crops)
+    np.testing.assert_allclose(p_mobile, p_onnx, atol=parity_tolerance(onnx.meta.card))
+    assert (p_mobile.argmax(1) == p_onnx.argmax(1)).all()
 
     # The analyzer takes the .ort file like any model path.
     analyzed = CliRunner().invoke(app, ["analyze", str(EXAMPLE), "--model", str(out), "--save", str(tmp_path / "o")])
     assert analyzed.exit_code == 0 and "happy" in analyzed.output, analyzed.output
+
+
+def test_a_float_model_converts_exactly(tmp_path, emolens_home):
+    out = tmp_path / "fast.ort"
+    result = CliRunner().invoke(app, ["export", "fast", str(out)])
+    assert result.exit_code == 0, result.output
+    crops = np.random.default_rng(2).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    onnx = EmotionModel(resolve_model("fast"))
+    assert parity_tolerance(onnx.meta.card) == 1e-4
+    np.testing.assert_allclose(EmotionModel(out).predict(crops), onnx.predict(crops), atol=1e-5)
 
 
 def test_export_ort_refuses_bad_input_in_one_line(tmp_path, emolens_home):
