@@ -8,9 +8,9 @@ on FER+ the contempt faces are not scored (the row says how many); an 8-class mo
 Speed: ONNX Runtime, 2 intra-op threads, median of 200 (batch 1) / 30 (batch 64) timed runs
 after 10 warm-up runs, all models timed side by side in one process. Parameters, MFLOPs and
 training time come from each model's card (wall-clock hours of training summed over every run of its lineage).
-"Own split": the 10% of Training that `emolens train` holds out (stratified, seed 0; scored on its FER2013
-labels and on its FER+ majority labels) and that the
-new runs select on; models trained on all of Training have seen it, so it flatters them.
+"Own split": the 10% of Training that `emolens train` holds out (stratified, seed 0) and that the
+new runs select on, scored on its FER2013 labels and on its FER+ majority labels; models trained on
+all of Training have seen it, so it flatters them.
 
     python benchmarks/model_quality.py [--model fast --model "new fast=path.onnx" ...] [--out NAME]
 """
@@ -47,6 +47,25 @@ def own_split_votes(rows: np.ndarray, folder: Path) -> tuple[Path, Path]:
     return pairs[0][1], pairs[1][1]
 
 
+def measure(name: str, images, labels, classes, own, own_votes: tuple[Path, Path]) -> dict:
+    """One model's figures: PublicTest on both label sets, the own split on both, speed at batch 1 and 64."""
+    from emolens.evaluate import evaluate_arrays
+    from emolens.evaluate.ferplus import evaluate_ferplus
+    from emolens.models import load_emotion_model
+
+    m = load_emotion_model(name, 2)
+    own_acc = evaluate_arrays(name, own.images, own.labels, own.classes)["accuracy"]
+    return {
+        "model": m,
+        "name": name,
+        "own": (own_acc, evaluate_ferplus(name, *own_votes)["accuracy"]),
+        "fer7": evaluate_arrays(name, images, labels, classes),
+        "ferp": evaluate_ferplus(name, FER / "val.npz", FER / "val_ferplus.npz"),
+        "b1": median_ms(lambda: m.predict(images[:1], batch_size=1), 200, warmup=10),
+        "b64": median_ms(lambda: m.predict(images[:64], batch_size=64), 30, warmup=10),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", help="a model name or LABEL=PATH (repeatable)")
@@ -54,9 +73,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from emolens.data import load_npz_dataset, split
-    from emolens.evaluate import evaluate_arrays
-    from emolens.evaluate.ferplus import evaluate_ferplus
-    from emolens.models import load_emotion_model
 
     with np.load(FER / "val.npz") as z:
         images, labels, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
@@ -65,22 +81,14 @@ def main() -> None:
     full = load_npz_dataset(FER / "train.npz")
     full.paths = [Path(str(i)) for i in range(len(full))]  # row numbers ride along through the split
     own = split(full, val=0.1, seed=0)["val"]
-    own_votes = own_split_votes(np.array([int(str(p)) for p in own.paths]), Path(tempfile.mkdtemp(prefix="mq-")))
+    own_rows = np.array([int(str(p)) for p in own.paths])
     models = [m.split("=", 1) if "=" in m else (m, m) for m in (args.model or ["fast", "fast-int8", "accurate"])]
     rows = {}
-    for label, name in models:
-        print(label, flush=True)
-        m = load_emotion_model(name, 2)
-        fer7 = evaluate_arrays(name, images, labels, classes)
-        own_acc = evaluate_arrays(name, own.images, own.labels, own.classes)["accuracy"]
-        own_ferp = evaluate_ferplus(name, *own_votes)["accuracy"]
-        ferp = evaluate_ferplus(name, FER / "val.npz", FER / "val_ferplus.npz")
-        crop = images[:1]
-        batch = images[:64]
-        b1 = median_ms(lambda c=crop, mm=m: mm.predict(c, batch_size=1), 200, warmup=10)
-        b64 = median_ms(lambda b=batch, mm=m: mm.predict(b, batch_size=64), 30, warmup=10)
-        rows[label] = {"model": m, "name": name, "own": (own_acc, own_ferp), "fer7": fer7, "ferp": ferp}
-        rows[label].update(b1=b1, b64=b64)
+    with tempfile.TemporaryDirectory(prefix="emolens-mq-") as tmp:
+        own_votes = own_split_votes(own_rows, Path(tmp))
+        for label, name in models:
+            print(label, flush=True)
+            rows[label] = measure(name, images, labels, classes, own, own_votes)
 
     lines = [
         f"## Model quality on FER2013 PublicTest (n = {len(labels)}): two label sets, speed, cost",
