@@ -129,14 +129,7 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
             f"## Measured on {m.get('dataset')} (n = {m.get('n')})",
             "",
             f"- accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**",
-            *(
-                [
-                    f"- on the FER+ majority labels of the same faces (n = {m['ferplus']['n']}): accuracy "
-                    f"**{m['ferplus']['accuracy']:.4f}**, macro-F1 **{m['ferplus']['macro_f1']:.4f}**"
-                ]
-                if m.get("ferplus")
-                else []
-            ),
+            *_ferplus_line(m.get("ferplus")),
             "",
             "| class | recall |",
             "|---|---|",
@@ -148,3 +141,12 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ferplus_line(f: dict | None) -> list[str]:
+    if not f:
+        return []
+    return [
+        f"- on the FER+ majority labels of the same faces (n = {f['n']}): accuracy **{f['accuracy']:.4f}**, "
+        f"macro-F1 **{f['macro_f1']:.4f}**"
+    ]
