@@ -167,6 +167,15 @@ def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_pa
     assert "best epoch 1 of 1 of run (2)" in text
 
 
+def test_card_lists_what_a_later_run_changed_not_settings_the_earlier_run_predates():
+    from emolens.train.card import _recipe_line
+
+    old = {"epochs": 24, "lr": 0.003}  # a config from before `vote_blend` and `teacher` existed
+    new = {"epochs": 6, "lr": 0.003, "vote_blend": 0.5, "teacher": "", "distill_weight": 0.5}
+    line = _recipe_line(new, {}, [{"recipe": old, "best_epoch": 24, "epochs_planned": 24}])
+    assert line.endswith("(2) from the best weights of (1), changed: epochs 6, vote_blend 0.5")
+
+
 def test_yaml_config_with_overrides(tmp_path):
     from emolens.errors import EmoLensError
     from emolens.train.config import dump_config, load_config

@@ -7,23 +7,11 @@ do the augmentation on the GPU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class AugmentConfig:
-    hflip: float = 0.5
-    rotate_deg: float = 10.0
-    scale: tuple[float, float] = (0.9, 1.1)
-    translate: float = 0.08  # fraction of the side
-    brightness: float = 0.25
-    contrast: float = 0.25
-    erase_p: float = 0.25
-    erase_area: tuple[float, float] = (0.02, 0.12)
-    degrade: float = 0.0  # share of crops given camera degradations (emolens.degrade.random_degrade)
+from emolens.train.config import AugmentConfig
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:

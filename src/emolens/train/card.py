@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from emolens.classify.emotion import EmotionModel
 from emolens.classify.modelfile import annotate
+from emolens.train.config import TrainConfig
+
+_DEFAULTS = asdict(TrainConfig())
 
 OPTIMIZERS = {"adamw": "AdamW", "sgd": "SGD (momentum)"}
 SCHEDULES = {"onecycle": "one-cycle", "cosine": "cosine with warm-up"}
@@ -72,13 +76,19 @@ def _recipe_line(recipe: dict, training: dict, runs: list[dict]) -> str:
         if i == 0:
             text = f"(1) from scratch, {_describe_recipe(run['recipe'])}"
         else:
-            before = runs[i - 1]["recipe"]
-            changed = [f"{k} {v}" for k, v in run["recipe"].items() if before.get(k) != v]
+            changed = [f"{k} {v}" for k, v in run["recipe"].items() if _changed(runs[i - 1]["recipe"], k, v)]
             text = f"({i + 1}) from the best weights of ({i}), changed: {', '.join(changed) or 'nothing'}"
         if i < len(runs):
             text += f" ({_outcome(run)})"
         parts.append(text)
     return f"- **Recipe**, in {len(parts)} runs: " + "; ".join(parts)
+
+
+def _changed(before: dict, key: str, value: object) -> bool:
+    """A setting the earlier run's config predates counts as changed only when it left the default."""
+    if key in before:
+        return before[key] != value
+    return _DEFAULTS.get(key, object()) != value
 
 
 def _outcome(run: dict) -> str:

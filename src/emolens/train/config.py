@@ -10,8 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emolens.errors import EmoLensError, require
-from emolens.train.augment import AugmentConfig
 from emolens.train.pretrained import SOURCES as PRETRAINED_SOURCES
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.08  # fraction of the side
+    brightness: float = 0.25
+    contrast: float = 0.25
+    erase_p: float = 0.25
+    erase_area: tuple[float, float] = (0.02, 0.12)
+    degrade: float = 0.0  # share of crops given camera degradations (emolens.degrade.random_degrade)
 
 
 @dataclass
