@@ -134,7 +134,7 @@ def test_fast_int8_is_not_better_beyond_noise(val):
     x, y, classes = val
     gate = confidence_gate("fast", "fast-int8", (x, y, classes), 0.95)
     g = gate["gain_confident"]
-    # the INT8 copy of the distilled fast is 0.45 points behind it (significantly, p < 0.01): never ahead
+    # the INT8 copy of `fast` is 0.2 points behind it on PublicTest (p = 0.23): never confidently ahead
     assert g["passed"] is False and g["interval"][0] < 0 and g["interval"][1] < 0.01
 
 
