@@ -8,7 +8,7 @@ runs once on each (no TTA), and the robustness score is the mean accuracy over t
 issue-15 goal is checked on the single degradations it names (24 and 16 px, blur 1.5, JPEG 15,
 noise 12, dark, contrast 40%: each at most 8 points below clean) and on the two combinations
 (at most 15 points below clean). With ``--ferplus`` the same faces are scored on their FER+
-majority labels (the votes file beside ``--data``; contempt faces dropped, as 7-class models lack it),
+majority labels (the votes file beside ``--data``; a 7-class model does not score contempt faces),
 which separates a model's fragility from FER2013's label noise.
 
     python benchmarks/robustness.py [--model fast --model accurate --model "new fast=runs/x.onnx"] [--out NAME]
@@ -34,16 +34,14 @@ GOAL_SINGLES = ("scale-24px", "scale-16px", "blur-1.5", "jpeg-15", "noise-12", "
 
 
 def load_labels(path: Path, ferplus: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Crops, labels and class names: the file's own labels, or the FER+ majority without contempt."""
+    """Crops, labels and class names: the file's own labels, or the FER+ majority (8 classes)."""
     if not ferplus:
         with np.load(path) as z:
             return z["images"], z["labels"], [str(c) for c in z["classes"]]
     from emolens.data.ferplus import load_ferplus
 
     data = load_ferplus(path)
-    seven = [c for c in data.classes if c != "contempt"]
-    keep = data.labels != data.classes.index("contempt")
-    return data.images[keep], np.array([seven.index(data.classes[i]) for i in data.labels[keep]]), seven
+    return data.images, data.labels, data.classes
 
 
 def main() -> None:
@@ -67,7 +65,9 @@ def main() -> None:
             results[label] = json.loads(cached.read_text())
             continue
         print(f"{label}: {model}", flush=True)
-        results[label] = robustness(model, images, labels, classes, progress=lambda n: print(" ", n, flush=True))
+        results[label] = robustness(
+            model, images, labels, classes, drop_rows=args.ferplus, progress=lambda n: print(" ", n, flush=True)
+        )
         if cached:
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(results[label]))
@@ -75,7 +75,7 @@ def main() -> None:
     names = list(results)
     lines = [
         f"## Robustness to camera degradations: FER2013 PublicTest{WITH_FERPLUS if args.ferplus else ''}"
-        f" (n = {len(labels)}), accuracy (macro-F1)",
+        f" (n = {next(iter(results.values()))['n']}), accuracy (macro-F1)",
         "",
         "| degradation | " + " | ".join(f"`{n}`" for n in names) + " |",
         "|---|" + "---|" * len(names),

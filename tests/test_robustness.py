@@ -91,6 +91,23 @@ def test_robustness_measures_every_member_and_scores_their_mean(crops):
     assert again["degradations"][0]["accuracy"] == acc["noise-12"]  # seeded: the same noise every time
 
 
+def test_robustness_on_labels_with_a_class_the_model_lacks(crops):
+    """FER+ majority labels have contempt, which the 7-class `fast` lacks: refused, or those faces
+    left out with ``drop_rows``, the others scored as usual."""
+    from emolens.errors import BadLabelError
+    from emolens.evaluate.robustness import robustness
+
+    images, labels, classes = crops
+    eight = [*classes, "contempt"]
+    labels = labels.copy()
+    labels[:10] = len(classes)  # ten faces called contempt
+    with pytest.raises(BadLabelError, match="contempt"):
+        robustness("fast", images, labels, eight, degradations=["noise-12"])
+    r = robustness("fast", images, labels, eight, degradations=["noise-12"], drop_rows=True)
+    rest = robustness("fast", images[10:], labels[10:], classes, degradations=["noise-12"])
+    assert r["n"] == len(labels) - 10 and r["clean"] == rest["clean"]
+
+
 def test_evaluate_command_reports_degradations(crops, tmp_path, emolens_home):
     from typer.testing import CliRunner
 

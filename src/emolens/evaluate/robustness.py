@@ -22,16 +22,19 @@ def robustness(
     degradations: list[str] | None = None,
     seed: int = 0,
     tta: bool = False,
+    drop_rows: bool = False,
     progress=None,
 ) -> dict:
     """Accuracy and macro-F1 clean and under each degradation, the drop in points from clean,
     and ``score``: the mean accuracy over the family. ``worst_single`` is the largest drop of a
     single degradation, ``worst_combination`` that of the webcam / CCTV combinations.
 
-    ``progress`` (optional) is called with each degradation's name before it is measured."""
+    ``drop_rows`` leaves out faces of classes the model lacks (a 7-class model on FER+ majority
+    labels: contempt faces), as ``target_labels`` does. ``progress`` (optional) is called with each
+    degradation's name before it is measured."""
     names = model_names(model)
     members = load_members(names)
-    ref, y_true, keep = target_labels(members[0].labels, labels, classes)
+    ref, y_true, keep = target_labels(members[0].labels, labels, classes, drop_rows=drop_rows)
     images = images[keep]
     chosen = list(degradations or FAMILY)
 
