@@ -110,19 +110,27 @@ def test_quantize_command_end_to_end(fer, shared_datasets, tmp_path, emolens_hom
     images, labels, classes = fer
     np.savez(tmp_path / "cal.npz", images=images[1000:1300], labels=labels[1000:1300], classes=np.array(classes))
     np.savez(tmp_path / "val.npz", images=images[:300], labels=labels[:300], classes=np.array(classes))
+    votes = np.load(shared_datasets / "fer2013" / "val_ferplus.npz", allow_pickle=True)  # the same faces' FER+ votes
+    rows = {k: votes[k][:300] if len(votes[k]) == len(images) else votes[k] for k in votes.files}
+    np.savez(tmp_path / "val_ferplus.npz", **rows)
     out = tmp_path / "q.onnx"
     result = CliRunner().invoke(
         app,
         ["quantize", "fast", "--calibration", str(tmp_path / "cal.npz"), "--out", str(out)]
-        + ["--val", str(tmp_path / "val.npz"), "--samples", "100"],
+        + ["--val", str(tmp_path / "val.npz"), "--val-name", "a slice", "--samples", "100"],
     )
     assert result.exit_code == 0, result.output
     card = EmotionModel(out).card
     q = card["quantization"]["vs_fp32"]
-    assert q["dataset"] == "val.npz" and set(q["ms_per_face"]) == {"batch1", "batch64"}
+    assert q["dataset"] == "a slice" and set(q["ms_per_face"]) == {"batch1", "batch64"}
     assert abs(q["accuracy_change_points"]) <= 3 and card["metrics"]["n"] == 300
+    assert 0.6 < card["metrics"]["ferplus"]["accuracy"] <= 1 and card["metrics"]["ferplus"]["n"] < 300
     md = (tmp_path / "q.md").read_text()
-    assert "## Quantization" in md and "points" in md
+    assert "## Quantization" in md and "points" in md and "## Measured on a slice (n = 300)" in md
+    assert "on the FER+ majority labels of the same faces" in md
+    # the FP32 model's card says why it was shipped; its INT8 copy keeps that
+    selection = EmotionModel(FAST).card["selection"]
+    assert selection and selection.rstrip(".") in md.split("- **Validation protocol**")[1].splitlines()[0]
     json.dumps(card)  # the card stays plain JSON
 
 

@@ -131,6 +131,8 @@ def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_pa
             "slice",
             "--name",
             "tiny",
+            "--selection",
+            "It beat run 1 on the slice.",
             "--weights",
         ],
     )
@@ -148,7 +150,7 @@ def test_train_and_export_commands_write_a_model_with_its_card(fer_slice, tmp_pa
     assert "Model card: `tiny`" in text and f"{card['metrics']['accuracy']:.4f}" in text
     assert "- **Recipe**: 2 epochs, batch 64" in text
     assert "- **Validation protocol**: the file val.npz (n = 256); the epoch was chosen on validation accuracy" in text
-    assert "; slice was scored once, after training" in text
+    assert "; slice was scored once, after training. It beat run 1 on the slice\n" in text
 
     # A second run from the exported weights: its card tells both runs, and what the second changed
     data = ["train", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz")]

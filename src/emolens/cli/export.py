@@ -28,6 +28,9 @@ def export(
     name: Annotated[str, typer.Option(help="Model name for the card.")] = "",
     data: Annotated[str, typer.Option(help="What the model was trained on, for the card.")] = "",
     val_name: Annotated[str, typer.Option(help="How the card names the --val data.")] = "",
+    selection: Annotated[
+        str, typer.Option(help="Why this run was shipped over the others (the card's validation protocol).")
+    ] = "",
     weights: Annotated[
         bool,
         typer.Option(
@@ -47,28 +50,35 @@ def export(
     require("torch", "train")
     if out.suffix == ".ort":  # a checkpoint: ONNX first (beside it), then the mobile format
         onnx_out = out.with_suffix(".onnx")
-        export(checkpoint, onnx_out, val, name or out.stem, data, val_name, weights)
+        export(checkpoint, onnx_out, val, name or out.stem, data, val_name, selection, weights)
         _export_ort(str(onnx_out), out)
         return
     from emolens.train.card import write_card
     from emolens.train.export import export_onnx
 
-    report = export_onnx(checkpoint, out, card={"name": name or out.stem, "data": data}, weights=weights)
+    card = {"name": name or out.stem, "data": data} | ({"selection": selection} if selection else {})
+    report = export_onnx(checkpoint, out, card=card, weights=weights)
     console.print(f"wrote {out} (max |p_torch - p_onnx| = {report['max_abs_diff']:.1e})")
     if report["weights"]:
         console.print(f"wrote {report['weights']}")
     if val:
-        from emolens.data.datasets import load_npz
-        from emolens.evaluate import evaluate_arrays
-        from emolens.evaluate.ferplus import evaluate_ferplus, ferplus_votes_for
-
-        metrics = evaluate_arrays(str(out), *load_npz(val))
-        metrics["dataset"] = val_name or val.name
-        votes = ferplus_votes_for(val)
-        if votes is not None:  # the same faces' FER+ votes beside them: the card shows both label sets
-            metrics["ferplus"] = evaluate_ferplus(str(out), val, votes)
+        metrics = _card_metrics(out, val, val_name)
         card_path = write_card(out, metrics)
         console.print(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} → {card_path}")
+
+
+def _card_metrics(model: Path, val: Path, val_name: str) -> dict:
+    """The card's figures for ``model`` on ``val``, and on the same faces' FER+ votes when they lie beside it."""
+    from emolens.data.datasets import load_npz
+    from emolens.evaluate import evaluate_arrays
+    from emolens.evaluate.ferplus import evaluate_ferplus, ferplus_votes_for
+
+    metrics = evaluate_arrays(str(model), *load_npz(val))
+    metrics["dataset"] = val_name or val.name
+    votes = ferplus_votes_for(val)
+    if votes is not None:
+        metrics["ferplus"] = evaluate_ferplus(str(model), val, votes)
+    return metrics
 
 
 def _export_ort(model: str, out: Path) -> None:
@@ -141,6 +151,7 @@ def quantize(
     calibration: Annotated[Path, typer.Option(help="Labelled .npz of aligned crops (training data) to calibrate on.")],
     out: Annotated[Path | None, typer.Option(help="INT8 .onnx to write. Default: <model>-int8.onnx beside it.")] = None,
     val: Annotated[Path | None, typer.Option(help="Labelled .npz: evaluate FP32 and INT8, time both, card it.")] = None,
+    val_name: Annotated[str, typer.Option(help="How the card names the --val data.")] = "",
     samples: Annotated[int, typer.Option(help="Calibration crops, stratified by class.")] = 500,
     per_channel: Annotated[bool, typer.Option(help="Per-channel (not per-tensor) weight scales.")] = True,
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads for the speed measurement.")] = 2,
@@ -156,7 +167,7 @@ def quantize(
     from emolens.evaluate import evaluate_arrays
     from emolens.export.quantize import latency_ms_per_face, quantize_int8, stratified_sample
     from emolens.models import load_emotion_model, resolve_model
-    from emolens.train.card import render_card
+    from emolens.train.card import write_card
 
     try:
         src = resolve_model(model)
@@ -172,7 +183,7 @@ def quantize(
             return
         vimages, vlabels, vclasses = load_npz(val)
         fp32 = evaluate_arrays(str(src), vimages, vlabels, vclasses)
-        int8 = evaluate_arrays(str(out), vimages, vlabels, vclasses)
+        int8 = _card_metrics(out, val, val_name)
     except EmoLensError as exc:
         fail(exc)
     vcrops = fit_crops(vimages[:64], spec.size, spec.channels)
@@ -182,7 +193,7 @@ def quantize(
         t8 = latency_ms_per_face(out, vcrops, batch, threads)
         speed[f"batch{batch}"] = {"fp32_ms": round(t32, 4), "int8_ms": round(t8, 4), "speedup": round(t32 / t8, 2)}
     info["vs_fp32"] = {
-        "dataset": val.name,
+        "dataset": int8["dataset"],
         "accuracy_fp32": fp32["accuracy"],
         "accuracy_int8": int8["accuracy"],
         "accuracy_change_points": round(100 * (int8["accuracy"] - fp32["accuracy"]), 2),
@@ -191,15 +202,11 @@ def quantize(
         "ms_per_face": speed,
         "threads": threads,
     }
-    m = load_emotion_model(str(out))
-    meta = m.meta
-    meta.card = {
-        **meta.card,
-        "quantization": info,
-        "metrics": {k: int8[k] for k in ("accuracy", "macro_f1", "per_class_recall", "n")} | {"dataset": val.name},
-    }
+    meta = load_emotion_model(str(out)).meta
+    meta.card = {**meta.card, "quantization": info}
     write_meta(out, meta)
-    load_emotion_model.cache_clear()  # the cached model holds the card read before this edit
+    md = write_card(out, int8)
+    load_emotion_model.cache_clear()  # the cached model holds the card read before these edits
     q = info["vs_fp32"]
     lines = [
         "## Quantization",
@@ -215,8 +222,7 @@ def quantize(
         ],
         "",
     ]
-    md = out.with_suffix(".md")
-    md.write_text(render_card(meta.card, meta.labels, meta.input.__dict__).rstrip("\n") + "\n\n" + "\n".join(lines))
+    md.write_text(md.read_text().rstrip("\n") + "\n\n" + "\n".join(lines))
     console.print(
         f"accuracy {q['accuracy_int8']:.4f} (FP32 {q['accuracy_fp32']:.4f}, "
         f"{q['accuracy_change_points']:+.2f} points); "

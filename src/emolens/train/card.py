@@ -51,8 +51,9 @@ def _describe_recipe(recipe: dict) -> str:
     )
 
 
-def _protocol_line(recipe: dict, training: dict, metrics: dict) -> str | None:
-    """How the weights were chosen, and that the measured figures come from elsewhere."""
+def _protocol_line(recipe: dict, training: dict, metrics: dict, selection: str = "") -> str | None:
+    """How the weights were chosen, and that the measured figures come from elsewhere; ``selection``
+    (``emolens export --selection``) says why this run was shipped over the others."""
     where = training.get("validation")
     if not where:
         return None
@@ -63,7 +64,8 @@ def _protocol_line(recipe: dict, training: dict, metrics: dict) -> str | None:
         else f"the epoch was chosen on validation {recipe.get('select_on')}"
     )
     measured = f"; {metrics['dataset']} was scored once, after training" if metrics.get("dataset") else ""
-    return f"- **Validation protocol**: {where}{n}; {chosen}{measured}"
+    why = f". {selection.strip().rstrip('.')}" if selection and selection.strip() else ""
+    return f"- **Validation protocol**: {where}{n}; {chosen}{measured}{why}"
 
 
 def _recipe_line(recipe: dict, training: dict, runs: list[dict]) -> str:
@@ -121,7 +123,7 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
         f"- **Data**: {card.get('data') or 'not stated'}",
         _recipe_line(recipe, t, runs),
     ]
-    protocol = _protocol_line(recipe, t, m)
+    protocol = _protocol_line(recipe, t, m, card.get("selection", ""))
     if protocol:
         lines.append(protocol)
     if t:
