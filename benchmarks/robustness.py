@@ -73,8 +73,9 @@ def main() -> None:
             cached.write_text(json.dumps(results[label]))
 
     names = list(results)
+    where = "FER2013 PublicTest" if args.data == DATA else args.data.name
     lines = [
-        f"## Robustness to camera degradations: FER2013 PublicTest{WITH_FERPLUS if args.ferplus else ''}"
+        f"## Robustness to camera degradations: {where}{WITH_FERPLUS if args.ferplus else ''}"
         f" (n = {next(iter(results.values()))['n']}), accuracy (macro-F1)",
         "",
         "| degradation | " + " | ".join(f"`{n}`" for n in names) + " |",
