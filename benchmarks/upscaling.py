@@ -1,7 +1,7 @@
 """How should a small face be enlarged to the model's crop? Interpolation methods compared.
 
-Method: every crop of ``--data`` is shrunk to N px (OpenCV INTER_AREA, as a camera's sensor would
-average it: 16, 20 and 24 px) and enlarged back to 48 px with each interpolation the alignment
+Method: every crop of ``--data`` is shrunk to N px (`emolens.degrade.downscale`: OpenCV INTER_AREA, as a
+camera's sensor would average it: 16, 20 and 24 px) and enlarged back to 48 px with each interpolation the alignment
 could use (bilinear, which `emolens.align` and `emolens.degrade` use today; bicubic; Lanczos;
 nearest). Each model runs once per crop (no TTA); accuracy on the file's own labels and, with the
 votes file beside ``--data``, on the FER+ majority labels (contempt faces not scored for 7-class
@@ -32,23 +32,19 @@ METHODS = {
 SIZES = (16, 20, 24)
 
 
-def shrink_and_enlarge(images: np.ndarray, px: int, method: int) -> np.ndarray:
-    h, w = images.shape[1:3]
-    return np.stack(
-        [
-            cv2.resize(cv2.resize(im, (px, px), interpolation=cv2.INTER_AREA), (w, h), interpolation=method)
-            for im in images
-        ]
-    )
-
-
-def accuracy(model: str, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> float:
+def accuracies(model: str, label_sets: dict, px: int, method: int) -> list[float]:
+    """The model's accuracy on each label set's crops seen at ``px`` and enlarged with ``method``."""
+    from emolens.degrade import downscale
     from emolens.evaluate.core import load_members, member_probs, model_names, target_labels
 
     members = load_members(model_names(model))
-    ref, y, keep = target_labels(members[0].labels, labels, classes, drop_rows=True)
-    probs = np.mean([member_probs(m, images[keep], ref) for m in members], axis=0)
-    return float((probs.argmax(1) == y).mean())
+    out = []
+    for images, labels, classes in label_sets.values():
+        ref, y, keep = target_labels(members[0].labels, labels, classes, drop_rows=True)
+        crops = downscale(images[keep], px, method)
+        probs = np.mean([member_probs(m, crops, ref) for m in members], axis=0)
+        out.append(float((probs.argmax(1) == y).mean()))
+    return out
 
 
 def main() -> None:
@@ -58,9 +54,10 @@ def main() -> None:
     ap.add_argument("--out", default="upscaling", help="results file name under benchmarks/results/")
     args = ap.parse_args()
 
+    from emolens.evaluate.ferplus import ferplus_votes_for
+
     label_sets = {"own labels": load_labels(args.data, False)}
-    votes = args.data.with_name(f"{args.data.stem}_ferplus.npz")
-    if votes.is_file():
+    if ferplus_votes_for(args.data):
         label_sets["FER+ majority"] = load_labels(args.data, True)
     models = args.model or ["fast", "robust"]
     lines = [
@@ -71,13 +68,9 @@ def main() -> None:
     ]
     for model in models:
         for px in SIZES:
-            cells = []
-            for method in METHODS.values():
-                accs = [
-                    accuracy(model, shrink_and_enlarge(images, px, method), labels, classes)
-                    for images, labels, classes in label_sets.values()
-                ]
-                cells.append(" / ".join(f"{a:.1%}" for a in accs))
+            cells = [
+                " / ".join(f"{a:.1%}" for a in accuracies(model, label_sets, px, method)) for method in METHODS.values()
+            ]
             lines.append(f"| `{model}` | {px} px | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     lines += [

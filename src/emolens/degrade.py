@@ -27,8 +27,9 @@ def _per_image(images: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np
     return np.stack([fn(img) for img in images]) if len(images) else images.copy()
 
 
-def downscale(images: np.ndarray, px: float) -> np.ndarray:
-    """The face seen at ``px`` pixels wide, then brought back up to the crop size."""
+def downscale(images: np.ndarray, px: float, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """The face seen at ``px`` pixels wide, then brought back up to the crop size with
+    ``interpolation`` (bilinear, as the alignment enlarges a small face)."""
     h, w = images.shape[1:3]
     side = max(2, round(px))
     if side >= w:
@@ -36,7 +37,7 @@ def downscale(images: np.ndarray, px: float) -> np.ndarray:
 
     def one(img: np.ndarray) -> np.ndarray:
         small = cv2.resize(img, (side, max(2, round(h * side / w))), interpolation=cv2.INTER_AREA)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(small, (w, h), interpolation=interpolation)
 
     return _per_image(images, one)
 

@@ -162,7 +162,6 @@ def quantize(
     from emolens.errors import require
 
     require("onnx", "export")
-    from emolens.classify.modelfile import annotate as write_meta
     from emolens.data.datasets import fit_crops, load_npz
     from emolens.evaluate import evaluate_arrays
     from emolens.export.quantize import latency_ms_per_face, quantize_int8, stratified_sample
@@ -202,11 +201,6 @@ def quantize(
         "ms_per_face": speed,
         "threads": threads,
     }
-    meta = load_emotion_model(str(out)).meta
-    meta.card = {**meta.card, "quantization": info}
-    write_meta(out, meta)
-    md = write_card(out, int8)
-    load_emotion_model.cache_clear()  # the cached model holds the card read before these edits
     q = info["vs_fp32"]
     lines = [
         "## Quantization",
@@ -222,7 +216,8 @@ def quantize(
         ],
         "",
     ]
-    md.write_text(md.read_text().rstrip("\n") + "\n\n" + "\n".join(lines))
+    md = write_card(out, int8, fields={"quantization": info}, appendix="\n".join(lines))
+    load_emotion_model.cache_clear()  # the cached model holds the card read before this edit
     console.print(
         f"accuracy {q['accuracy_int8']:.4f} (FP32 {q['accuracy_fp32']:.4f}, "
         f"{q['accuracy_change_points']:+.2f} points); "

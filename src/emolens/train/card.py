@@ -15,12 +15,13 @@ OPTIMIZERS = {"adamw": "AdamW", "sgd": "SGD (momentum)"}
 SCHEDULES = {"onecycle": "one-cycle", "cosine": "cosine with warm-up"}
 
 
-def write_card(onnx_path: str | Path, metrics: dict) -> Path:
-    """Store ``metrics`` (from ``evaluate_arrays``) in the model's card and write ``<model>.md``."""
+def write_card(onnx_path: str | Path, metrics: dict, fields: dict | None = None, appendix: str = "") -> Path:
+    """Store ``metrics`` (from ``evaluate_arrays``) and any other ``fields`` in the model's card and
+    write ``<model>.md``, with ``appendix`` (Markdown) after the card's own sections."""
     path = Path(onnx_path)
     model = EmotionModel(path)
     meta = model.meta
-    card = dict(meta.card)
+    card = dict(meta.card) | (fields or {})
     card["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "per_class_recall", "n")}
     card["metrics"]["dataset"] = metrics.get("dataset", "validation")
     if metrics.get("ferplus"):
@@ -29,7 +30,8 @@ def write_card(onnx_path: str | Path, metrics: dict) -> Path:
     meta.card = card
     annotate(path, meta)
     md = path.with_suffix(".md")
-    md.write_text(render_card(card, meta.labels, meta.input.__dict__))
+    text = render_card(card, meta.labels, meta.input.__dict__)
+    md.write_text(text.rstrip("\n") + "\n\n" + appendix if appendix else text)
     return md
 
 
@@ -64,7 +66,7 @@ def _protocol_line(recipe: dict, training: dict, metrics: dict, selection: str =
         else f"the epoch was chosen on validation {recipe.get('select_on')}"
     )
     measured = f"; {metrics['dataset']} was scored once, after training" if metrics.get("dataset") else ""
-    why = f". {selection.strip().rstrip('.')}" if selection and selection.strip() else ""
+    why = f". {selection.strip().rstrip('.')}" if selection.strip() else ""
     return f"- **Validation protocol**: {where}{n}; {chosen}{measured}{why}"
 
 
