@@ -6,7 +6,16 @@ import cv2
 import numpy as np
 import pytest
 
-from emolens.degrade import COMBINATIONS, FAMILY, TRAIN_RANGES, apply_ops, degrade, random_degrade
+from emolens.degrade import (
+    COMBINATIONS,
+    FAMILY,
+    TRAIN_RANGES,
+    apply_ops,
+    degrade,
+    kind_odds,
+    random_degrade,
+    random_ops,
+)
 from emolens.errors import EmoLensError
 
 
@@ -68,6 +77,24 @@ def test_training_draws_cover_the_family_and_respect_the_rate(crops):
     changed = (random_degrade(x, 0.4, np.random.default_rng(0)) != x).any(axis=(1, 2)).mean()
     assert 0.25 < changed < 0.55
     assert (random_degrade(x, 1.0, np.random.default_rng(0)) != x).any(axis=(1, 2)).all()
+
+
+def test_weights_favour_kinds_and_bad_weights_are_refused(crops):
+    def share_of_scale(weights):
+        odds, rng = kind_odds(weights), np.random.default_rng(0)
+        return np.mean([any(k == "scale" for k, _ in random_ops(rng, odds)) for _ in range(3000)])
+
+    assert kind_odds({}) is None
+    even, favoured = share_of_scale({}), share_of_scale({"scale": 3})
+    assert 0.25 < even < 0.33 and favoured > 1.8 * even  # two kinds of seven on average; three times the odds
+    assert share_of_scale({"scale": 0}) == 0
+    # equal weights draw exactly what no weights draw
+    x = crops[0][:40]
+    same = random_degrade(x, 0.8, np.random.default_rng(5), {"blur": 1})
+    assert np.array_equal(same, random_degrade(x, 0.8, np.random.default_rng(5)))
+    for bad in ({"fog": 2}, {"scale": -1}, dict.fromkeys(TRAIN_RANGES, 0) | {"blur": 1, "jpeg": 1}):
+        with pytest.raises(EmoLensError, match="degradation weights"):
+            kind_odds(bad)
 
 
 def test_robustness_measures_every_member_and_scores_their_mean(crops):

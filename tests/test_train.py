@@ -190,6 +190,12 @@ def test_yaml_config_with_overrides(tmp_path):
     assert load_config(tmp_path / "back.yaml") == cfg
     with pytest.raises(EmoLensError, match="epoch"):
         load_config(None, ["epoch=3"])
+    # YAML reads 5e-4 as text; a number setting takes it as the number it is
+    cfg = load_config(None, ["lr=5e-4", "augment.degrade=1", "augment.degrade_weights={scale: 3}"])
+    assert (cfg.lr, cfg.augment.degrade, cfg.augment.degrade_weights) == (5e-4, 1.0, {"scale": 3})
+    for bad, match in (("lr=fast", "lr is a number"), ("augment.degrade_weights={fog: 2}", "degradation weights")):
+        with pytest.raises(EmoLensError, match=match):
+            load_config(None, [bad])
 
 
 def test_weighted_sampling_balances_classes():

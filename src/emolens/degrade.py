@@ -7,8 +7,9 @@ upsampling), so a model sees what it would see in use.
 
 - ``FAMILY``: the fixed evaluation family (several strengths of each kind, plus webcam and CCTV
   combinations); ``degrade(images, name, seed)`` applies one member, the same way every time.
-- ``random_degrade(images, p, rng)``: training augmentation, each image degraded with
-  probability ``p`` by one to three kinds at random strengths that span the family's.
+- ``random_degrade(images, p, rng, weights)``: training augmentation, each image degraded with
+  probability ``p`` by one to three kinds (some favoured by ``weights``) at random strengths that
+  span the family's.
 """
 
 from __future__ import annotations
@@ -156,17 +157,38 @@ TRAIN_RANGES: dict[str, tuple[float, float]] = {
 _ORDER = ("gamma", "gain", "contrast", "scale", "blur", "noise", "jpeg")
 
 
-def random_ops(rng: np.random.Generator) -> list[Op]:
-    """One to three kinds at random strengths, in camera order."""
-    kinds = rng.choice(len(_ORDER), size=int(rng.integers(1, 4)), replace=False)
+def kind_odds(weights: dict[str, float] | None) -> np.ndarray | None:
+    """The chance of drawing each kind of ``TRAIN_RANGES`` first, from relative ``weights`` (a kind left
+    out weighs 1); None when all weigh the same, so equal weights draw what no weights draw."""
+    if not weights:
+        return None
+    refusal = f"degradation weights are non-negative numbers for the kinds {', '.join(_ORDER)}, not {weights}"
+    try:
+        w = np.array([float(weights.get(k, 1.0)) for k in _ORDER])
+    except (TypeError, ValueError):
+        raise EmoLensError(refusal) from None
+    if set(weights) - set(TRAIN_RANGES) or (w < 0).any():
+        raise EmoLensError(refusal)
+    if np.count_nonzero(w) < 3:
+        raise EmoLensError(f"degradation weights must leave at least three kinds above 0, not {weights}")
+    return None if np.all(w == w[0]) else w / w.sum()
+
+
+def random_ops(rng: np.random.Generator, odds: np.ndarray | None = None) -> list[Op]:
+    """One to three kinds at random strengths, in camera order; ``odds`` (from ``kind_odds``) favour some kinds."""
+    kinds = rng.choice(len(_ORDER), size=int(rng.integers(1, 4)), replace=False, p=odds)
     return [(_ORDER[k], float(rng.uniform(*TRAIN_RANGES[_ORDER[k]]))) for k in sorted(kinds)]
 
 
-def random_degrade(images: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
-    """Training augmentation: each crop degraded with probability ``p`` by ``random_ops``."""
+def random_degrade(
+    images: np.ndarray, p: float, rng: np.random.Generator, weights: dict[str, float] | None = None
+) -> np.ndarray:
+    """Training augmentation: each crop degraded with probability ``p`` by ``random_ops``, its kinds
+    drawn with the relative ``weights`` (e.g. ``{"scale": 3}``: small faces three times as often)."""
     out = np.array(images, dtype=np.uint8, copy=True)
     if p <= 0:
         return out
+    odds = kind_odds(weights)
     for i in np.flatnonzero(rng.random(len(out)) < p):
-        out[i] = apply_ops(out[i : i + 1], random_ops(rng), rng)[0]
+        out[i] = apply_ops(out[i : i + 1], random_ops(rng, odds), rng)[0]
     return out

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emolens.degrade import kind_odds
 from emolens.errors import EmoLensError, require
 from emolens.train.pretrained import SOURCES as PRETRAINED_SOURCES
 
@@ -24,6 +25,7 @@ class AugmentConfig:
     erase_p: float = 0.25
     erase_area: tuple[float, float] = (0.02, 0.12)
     degrade: float = 0.0  # share of crops given camera degradations (emolens.degrade.random_degrade)
+    degrade_weights: dict[str, float] = field(default_factory=dict)  # relative odds of each kind; missing: 1
 
 
 @dataclass
@@ -112,6 +114,7 @@ def check_config(cfg: TrainConfig) -> list[tuple[str, int]]:
         raise EmoLensError(f"vote_blend is the FER+ votes' share of each target, in [0, 1], not {cfg.vote_blend}")
     if not 0 <= cfg.augment.degrade <= 1:
         raise EmoLensError(f"augment.degrade is a share of crops in [0, 1], not {cfg.augment.degrade}")
+    kind_odds(cfg.augment.degrade_weights)  # raises for an unknown kind
     if cfg.pretrained and cfg.pretrained not in PRETRAINED_SOURCES:
         choices = ", ".join(PRETRAINED_SOURCES)
         raise EmoLensError(f"pretrained must be one of {choices} (or empty), not {cfg.pretrained!r}")
@@ -173,10 +176,20 @@ def _build(cls, data: dict):
     kwargs = dict(data)
     if isinstance(kwargs.get("augment"), dict):
         kwargs["augment"] = _build(AugmentConfig, kwargs["augment"])
-    for name, value in kwargs.items():  # YAML has no tuples: restore them where the default is one
-        if isinstance(fields[name].default, tuple) and isinstance(value, list):
+    for name, value in kwargs.items():
+        default = fields[name].default
+        if isinstance(default, tuple) and isinstance(value, list):  # YAML has no tuples
             kwargs[name] = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int | str) and not isinstance(value, bool):
+            kwargs[name] = _number(name, value)  # YAML reads 5e-4 (no dot) as a string
     return cls(**kwargs)
+
+
+def _number(name: str, value: int | str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise EmoLensError(f"{name} is a number, not {value!r}") from None
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -27,7 +27,7 @@ from emolens.degrade import random_degrade
 from emolens.errors import EmoLensError
 from emolens.train.archs import create_arch, layer_blocks
 from emolens.train.augment import augment_batch, mixup_cutmix
-from emolens.train.config import TrainConfig, check_config
+from emolens.train.config import AugmentConfig, TrainConfig, check_config
 from emolens.train.optim import (
     draw_targets,
     epoch_order,
@@ -189,7 +189,7 @@ def fit(
                 xb = xtr[idx]
                 if cfg.augment.degrade > 0:  # on the uint8 CPU batch: JPEG and resizing need OpenCV
                     rng = np.random.default_rng(np.random.randint(2**31))  # from the checkpointed global state
-                    xb = _degrade_nchw(xb, cfg.augment.degrade, rng)
+                    xb = _degrade_nchw(xb, cfg.augment, rng)
                 x = augment_batch(xb.to(dev).float() / 255, cfg.augment)
                 y = ytr[idx] if ysoft is None else draw_targets(ysoft[idx], cfg.label_mode)
                 x, target = mixup_cutmix(x, y.to(dev), len(cfg.labels), cfg.mixup_alpha, cfg.cutmix_alpha)
@@ -295,11 +295,11 @@ def _save(state: dict, path: Path) -> None:
     atomic_write(path, buf.getvalue(), mode=0o644)  # weights, not faces: readable as torch.save left them
 
 
-def _degrade_nchw(x: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
+def _degrade_nchw(x: torch.Tensor, aug: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
     """``random_degrade`` on a uint8 NCHW batch (it works on N,H,W or N,H,W,3 crops)."""
     nhwc = x.permute(0, 2, 3, 1).numpy()
     crops = nhwc[..., 0] if nhwc.shape[-1] == 1 else nhwc
-    out = random_degrade(crops, p, rng).reshape(nhwc.shape)
+    out = random_degrade(crops, aug.degrade, rng, aug.degrade_weights).reshape(nhwc.shape)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
@@ -367,7 +367,8 @@ def _hardware() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+    n = torch.get_num_threads()
+    return f"{platform.machine()} CPU, {n} thread{'s' if n > 1 else ''} of {os.cpu_count()} cores"
 
 
 def _plot_curves(out: Path, history: list[dict]) -> None:
