@@ -114,7 +114,7 @@ def check_config(cfg: TrainConfig) -> list[tuple[str, int]]:
         raise EmoLensError(f"vote_blend is the FER+ votes' share of each target, in [0, 1], not {cfg.vote_blend}")
     if not 0 <= cfg.augment.degrade <= 1:
         raise EmoLensError(f"augment.degrade is a share of crops in [0, 1], not {cfg.augment.degrade}")
-    kind_odds(cfg.augment.degrade_weights)  # raises for an unknown kind
+    kind_odds(cfg.augment.degrade_weights)  # raises for an unknown kind or a bad weight
     if cfg.pretrained and cfg.pretrained not in PRETRAINED_SOURCES:
         choices = ", ".join(PRETRAINED_SOURCES)
         raise EmoLensError(f"pretrained must be one of {choices} (or empty), not {cfg.pretrained!r}")
