@@ -60,6 +60,30 @@ def test_each_kind_does_what_its_name_says(crops):
     assert np.abs(degrade(x, "jpeg-8").astype(int) - x).mean() > np.abs(degrade(x, "jpeg-30").astype(int) - x).mean()
 
 
+def test_a_small_face_is_enlarged_as_the_degradations_enlarge_it(crops):
+    """The analyzer's alignment enlarges a face smaller than the crop bicubically, and the family's
+    down-and-up scaling does the same, so what the models train and are measured on is what they get."""
+    from emolens.align import ENLARGE, align_face
+    from emolens.degrade import downscale
+
+    face = crops[0][0]
+    small = cv2.resize(face, (16, 16), interpolation=cv2.INTER_AREA)
+    image = np.repeat(small[..., None], 3, axis=-1)
+    # A box that frames the whole 16 px image the way a 48 px crop frames its face: a pure 3x enlargement.
+    side = 16 / 1.25
+    box = np.array([8 - side / 2, 8 - side / 2, 8 + side / 2, 8 + side / 2])
+    aligned = align_face(image, box, None, 48)
+    assert ENLARGE == cv2.INTER_CUBIC
+    matrix = np.float64([[3, 0, 0], [0, 3, 0]])  # what the box above maps to
+    for flags, same in ((cv2.INTER_CUBIC, True), (cv2.INTER_LINEAR, False)):
+        expected = cv2.warpAffine(image, matrix, (48, 48), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        assert (np.abs(aligned.astype(int) - cv2.cvtColor(expected, cv2.COLOR_RGB2GRAY)).max() <= 1) == same
+    # The family's 16 px face: shrunk by area averaging, enlarged by the same interpolation.
+    cubic = cv2.resize(small, (48, 48), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(downscale(face[None], 16)[0], cubic)
+    assert not np.array_equal(downscale(face[None], 16, cv2.INTER_LINEAR)[0], cubic)
+
+
 def test_unknown_names_and_steps_are_refused(crops):
     with pytest.raises(EmoLensError, match="choose one of"):
         degrade(crops[0][:2], "fog")

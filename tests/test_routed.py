@@ -46,7 +46,7 @@ def test_quality_has_a_noise_factor_that_falls_with_noise(face_crops):
     assert q[1]["sharpness"] < 1.0
 
 
-def test_adaptive_sends_clear_faces_to_fast_and_poor_ones_to_robust(face_crops):
+def test_adaptive_sends_clear_faces_to_fast_and_poor_ones_to_robust_mirrored(face_crops):
     from emolens.classify.routed import poor_faces
     from emolens.models import load_emotion_model
 
@@ -54,7 +54,12 @@ def test_adaptive_sends_clear_faces_to_fast_and_poor_ones_to_robust(face_crops):
     adaptive, fast, robust = (load_emotion_model(n) for n in ("adaptive", "fast", "robust"))
     p = adaptive.predict(face_crops)
     assert np.allclose(p[[0, 3]], fast.predict(face_crops[[0, 3]]), atol=1e-6)
-    assert np.allclose(p[[1, 2]], robust.predict(face_crops[[1, 2]]), atol=1e-6)
+    poor = face_crops[[1, 2]]
+    once = robust.predict(poor)
+    mirrored = (once + robust.predict(np.ascontiguousarray(poor[:, :, ::-1]))) / 2
+    assert np.allclose(p[[1, 2]], mirrored, atol=1e-6) and not np.allclose(p[[1, 2]], once, atol=1e-4)
+    # With TTA asked for, every face is read mirrored once, not the poor ones twice.
+    assert np.allclose(load_emotion_model("adaptive", tta=True).predict(poor), mirrored, atol=1e-6)
     assert adaptive.labels == fast.labels and adaptive.thresholds is None
     assert adaptive.predict(face_crops[:0]).shape == (0, len(fast.labels))
 
@@ -65,6 +70,9 @@ def test_adaptive_in_the_analyzer_records_both_models_and_is_no_single_file():
 
     result = Analyzer(model="adaptive")(str(EXAMPLE))
     assert result.model == "adaptive" and result.faces and result[0].label in result[0].probs
-    assert [(m["name"], m["faces"]) for m in result.members] == [("fast", "clear"), ("robust", "poor")]
+    assert [(m["name"], m["faces"], m.get("tta")) for m in result.members] == [
+        ("fast", "clear", None),
+        ("robust", "poor", "mirror"),
+    ]
     with pytest.raises(ModelError, match="routes faces between 'fast' and 'robust'"):
         ModelResolver(home=EXAMPLE.parent).path("adaptive")

@@ -123,15 +123,28 @@ def _pixels(page) -> np.ndarray:
     return np.frombuffer(base64.b64decode(d["b64"]), np.uint8).reshape(d["h"], d["w"], 3)
 
 
-def _agrees(js: list[dict], py, tol: float = 0.04) -> None:
-    """Same faces (boxes within 2 px), same label each, probabilities within ``tol``: the browser's
-    JPEG decoder and canvas differ from Python's by about a grey level, which moves the distilled
-    `fast` by up to 0.03 on the group photo's faces (0.005-0.03 measured)."""
+def _agrees(js: list[dict], pixels: np.ndarray, analyzer) -> None:
+    """The browser finds the faces Python finds (boxes within 2 px) and reads them as Python does.
+
+    Given the browser's own box and landmarks, Python's alignment and model give the browser's
+    probabilities to 0.005 (the crops agree to a grey level). From Python's own detections the
+    label is the same unless the face is borderline (top two within 0.1): ONNX Runtime Web and
+    native ONNX Runtime place the landmarks up to 0.3 px apart, which moves a borderline face of
+    the group photo by 0.042 (measured); the probabilities stay within 0.05."""
+    from emolens.align import align_face
+
+    py = analyzer(pixels)
+    model = analyzer.model
+    spec = model.meta.input
     assert len(js) == len(py), (len(js), len(py))
     for a, b in zip(js, py, strict=True):
         assert np.abs(np.asarray(a["box"]) - np.asarray(b.box)).max() < 2.0, (a["box"], b.box)
-        assert a["label"] == b.label, (a["probs"], b.probs)
-        assert max(abs(a["probs"][k] - v) for k, v in b.probs.items()) < tol, (a["probs"], b.probs)
+        crop = align_face(pixels, np.asarray(a["box"]), np.asarray(a["landmarks"]), spec.size, spec.channels)
+        same_face = dict(zip(model.labels, model.predict(crop[None])[0].tolist(), strict=True))
+        assert max(abs(a["probs"][k] - v) for k, v in same_face.items()) < 0.005, (a["probs"], same_face)
+        top, second = sorted(b.probs.values())[::-1][:2]
+        assert a["label"] == b.label or top - second < 0.1, (a["probs"], b.probs)
+        assert max(abs(a["probs"][k] - v) for k, v in b.probs.items()) < 0.05, (a["probs"], b.probs)
 
 
 @needs_browser
@@ -166,7 +179,7 @@ def test_offline_photo_camera_and_corrections(app_browser, shared_datasets):
         js = page.evaluate("window.emolensApp.state.last")
         assert js["where"] == "device"
         pixels = _pixels(page)
-        _agrees(js["faces"], analyzer(pixels))
+        _agrees(js["faces"], pixels, analyzer)
         # The browser's JPEG decoder gives the same pixels as Python's, give or take rounding.
         from emolens.io import load_image
 
@@ -186,7 +199,7 @@ def test_offline_photo_camera_and_corrections(app_browser, shared_datasets):
         expect(page.locator("#cam-rate")).to_contain_text("frames/s", timeout=60_000)
         page.click("#cam-stop")
         frame = page.evaluate("window.emolensApp.state.last")
-        _agrees(frame["faces"], analyzer(_pixels(page)))
+        _agrees(frame["faces"], _pixels(page), analyzer)
         assert page.get_attribute("#view", "data-labels") == "happy"
     finally:
         context.set_offline(False)

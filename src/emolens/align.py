@@ -18,6 +18,11 @@ FER_TEMPLATE = np.array([[15.4, 18.5], [32.6, 18.5], [24.0, 28.5], [17.0, 36.5],
 # matches the FER2013 framing for RetinaFace-like boxes (box ≈ 79% of the crop's width).
 BOX_CROP_SCALE = 1.25
 
+# How a face smaller than the crop is enlarged. Bicubic keeps more of a 16-24 px face's edges than
+# bilinear (benchmarks/results/upscaling.md); the camera degradations of `emolens.degrade` enlarge
+# the same way, so models train and are measured on what the analyzer hands them.
+ENLARGE = cv2.INTER_CUBIC
+
 
 def similarity_matrix(landmarks: np.ndarray, size: int, template: np.ndarray = FER_TEMPLATE) -> np.ndarray:
     """2x3 matrix mapping image points onto the template scaled to ``size``."""
@@ -84,7 +89,8 @@ def align_face(
         factor = 2 * scale
         src = cv2.resize(src, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
         matrix[:, :2] /= factor
-    crop = cv2.warpAffine(src, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    flags = ENLARGE if scale > 1 else cv2.INTER_LINEAR
+    crop = cv2.warpAffine(src, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     if channels == 1:
         return cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     return crop

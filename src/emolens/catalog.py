@@ -8,11 +8,22 @@ which registers named models when they are promoted, needs nothing from the reso
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 ASSETS = Path(__file__).parent / "assets"
-# Shipped names that route each face between two shipped models (``emolens.classify.routed``):
-# name -> (the model for clear faces, the model for poor ones).
-ROUTED = {"adaptive": ("fast", "robust")}
+
+
+class Routes(NamedTuple):
+    """A shipped name that routes each face between two shipped models (``emolens.classify.routed``)."""
+
+    clear: str  # the model for clear faces
+    poor: str  # the model for soft or noisy ones
+    mirror_poor: bool = False  # poor faces are also read mirrored (mirror TTA), clear ones once
+
+
+# Mirroring the poor faces is worth about a point on faces seen at 16 px and costs time only on
+# them (benchmarks/results/robustness.md).
+ROUTED = {"adaptive": Routes("fast", "robust", mirror_poor=True)}
 
 
 def shipped_models() -> dict[str, Path]:

@@ -2,8 +2,8 @@
 
 Real cameras deliver faces that are small, soft, compressed, noisy, dark or flat. Each
 degradation here works on uint8 crops (N, H, W) or (N, H, W, 3) and returns crops of the same
-shape, brought back to the crop size the way the analyzer's alignment would (bilinear
-upsampling), so a model sees what it would see in use.
+shape, brought back to the crop size the way the analyzer's alignment would (``emolens.align.ENLARGE``,
+bicubic), so a model sees what it would see in use.
 
 - ``FAMILY``: the fixed evaluation family (several strengths of each kind, plus webcam and CCTV
   combinations); ``degrade(images, name, seed)`` applies one member, the same way every time.
@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from emolens.align import ENLARGE
 from emolens.errors import EmoLensError
 
 Op = tuple[str, float]  # (kind, strength)
@@ -28,9 +29,9 @@ def _per_image(images: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np
     return np.stack([fn(img) for img in images]) if len(images) else images.copy()
 
 
-def downscale(images: np.ndarray, px: float, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+def downscale(images: np.ndarray, px: float, interpolation: int = ENLARGE) -> np.ndarray:
     """The face seen at ``px`` pixels wide, then brought back up to the crop size with
-    ``interpolation`` (bilinear, as the alignment enlarges a small face)."""
+    ``interpolation`` (by default as the alignment enlarges a small face)."""
     h, w = images.shape[1:3]
     side = max(2, round(px))
     if side >= w:

@@ -152,10 +152,10 @@ class ModelResolver:
                 f"{name_or_path!r} is an ensemble: this needs a single model (one name, version or .onnx path)"
             )
         if str(name_or_path) in ROUTED:
-            clear, poor = ROUTED[str(name_or_path)]
+            routes = ROUTED[str(name_or_path)]
             raise ModelError(
-                f"{name_or_path!r} routes faces between {clear!r} and {poor!r}: this needs a single model "
-                f"(one name, version or .onnx path)"
+                f"{name_or_path!r} routes faces between {routes.clear!r} and {routes.poor!r}: this needs a single "
+                "model (one name, version or .onnx path)"
             )
         p = Path(name_or_path)
         if p.suffix == ".onnx" or p.exists():
@@ -198,9 +198,11 @@ def _load(resolver: ModelResolver, name_or_path: str, threads: int, tta: bool):
         from emolens.classify.routed import Route, RoutedModel
 
         name = members[0][0]
-        clear, poor = ROUTED[name]
+        r = ROUTED[name]
         return RoutedModel(
-            Route(clear, _load(resolver, clear, threads, tta)), Route(poor, _load(resolver, poor, threads, tta)), name
+            Route(r.clear, _load(resolver, r.clear, threads, tta)),
+            Route(r.poor, _load(resolver, r.poor, threads, tta), mirror=r.mirror_poor and not tta),
+            name,
         )
     if len(members) == 1 and not tta:
         return EmotionModel(resolver.path(members[0][0]), threads=threads)

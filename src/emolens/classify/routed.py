@@ -4,8 +4,9 @@ A ``RoutedModel`` sends every face whose aligned crop is clear to one model and 
 (soft, or noisy: below 1 on the ``sharpness`` or ``noise`` factor of ``emolens.quality``) to the
 other. The shipped name ``adaptive`` is ``fast`` for clear faces and ``robust`` for poor ones: the
 speed of ``fast`` on sharp photos, the robustness of ``robust`` on webcam and CCTV faces
-(``benchmarks/results/robustness.md``). The factors' limits were set from clean FER2013 Training
-crops and the degradation family, not from any test set's labels.
+(``benchmarks/results/robustness.md``), which also reads each poor face mirrored (``mirror``: the
+mean of both views, as mirror TTA). The factors' limits were set from clean FER2013 Training crops
+and the degradation family, not from any test set's labels.
 
 It has the interface of an ``EmotionModel`` (``labels``, ``meta``, ``predict``), like an ensemble,
 so every pipeline takes it unchanged; like an ensemble it carries no thresholds or rules, which
@@ -28,6 +29,7 @@ ROUTED_ON = ("sharpness", "noise")  # the quality factors that route a face; 1 m
 class Route:
     name: str  # as resolved: a model name (fast), a version (v3) or a path
     model: object  # an EmotionModel or an EnsembleModel
+    mirror: bool = False  # also read each face mirrored and average (mirror TTA)
 
 
 def poor_faces(crops: np.ndarray) -> np.ndarray:
@@ -57,7 +59,13 @@ class RoutedModel(DescribedByMeta):
     def describe(self) -> list[dict]:
         """Both models' versions and which faces each reads (what results record)."""
         return [
-            {"name": r.name, "sha256": getattr(r.model, "digest", None), "card": r.model.card.get("name"), "faces": k}
+            {
+                "name": r.name,
+                "sha256": getattr(r.model, "digest", None),
+                "card": r.model.card.get("name"),
+                "faces": k,
+                **({"tta": "mirror"} if r.mirror else {}),
+            }
             for r, k in ((self.clear, "clear"), (self.poor, "poor"))
         ]
 
@@ -73,6 +81,9 @@ class RoutedModel(DescribedByMeta):
         for route, mask in ((self.clear, ~poor), (self.poor, poor)):
             if mask.any():
                 spec = route.model.meta.input
-                p = route.model.predict(fit_crops(crops[mask], spec.size, spec.channels), batch_size=batch_size)
+                x = fit_crops(crops[mask], spec.size, spec.channels)
+                p = route.model.predict(x, batch_size=batch_size)
+                if route.mirror:
+                    p = (p + route.model.predict(np.ascontiguousarray(x[:, :, ::-1]), batch_size=batch_size)) / 2
                 out[mask] = p[:, [route.model.labels.index(label) for label in labels]]
         return out

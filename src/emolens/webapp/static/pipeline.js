@@ -476,26 +476,106 @@ function invertAffine(M) {
   return [A11, A12, -A11 * M[2] - A12 * M[5], A21, A22, -A21 * M[2] - A22 * M[5]];
 }
 
+// Where cv2.warpAffine samples for each output pixel on uint8 (any interpolation but nearest): the
+// inverse matrix in 10-bit fixed point, rounded to 1/32 pixel. [X0, Y0, X1, Y1, ...] in 1/32 pixel.
+function warpPositions(M, size) {
+  const inv = invertAffine(M.map(Number));
+  const AB = 1024, roundDelta = AB / 32 / 2;
+  const pos = new Int32Array(size * size * 2);
+  for (let y = 0, k = 0; y < size; y++) {
+    const X0 = cvRound((inv[1] * y + inv[2]) * AB) + roundDelta, Y0 = cvRound((inv[4] * y + inv[5]) * AB) + roundDelta;
+    for (let x = 0; x < size; x++) {
+      pos[k++] = (X0 + cvRound(inv[0] * x * AB)) >> 5;
+      pos[k++] = (Y0 + cvRound(inv[3] * x * AB)) >> 5;
+    }
+  }
+  return pos;
+}
+
+const clampIndex = (v, n) => (v < 0 ? 0 : v >= n ? n - 1 : v);
+
 // cv2.warpAffine(INTER_LINEAR, BORDER_REPLICATE) of an RGB image to size x size, in OpenCV's
 // fixed point for uint8: source positions in 1/32 pixel, 15-bit bilinear weights.
 export function warpAffine(img, M, size) {
   const { width: sw, height: sh, data } = img;
-  const inv = invertAffine(M.map(Number));
-  const AB = 1024, roundDelta = AB / 32 / 2;
+  const pos = warpPositions(M, size);
   const out = new Uint8Array(size * size * 3);
-  const clamp = (v, n) => (v < 0 ? 0 : v >= n ? n - 1 : v);
-  for (let y = 0; y < size; y++) {
-    const X0 = cvRound((inv[1] * y + inv[2]) * AB) + roundDelta, Y0 = cvRound((inv[4] * y + inv[5]) * AB) + roundDelta;
-    for (let x = 0; x < size; x++) {
-      const X = (X0 + cvRound(inv[0] * x * AB)) >> 5, Y = (Y0 + cvRound(inv[3] * x * AB)) >> 5;
-      const ix = X >> 5, iy = Y >> 5, fx = X & 31, fy = Y & 31;
-      const w00 = (32 - fx) * (32 - fy) * 32, w01 = fx * (32 - fy) * 32, w10 = (32 - fx) * fy * 32, w11 = fx * fy * 32;
-      const r0 = clamp(iy, sh) * sw, r1 = clamp(iy + 1, sh) * sw, c0 = clamp(ix, sw), c1 = clamp(ix + 1, sw);
-      for (let c = 0; c < 3; c++) {
-        const v = data[(r0 + c0) * 3 + c] * w00 + data[(r0 + c1) * 3 + c] * w01 +
-          data[(r1 + c0) * 3 + c] * w10 + data[(r1 + c1) * 3 + c] * w11;
-        out[(y * size + x) * 3 + c] = Math.min(255, (v + 16384) >> 15);
+  for (let p = 0; p < size * size; p++) {
+    const X = pos[2 * p], Y = pos[2 * p + 1];
+    const ix = X >> 5, iy = Y >> 5, fx = X & 31, fy = Y & 31;
+    const w00 = (32 - fx) * (32 - fy) * 32, w01 = fx * (32 - fy) * 32, w10 = (32 - fx) * fy * 32, w11 = fx * fy * 32;
+    const r0 = clampIndex(iy, sh) * sw, r1 = clampIndex(iy + 1, sh) * sw, c0 = clampIndex(ix, sw), c1 = clampIndex(ix + 1, sw);
+    for (let c = 0; c < 3; c++) {
+      const v = data[(r0 + c0) * 3 + c] * w00 + data[(r0 + c1) * 3 + c] * w01 +
+        data[(r1 + c0) * 3 + c] * w10 + data[(r1 + c1) * 3 + c] * w11;
+      out[p * 3 + c] = Math.min(255, (v + 16384) >> 15);
+    }
+  }
+  return { width: size, height: size, data: out };
+}
+
+// OpenCV's interpolateCubic (Keys, A = -0.75) at t in [0, 1), in float32 as OpenCV computes it.
+function cubicCoeffs(t) {
+  const A = -0.75, u = f32(t + 1), v = f32(1 - t);
+  const c0 = f32(f32(f32(f32(f32(f32(A * u) - 5 * A) * u) + 8 * A) * u) - 4 * A);
+  const c1 = f32(f32(f32(f32(f32((A + 2) * t) - (A + 3)) * t) * t) + 1);
+  const c2 = f32(f32(f32(f32(f32((A + 2) * v) - (A + 3)) * v) * v) + 1);
+  return [c0, c1, c2, f32(f32(f32(1 - c0) - c1) - c2)];
+}
+
+// initInterTab2D(INTER_CUBIC, fixpt): for each 1/32 (fy, fx), the 4x4 kernel (rows vertical) as
+// 15-bit shorts (so 1.0 saturates to 32767), then OpenCV's fix-up to a sum of exactly 1 << 15: the
+// difference goes to the largest (sum short) or smallest (sum over) of the lower-right 2x2 weights,
+// the ones OpenCV searches (from ksize / 2, not the kernel's centre).
+let bicubicTab = null;
+function bicubicTable() {
+  if (bicubicTab) return bicubicTab;
+  const c = Array.from({ length: 32 }, (_, i) => cubicCoeffs(i / 32));
+  bicubicTab = new Int32Array(32 * 32 * 16);
+  for (let i = 0; i < 32; i++) {
+    for (let j = 0; j < 32; j++) {
+      const w = bicubicTab.subarray((i * 32 + j) * 16, (i * 32 + j) * 16 + 16);
+      let sum = 0;
+      for (let k = 0; k < 16; k++) {
+        w[k] = Math.min(32767, Math.max(-32768, cvRound(f32(c[i][k >> 2] * c[j][k & 3]) * 32768)));
+        sum += w[k];
       }
+      if (sum === 32768) continue;
+      let lo = 10, hi = 10;
+      for (const k of [10, 11, 14, 15]) {
+        if (w[k] < w[lo]) lo = k;
+        else if (w[k] > w[hi]) hi = k;
+      }
+      if (sum < 32768) w[hi] += 32768 - sum;
+      else w[lo] -= sum - 32768;
+    }
+  }
+  return bicubicTab;
+}
+
+// cv2.warpAffine(INTER_CUBIC, BORDER_REPLICATE) of an RGB image to size x size, in OpenCV's fixed
+// point for uint8: the same 1/32-pixel positions as the bilinear warp, the 4x4 neighbourhood from one
+// pixel up-left of the position (edges replicated), 15-bit weights, rounded and saturated.
+export function warpAffineCubic(img, M, size) {
+  const { width: sw, height: sh, data } = img;
+  const pos = warpPositions(M, size);
+  const tab = bicubicTable();
+  const out = new Uint8Array(size * size * 3);
+  const rows = [0, 0, 0, 0], cols = [0, 0, 0, 0];
+  for (let p = 0; p < size * size; p++) {
+    const X = pos[2 * p], Y = pos[2 * p + 1];
+    const sx = (X >> 5) - 1, sy = (Y >> 5) - 1, w = ((Y & 31) * 32 + (X & 31)) * 16;
+    for (let k = 0; k < 4; k++) {
+      rows[k] = clampIndex(sy + k, sh) * sw;
+      cols[k] = clampIndex(sx + k, sw);
+    }
+    for (let c = 0; c < 3; c++) {
+      let v = 0;
+      for (let i = 0; i < 4; i++) {
+        for (let j = 0; j < 4; j++) v += data[(rows[i] + cols[j]) * 3 + c] * tab[w + i * 4 + j];
+      }
+      v = (v + 16384) >> 15;
+      out[p * 3 + c] = v < 0 ? 0 : v > 255 ? 255 : v;
     }
   }
   return { width: size, height: size, data: out };
@@ -548,7 +628,8 @@ export function alignFace(img, box, landmarks, size, channels = 1) {
     src = resizeArea(r.region, Math.max(dw, 1), Math.max(dh, 1), factor, factor);
     M = [r.matrix[0] / factor, r.matrix[1] / factor, r.matrix[2], r.matrix[3] / factor, r.matrix[4] / factor, r.matrix[5]];
   }
-  const crop = warpAffine(src, M, size);
+  // align.ENLARGE: a face smaller than the crop is enlarged bicubically, as Python does.
+  const crop = scale > 1 ? warpAffineCubic(src, M, size) : warpAffine(src, M, size);
   if (channels === 1) return { width: size, height: size, channels: 1, data: toGray(crop) };
   return { width: size, height: size, channels: 3, data: crop.data };
 }
