@@ -201,7 +201,7 @@ def _load(resolver: ModelResolver, name_or_path: str, threads: int, tta: bool):
         r = ROUTED[name]
         return RoutedModel(
             Route(r.clear, _load(resolver, r.clear, threads, tta)),
-            Route(r.poor, _load(resolver, r.poor, threads, tta), mirror=r.mirror_poor and not tta),
+            Route(r.poor, _load(resolver, r.poor, threads, tta or r.mirror_poor)),
             name,
         )
     if len(members) == 1 and not tta:

@@ -40,6 +40,11 @@ class EnsembleModel(DescribedByMeta):
         return spec_text([(m.name, m.weight) for m in self.members])
 
     @property
+    def digest(self) -> str | None:
+        """The file hash of a one-member ensemble (a model with mirror TTA); several files have none."""
+        return self.members[0].model.digest if len(self.members) == 1 else None
+
+    @property
     def meta(self) -> ModelMeta:
         if self._meta is None:
             ref = self.members[0].model.labels

@@ -4,9 +4,9 @@ A ``RoutedModel`` sends every face whose aligned crop is clear to one model and 
 (soft, or noisy: below 1 on the ``sharpness`` or ``noise`` factor of ``emolens.quality``) to the
 other. The shipped name ``adaptive`` is ``fast`` for clear faces and ``robust`` for poor ones: the
 speed of ``fast`` on sharp photos, the robustness of ``robust`` on webcam and CCTV faces
-(``benchmarks/results/robustness.md``), which also reads each poor face mirrored (``mirror``: the
-mean of both views, as mirror TTA). The factors' limits were set from clean FER2013 Training crops
-and the degradation family, not from any test set's labels.
+(``benchmarks/results/robustness.md``), which reads each poor face mirrored too (its route's model
+is ``robust`` with mirror TTA). The factors' limits were set from clean FER2013 Training crops and
+the degradation family, not from any test set's labels.
 
 It has the interface of an ``EmotionModel`` (``labels``, ``meta``, ``predict``), like an ensemble,
 so every pipeline takes it unchanged; like an ensemble it carries no thresholds or rules, which
@@ -28,8 +28,7 @@ ROUTED_ON = ("sharpness", "noise")  # the quality factors that route a face; 1 m
 @dataclass
 class Route:
     name: str  # as resolved: a model name (fast), a version (v3) or a path
-    model: object  # an EmotionModel or an EnsembleModel
-    mirror: bool = False  # also read each face mirrored and average (mirror TTA)
+    model: object  # an EmotionModel or an EnsembleModel (one member with ``tta``: a model with mirror TTA)
 
 
 def poor_faces(crops: np.ndarray) -> np.ndarray:
@@ -64,7 +63,7 @@ class RoutedModel(DescribedByMeta):
                 "sha256": getattr(r.model, "digest", None),
                 "card": r.model.card.get("name"),
                 "faces": k,
-                **({"tta": "mirror"} if r.mirror else {}),
+                **({"tta": "mirror"} if getattr(r.model, "tta", False) else {}),
             }
             for r, k in ((self.clear, "clear"), (self.poor, "poor"))
         ]
@@ -81,9 +80,6 @@ class RoutedModel(DescribedByMeta):
         for route, mask in ((self.clear, ~poor), (self.poor, poor)):
             if mask.any():
                 spec = route.model.meta.input
-                x = fit_crops(crops[mask], spec.size, spec.channels)
-                p = route.model.predict(x, batch_size=batch_size)
-                if route.mirror:
-                    p = (p + route.model.predict(np.ascontiguousarray(x[:, :, ::-1]), batch_size=batch_size)) / 2
+                p = route.model.predict(fit_crops(crops[mask], spec.size, spec.channels), batch_size=batch_size)
                 out[mask] = p[:, [route.model.labels.index(label) for label in labels]]
         return out
