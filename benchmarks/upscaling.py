@@ -2,7 +2,7 @@
 
 Method: every crop of ``--data`` is shrunk to N px (`emolens.degrade.downscale`: OpenCV INTER_AREA, as a
 camera's sensor would average it: 16, 20 and 24 px) and enlarged back to 48 px with each interpolation the alignment
-could use (bilinear; bicubic, which `emolens.align` and `emolens.degrade` use since 2026-12-03; Lanczos;
+could use (bilinear; bicubic, which `emolens.align` and `emolens.degrade` use; Lanczos;
 nearest). Each model runs once per crop (no TTA); accuracy on the file's own labels and, with the
 votes file beside ``--data``, on the FER+ majority labels (contempt faces not scored for 7-class
 models). Choose on your own split (``--data``), not on PublicTest.
