@@ -179,7 +179,7 @@ def main() -> None:
     from emolens.data.datasets import fit_crops
     from emolens.data.ferplus import DROPPED_STATUS, load_ferplus, majority
     from emolens.evaluate.core import member_probs, summarize, target_labels
-    from emolens.models import load_emotion_model
+    from emolens.workspace import Workspace
     from speed import median_ms, write_result  # benchmarks/ is on the path when a script here runs
 
     # one thread: on a shared, loaded machine two threads spin against each other (a first run measured
@@ -215,7 +215,7 @@ def main() -> None:
         b1_cpu = (time.process_time() - c0) * 1000 / 25
     for name in args.ensemble:
         print(name, flush=True)
-        m = load_emotion_model(name, 2)
+        m = Workspace.default().models.load(name, 2)
         probs[name] = member_probs(m, images, FER7)
 
     combos = [[k] for k in probs]

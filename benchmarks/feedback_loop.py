@@ -91,9 +91,9 @@ def main() -> None:
     from emolens.feedback import FeedbackService, FeedbackSplit
     from emolens.feedback.split import is_holdout
     from emolens.learn import FinetuneOptions, finetune_from_feedback
-    from emolens.models import load_emotion_model
-    from emolens.registry import Registry
+    from emolens.models import clear_model_cache
     from emolens.settings import get_settings
+    from emolens.workspace import Workspace
 
     class CropHashStore(FeedbackService):
         """The earlier rule: each record held out by the hash of its own crop."""
@@ -134,12 +134,12 @@ def main() -> None:
         home = root / rule
         os.environ["EMOLENS_HOME"] = str(home)
         get_settings.cache_clear()
-        load_emotion_model.cache_clear()
+        clear_model_cache()
         if args.parent != "fast":  # the loop fine-tunes the registry's active model
-            Registry().promote(args.parent)
-        parent_path = str(Registry().ensure_base().path)
+            Workspace.default().registry.promote(args.parent)
+        parent_path = str(Workspace.default().registry.ensure_base().path)
         before = measure(parent_path)
-        model = load_emotion_model(parent_path)
+        model = Workspace.default().models.load(parent_path)
         store = (CropHashStore if rule == "crop" else FeedbackService)()
         face_of = {}  # record uid -> the domain face it is a frame of
         for f, crops in frames:
@@ -174,7 +174,9 @@ def main() -> None:
             progress=False,
         )
         seconds = time.time() - t0
-        after = measure(str(Registry().get(outcome.candidate).path), outcome.calibration["temperature"])
+        after = measure(
+            str(Workspace.default().registry.get(outcome.candidate).path), outcome.calibration["temperature"]
+        )
         rows.append((rule, st, split.to_dict(), straddle, twins, len(held), before, after, outcome, seconds))
 
     print(f"# Learning from corrections: simulated loop with bursts ({platform.machine()}, {args.threads} threads)\n")

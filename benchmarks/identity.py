@@ -57,11 +57,11 @@ def embed_all(lfw: Path, cache: Path) -> dict:
     from emolens.errors import EmoLensError
     from emolens.identify.embed import DlibEmbedder
     from emolens.identify.enrol import enrollment_face
-    from emolens.identify.gallery import default_detector
     from emolens.io import load_image
+    from emolens.workspace import Workspace
 
     files = sorted((lfw / "people").glob("*/*.jpg")) + sorted((lfw / "strangers").glob("*.jpg"))
-    detector, embedder = default_detector(), DlibEmbedder()
+    detector, embedder = Workspace.default().detector(), DlibEmbedder()
     vecs, raw, labels, names, failed = [], [], [], [], []
     t_detect, t_align, t_embed = [], [], []
     t_start = time.perf_counter()

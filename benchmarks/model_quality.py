@@ -51,9 +51,9 @@ def measure(name: str, images, labels, classes, own, own_votes: tuple[Path, Path
     """One model's figures: PublicTest on both label sets, the own split on both, speed at batch 1 and 64."""
     from emolens.evaluate import evaluate_arrays
     from emolens.evaluate.ferplus import evaluate_ferplus
-    from emolens.models import load_emotion_model
+    from emolens.workspace import Workspace
 
-    m = load_emotion_model(name, 2)
+    m = Workspace.default().models.load(name, 2)
     own_acc = evaluate_arrays(name, own.images, own.labels, own.classes)["accuracy"]
     return {
         "model": m,

@@ -66,10 +66,10 @@ def main() -> None:
 
     from emolens import Analyzer, load_image
     from emolens.align import align_face
-    from emolens.models import load_emotion_model
+    from emolens.workspace import Workspace
 
     analyzer = Analyzer(model=args.model, detector=args.detector, threads=args.threads)
-    model = load_emotion_model(args.model, args.threads)
+    model = Workspace.default().models.load(args.model, args.threads)
     image = load_image(EXAMPLE)
     vga = cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA)
     face = analyzer.detector(image)[0]

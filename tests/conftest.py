@@ -27,7 +27,7 @@ def emolens_home(tmp_path, monkeypatch) -> Path:
     The settings and the loaded-model caches are cleared on the way in and out, so no test sees
     another's home or models; ``monkeypatch`` restores the environment afterwards.
     """
-    from emolens.models import load_emotion_model
+    from emolens.models import clear_model_cache
     from emolens.settings import get_settings
 
     home = tmp_path / "emolens_home"
@@ -36,10 +36,10 @@ def emolens_home(tmp_path, monkeypatch) -> Path:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("EMOLENS_HOME", str(home))
     get_settings.cache_clear()
-    load_emotion_model.cache_clear()
+    clear_model_cache()
     yield home
     get_settings.cache_clear()
-    load_emotion_model.cache_clear()
+    clear_model_cache()
 
 
 # Modules whose tests train networks, run dlib on LFW, drive a browser or fine-tune: the quick

@@ -53,19 +53,19 @@ def photos(shared_datasets, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """One EMOLENS_HOME for the module (model-loading caches stay warm across its tests)."""
-    from emolens.models import load_emotion_model
+    from emolens.models import clear_model_cache
     from emolens.settings import get_settings
 
     path = tmp_path_factory.mktemp("home")
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("EMOLENS_")}
     os.environ["EMOLENS_HOME"] = str(path)
     get_settings.cache_clear()
-    load_emotion_model.cache_clear()
+    clear_model_cache()
     yield path
     os.environ.pop("EMOLENS_HOME", None)
     os.environ.update(saved)
     get_settings.cache_clear()
-    load_emotion_model.cache_clear()
+    clear_model_cache()
 
 
 @pytest.fixture(scope="module")
@@ -354,9 +354,9 @@ def test_a_worker_without_the_model_file_uses_the_bytes_sent_with_the_job(tmp_pa
     from emolens.batch.shard import _model_file
     from emolens.batch.spec import JobSpec, file_sha256
     from emolens.errors import ModelError
-    from emolens.models import resolve_model
+    from emolens.workspace import Workspace
 
-    fast = resolve_model("fast")
+    fast = Workspace.default().models.path("fast")
     spec = JobSpec(
         output=str(tmp_path), input_sha256="", n_images=1, shard_size=1, model="fast",
         model_path=str(fast), model_sha256=file_sha256(fast), labels=[], detector="retinaface",

@@ -16,7 +16,8 @@ import pytest
 from emolens import Analyzer
 from emolens.align import align_face
 from emolens.errors import BadLabelError, ModelError
-from emolens.models import ASSETS, load_emotion_model, model_spec, parse_model_spec, resolve_model
+from emolens.models import ASSETS, ModelSpec
+from emolens.workspace import Workspace
 
 EXAMPLE = ASSETS / "examples" / "astronaut.jpg"
 
@@ -47,31 +48,31 @@ def sha(path: Path) -> str:
     ],
 )
 def test_every_form_of_a_spec(spec, members):
-    assert same(parse_model_spec(spec), members)
+    assert same(_members(spec), members)
 
 
 def test_canonical_text_round_trips():
-    assert model_spec(["fast", "accurate"]) == "fast+accurate"
-    assert model_spec({"fast": 1, "accurate": 3}) == "fast*0.25+accurate*0.75"
-    assert same(parse_model_spec(model_spec("accurate*3+fast")), [("accurate", 0.75), ("fast", 0.25)])
+    assert _spec_text(["fast", "accurate"]) == "fast+accurate"
+    assert _spec_text({"fast": 1, "accurate": 3}) == "fast*0.25+accurate*0.75"
+    assert same(_members(_spec_text("accurate*3+fast")), [("accurate", 0.75), ("fast", 0.25)])
 
 
 @pytest.mark.parametrize("spec", ["fast*0", "fast*-1+accurate", "fast*x", "", "+"])
 def test_bad_specs_say_what_is_wrong(spec):
     with pytest.raises(ModelError, match="weight|no model given"):
-        parse_model_spec(spec)
+        _members(spec)
 
 
 def test_a_file_with_a_plus_in_its_name_is_one_model(tmp_path):
     odd = tmp_path / "fast+v2.onnx"
     shutil.copyfile(ASSETS / "fast.onnx", odd)
-    assert parse_model_spec(str(odd)) == [(str(odd), 1.0)]
-    assert resolve_model(str(odd)) == odd
+    assert _members(str(odd)) == [(str(odd), 1.0)]
+    assert Workspace.default().models.path(str(odd)) == odd
 
 
 def test_an_ensemble_has_no_single_file():
     with pytest.raises(ModelError, match="is an ensemble: this needs a single model"):
-        resolve_model("fast+accurate")
+        Workspace.default().models.path("fast+accurate")
 
 
 # --- the analyzer ----------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_mirror_tta_is_an_analyzer_option(single):
     analyzer = Analyzer(model="accurate", tta=True)
     res = analyzer(EXAMPLE)
     face, plain = res[0], single["accurate"][0]
-    model = load_emotion_model("accurate")
+    model = Workspace.default().models.load("accurate")
     crop = align_face(res.image, face.box, face.landmarks, 48, 1)[None]
     expected = (model.predict(crop) + model.predict(np.ascontiguousarray(crop[:, :, ::-1]))) / 2
     assert list(face.probs.values()) == pytest.approx(expected[0].tolist(), abs=1e-5)
@@ -126,13 +127,13 @@ def test_labels_are_matched_by_name(tmp_path):
     pytest.importorskip("onnx")
     from emolens.classify.modelfile import annotate
 
-    fast = load_emotion_model("fast")
+    fast = Workspace.default().models.load("fast")
     shuffled = list(reversed(fast.labels))
     meta = fast.meta
     other = annotate(ASSETS / "fast.onnx", type(meta)(labels=shuffled, input=meta.input), tmp_path / "reversed.onnx")
     crops = np.random.default_rng(0).integers(0, 256, (32, 48, 48), dtype=np.uint8)
-    ens = load_emotion_model(f"fast+{other}")
-    p_fast, p_other = fast.predict(crops), load_emotion_model(str(other)).predict(crops)
+    ens = Workspace.default().models.load(f"fast+{other}")
+    p_fast, p_other = fast.predict(crops), Workspace.default().models.load(str(other)).predict(crops)
     happy = fast.labels.index("happy")
     expected = (p_fast[:, happy] + p_other[:, shuffled.index("happy")]) / 2
     assert ens.labels == fast.labels
@@ -152,7 +153,9 @@ def test_evaluate_applies_the_weights(shared_datasets):
     pick = np.random.default_rng(0).choice(len(y), 300, replace=False)  # val.npz is sorted by class
     x, y = x[pick], y[pick]
     report = evaluate_arrays("accurate*3+fast", x, y, classes)
-    probs = 0.75 * load_emotion_model("accurate").predict(x) + 0.25 * load_emotion_model("fast").predict(x)
+    probs = 0.75 * Workspace.default().models.load("accurate").predict(x) + 0.25 * Workspace.default().models.load(
+        "fast"
+    ).predict(x)
     assert report["accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == y)))
     assert report["weights"] == pytest.approx([0.75, 0.25])
 
@@ -178,3 +181,11 @@ def test_cli_takes_an_ensemble_and_refuses_a_bad_one():
     bad = subprocess.run([*env_cmd, "--model", "fast*0+accurate"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "weight of 'fast'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _members(spec):
+    return list(ModelSpec.parse(spec).members)
+
+
+def _spec_text(spec):
+    return str(ModelSpec.parse(spec))

@@ -28,7 +28,7 @@ from emolens.evaluate import (
     threshold_report,
 )
 from emolens.evaluate.tta import shift_crops, tta_views
-from emolens.models import ASSETS, load_emotion_model
+from emolens.models import ASSETS, clear_model_cache
 
 EXAMPLE = ASSETS / "examples" / "astronaut.jpg"
 FER = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
@@ -252,7 +252,7 @@ def test_saved_thresholds_make_the_analyzer_answer_uncertain(tmp_path, emolens_h
     assert meta.card["name"] == EmotionModel(ASSETS / "fast.onnx").card["name"] and meta.card["thresholds"]
     assert meta.labels == FER and meta.input == EmotionModel(ASSETS / "fast.onnx").meta.input
 
-    load_emotion_model.cache_clear()  # a model changed in place is read again by a new process, or after this
+    clear_model_cache()  # a model changed in place is read again by a new process, or after this
     results = Analyzer(model=copy)(EXAMPLE)
     face = results[0]
     assert face.label == "uncertain" and face.uncertain and face.top_label == "happy"
@@ -268,7 +268,7 @@ def test_saved_thresholds_make_the_analyzer_answer_uncertain(tmp_path, emolens_h
     assert [decide(p, m.thresholds, m.meta.rules) for p in (plain.probs, sure)] == ["uncertain", "happy"]
 
     save_thresholds(copy, {"happy": plain.confidence - 0.05})
-    load_emotion_model.cache_clear()
+    clear_model_cache()
     assert Analyzer(model=copy)(EXAMPLE)[0].label == "happy"
     save_thresholds(copy, None)  # removed again: the file is as plain as the original
     assert EmotionModel(copy).thresholds is None and "thresholds" not in EmotionModel(copy).card

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from emolens.classify.emotion import EmotionModel
 from emolens.cli import EXAMPLE, app
 from emolens.export.ort import parity_tolerance
-from emolens.models import resolve_model
+from emolens.workspace import Workspace
 
 
 def test_export_ort_keeps_metadata_and_answers(tmp_path, emolens_home):
@@ -18,7 +18,7 @@ def test_export_ort_keeps_metadata_and_answers(tmp_path, emolens_home):
     assert "metadata kept" in result.output
     assert out.read_bytes()[4:8] == b"ORTM"  # a FlatBuffers ORT model, not protobuf ONNX
 
-    mobile, onnx = EmotionModel(out), EmotionModel(resolve_model("fast-int8"))
+    mobile, onnx = EmotionModel(out), EmotionModel(Workspace.default().models.path("fast-int8"))
     assert mobile.meta.to_props() == onnx.meta.to_props()  # what a Kotlin/Swift app reads
     crops = np.random.default_rng(1).integers(0, 256, (4, 48, 48), dtype=np.uint8)
     # INT8: the mobile graph keeps quantize/dequantize pairs apart that the .onnx session fuses (see
@@ -37,7 +37,7 @@ def test_a_float_model_converts_exactly(tmp_path, emolens_home):
     result = CliRunner().invoke(app, ["export", "fast", str(out)])
     assert result.exit_code == 0, result.output
     crops = np.random.default_rng(2).integers(0, 256, (4, 48, 48), dtype=np.uint8)
-    onnx = EmotionModel(resolve_model("fast"))
+    onnx = EmotionModel(Workspace.default().models.path("fast"))
     assert parity_tolerance(onnx.meta.card) == 1e-4
     np.testing.assert_allclose(EmotionModel(out).predict(crops), onnx.predict(crops), atol=1e-5)
 

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emolens.errors import BadLabelError, NotFoundError, RefusedError
+from emolens.workspace import Workspace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "examples" / "astronaut.jpg"
 
@@ -269,24 +270,26 @@ def test_registry_promote_rollback_and_analyzer_reload_without_restart(emolens_h
     import shutil
 
     from emolens import Analyzer
-    from emolens.models import resolve_model
-    from emolens.registry import Registry
+    from emolens.workspace import Workspace
 
-    reg = Registry()
+    reg = Workspace.default().registry
     analyzer = Analyzer()
     assert analyzer(EXAMPLE).model == "fast"  # empty registry: the shipped model
     v1 = reg.ensure_base()
     assert (v1.name, v1.active, v1.source, v1.parent) == ("v1", True, "shipped:fast", None)
     assert v1.checkpoint is not None and v1.metrics["accuracy"] > 0.6
     other = tmp_path / "int8.onnx"
-    shutil.copyfile(resolve_model("fast-int8"), other)
+    shutil.copyfile(Workspace.default().models.path("fast-int8"), other)
     v2 = reg.register(other, parent="v1", source="test", metrics={"accuracy": 0.5})
     assert not v2.active and reg.active_name() == "v1"
     assert analyzer(EXAMPLE).model == "v1"
     reg.promote("v2")
     res = analyzer(EXAMPLE)  # the same Analyzer object picks up the new active model
     assert res.model == "v2" and analyzer.model.path == reg.get("v2").path
-    assert resolve_model("active") == reg.get("v2").path and resolve_model("v1") == v1.path
+    assert (
+        Workspace.default().models.path("active") == reg.get("v2").path
+        and Workspace.default().models.path("v1") == v1.path
+    )
     assert reg.rollback().name == "v1" and analyzer(EXAMPLE).model == "v1"
     with pytest.raises(RefusedError, match="nothing to roll back"):
         reg.rollback()
@@ -299,18 +302,20 @@ def test_promoting_the_flagship_by_name_registers_it_after_the_default(emolens_h
     from emolens import Analyzer
     from emolens.cli import app
     from emolens.errors import ModelNotFoundError
-    from emolens.models import resolve_model
-    from emolens.registry import Registry
+    from emolens.workspace import Workspace
 
     analyzer = Analyzer()
     assert analyzer(EXAMPLE).model == "fast"
     r = CliRunner().invoke(app, ["models", "promote", "accurate"])
     assert r.exit_code == 0 and "v2 is now active" in r.output, r.output
-    reg = Registry()
+    reg = Workspace.default().registry
     v1, v2 = reg.versions()
     assert (v1.source, v1.active) == ("shipped:fast", False)
     assert (v2.source, v2.active, v2.checkpoint is not None) == ("shipped:accurate", True, True)
-    assert v2.path.read_bytes() == resolve_model("accurate").read_bytes() and v2.metrics["accuracy"] > 0.6
+    assert (
+        v2.path.read_bytes() == Workspace.default().models.path("accurate").read_bytes()
+        and v2.metrics["accuracy"] > 0.6
+    )
     assert analyzer(EXAMPLE).model == "v2"  # fine-tuning from feedback now starts from the flagship
     assert reg.rollback().name == "v1" and analyzer(EXAMPLE).model == "v1"
     assert reg.promote("accurate").name == "v2"  # the same file again: the same version, no copy
@@ -321,12 +326,11 @@ def test_promoting_the_flagship_by_name_registers_it_after_the_default(emolens_h
 
 def test_models_cli_lists_promotes_and_rolls_back(emolens_home, tmp_path):
     from emolens.cli import app
-    from emolens.models import resolve_model
-    from emolens.registry import Registry
+    from emolens.workspace import Workspace
 
-    reg = Registry()
+    reg = Workspace.default().registry
     reg.ensure_base()
-    reg.register(resolve_model("fast-int8"), parent="v1", source="test")
+    reg.register(Workspace.default().models.path("fast-int8"), parent="v1", source="test")
     runner = CliRunner()
     r = runner.invoke(app, ["models", "promote", "v2"])
     assert r.exit_code == 0 and "v2 is now active" in r.output
@@ -338,7 +342,7 @@ def test_models_cli_lists_promotes_and_rolls_back(emolens_home, tmp_path):
     assert r.exit_code == 2 and "no model version 'v7'" in r.output
     # Long paths are folded onto more lines, never cut; --json gives them whole, and alone on stdout.
     long = emolens_home / "models" / ("a-model-with-a-name-long-enough-to-overflow-any-column-" * 2 + ".onnx")
-    long.write_bytes(resolve_model("fast").read_bytes())
+    long.write_bytes(Workspace.default().models.path("fast").read_bytes())
     r = runner.invoke(app, ["models"])
     assert r.exit_code == 0 and "…" not in r.output  # nothing cut short
     r = runner.invoke(app, ["models", "--json"])
@@ -394,12 +398,11 @@ def test_failed_gate_keeps_the_active_model_and_passing_gate_promotes(sqlite_sto
 
     store = sqlite_store
     from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
-    from emolens.registry import Registry
 
     replay, base, x, y, classes = fer_sets
     fill(store, x, y, classes)
     opts = FinetuneOptions(epochs=1, replay_size=400, batch_size=64, threads=2)
-    reg = Registry()
+    reg = Workspace.default().registry
     # An impossible gate (base accuracy must rise 100 points) must fail: v1 stays active. So must
     # a gain judged on fewer independent held-out groups than the gate asks for.
     failed = finetune_from_feedback(

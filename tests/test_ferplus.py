@@ -115,9 +115,9 @@ def test_a_model_with_more_labels_drops_them_before_the_argmax(fer, tmp_path):
     from emolens.classify import EmotionModel
     from emolens.classify.modelfile import annotate
     from emolens.evaluate import evaluate_arrays
-    from emolens.models import resolve_model
+    from emolens.workspace import Workspace
 
-    src = resolve_model(ASSETS_MODEL)
+    src = Workspace.default().models.path(ASSETS_MODEL)
     meta = EmotionModel(src).meta
     meta.labels = [("contempt" if c == "sad" else c) for c in meta.labels]  # 7 outputs, one the data lack
     annotate(src, meta, tmp_path / "with_contempt.onnx")

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from emolens.errors import BadImageError
 from emolens.io import load_image
+from emolens.workspace import Workspace
 from test_serve import ASTRONAUT, assert_error, png, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,9 +203,8 @@ def test_hostile_files_through_http_answer_4xx_json(tmp_path):
 def test_promote_refuses_paths_and_models_that_cannot_load(emolens_home, tmp_path):
     from emolens.cli import app
     from emolens.errors import ModelNotFoundError, RefusedError
-    from emolens.registry import Registry
 
-    reg = Registry()
+    reg = Workspace.default().registry
     runner = CliRunner()
     r = runner.invoke(app, ["models", "promote", str(README)])
     assert r.exit_code == 2 and "not a path" in r.output, r.output

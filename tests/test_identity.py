@@ -52,9 +52,9 @@ def lfw(shared_datasets) -> Path:
 def models():
     """One detector and one embedder for the module: loading dlib's models once is enough."""
     from emolens.identify.embed import DlibEmbedder
-    from emolens.identify.gallery import default_detector
+    from emolens.workspace import Workspace
 
-    return {"detector": default_detector(), "embedder": DlibEmbedder()}
+    return {"detector": Workspace.default().detector(), "embedder": DlibEmbedder()}
 
 
 @pytest.fixture(scope="module")

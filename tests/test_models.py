@@ -13,7 +13,8 @@ from emolens import Analyzer
 from emolens.classify import EmotionModel, InputSpec, ModelMeta
 from emolens.classify.modelfile import CARD_KEY, INPUT_KEY, LABELS_KEY, OUTPUT_KEY, annotate
 from emolens.errors import ModelError, ModelNotFoundError
-from emolens.models import ASSETS, available_models, load_emotion_model, resolve_model, shipped_models
+from emolens.models import ASSETS, shipped_models
+from emolens.workspace import Workspace
 
 FAST = ASSETS / "fast.onnx"
 EXAMPLE = ASSETS / "examples" / "astronaut.jpg"
@@ -42,7 +43,7 @@ def fast_props() -> dict[str, str]:
 
 def test_unknown_name_lists_the_choices():
     with pytest.raises(ModelNotFoundError, match="no model named 'nonexistent'") as exc:
-        resolve_model("nonexistent")
+        Workspace.default().models.path("nonexistent")
     assert "fast" in str(exc.value) and ".onnx" in str(exc.value)
     assert exc.value.http_status == 404 and isinstance(exc.value, ModelError)
 
@@ -50,7 +51,7 @@ def test_unknown_name_lists_the_choices():
 def test_missing_onnx_path(tmp_path):
     missing = tmp_path / "gone.onnx"
     with pytest.raises(ModelNotFoundError, match="model file not found") as exc:
-        resolve_model(missing)
+        Workspace.default().models.path(missing)
     assert str(missing) in str(exc.value)
     with pytest.raises(ModelError, match="model file not found"):
         _ = EmotionModel(missing).meta
@@ -58,7 +59,7 @@ def test_missing_onnx_path(tmp_path):
 
 def test_a_folder_is_not_a_model(tmp_path):
     with pytest.raises(ModelNotFoundError, match="model file not found"):
-        resolve_model(tmp_path)
+        Workspace.default().models.path(tmp_path)
 
 
 def test_analyzer_with_a_missing_model_fails_on_first_use():
@@ -164,9 +165,12 @@ def test_annotated_labels_order_is_the_output_order(tmp_path):
 def test_user_model_by_name(emolens_home):
     mine = emolens_home / "models" / "mine.onnx"
     shutil.copyfile(FAST, mine)
-    assert resolve_model("mine") == mine
-    assert available_models()["mine"] == mine and available_models()["fast"] == FAST
-    assert load_emotion_model("mine").labels == FER_LABELS
+    assert Workspace.default().models.path("mine") == mine
+    assert (
+        Workspace.default().models.available()["mine"] == mine
+        and Workspace.default().models.available()["fast"] == FAST
+    )
+    assert Workspace.default().models.load("mine").labels == FER_LABELS
     res = Analyzer(model="mine")(EXAMPLE)
     assert res.model == "mine" and res.labels == ["happy"]
 
@@ -174,14 +178,14 @@ def test_user_model_by_name(emolens_home):
 def test_user_model_cannot_shadow_a_shipped_name(emolens_home):
     impostor = with_props(emolens_home / "models" / "fast.onnx", {})
     assert impostor.is_file()
-    assert resolve_model("fast") == FAST
+    assert Workspace.default().models.path("fast") == FAST
 
 
 def test_no_user_models_folder(emolens_home):
     shutil.rmtree(emolens_home / "models")
-    assert available_models() == shipped_models()
+    assert Workspace.default().models.available() == shipped_models()
     with pytest.raises(ModelNotFoundError, match="no model named 'mine'"):
-        resolve_model("mine")
+        Workspace.default().models.path("mine")
 
 
 # --- the shipped model ----------------------------------------------------------------------
@@ -194,7 +198,7 @@ FP32_SHIPPED = ["fast", "accurate", "robust"]
 @pytest.mark.parametrize("name", FP32_SHIPPED)
 def test_shipped_model_is_complete(name):
     assert name in shipped_models(), f"{name}.onnx is not in {ASSETS}"
-    m = load_emotion_model(name)
+    m = Workspace.default().models.load(name)
     assert m.path == ASSETS / f"{name}.onnx"
     meta = m.meta
     assert meta.labels == FER_LABELS
@@ -207,7 +211,7 @@ def test_shipped_model_is_complete(name):
 
 
 def test_the_flagship_is_chosen_by_name_and_beats_the_default():
-    fast, accurate = load_emotion_model("fast").card, load_emotion_model("accurate").card
+    fast, accurate = Workspace.default().models.load("fast").card, Workspace.default().models.load("accurate").card
     assert accurate["metrics"]["dataset"] == fast["metrics"]["dataset"]  # same yardstick: PublicTest
     assert accurate["metrics"]["accuracy"] > fast["metrics"]["accuracy"]
     assert accurate["metrics"]["macro_f1"] > fast["metrics"]["macro_f1"]
@@ -225,7 +229,7 @@ def test_shipped_card_figures_are_reproduced(name, shared_datasets):
     if not val.is_file():
         pytest.skip(f"{val} not found")
     images, labels, classes = load_npz(val)
-    m = load_emotion_model(name)
+    m = Workspace.default().models.load(name)
     metrics = summarize(member_probs(m, images, classes), labels, classes)
     card = m.card["metrics"]
     assert card["n"] == len(labels)
@@ -234,7 +238,7 @@ def test_shipped_card_figures_are_reproduced(name, shared_datasets):
 
 
 def test_fast_predicts_probabilities():
-    m = load_emotion_model("fast")
+    m = Workspace.default().models.load("fast")
     crops = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
     p = m.predict(crops, batch_size=2)  # several batches
     assert p.shape == (5, 7) and p.dtype == np.float32
@@ -244,7 +248,7 @@ def test_fast_predicts_probabilities():
 
 
 def test_fast_card_reports_accuracy():
-    card = load_emotion_model("fast").card
+    card = Workspace.default().models.load("fast").card
     # REAL REQUIREMENT: the shipped `fast` model reaches at least 63% accuracy (FER2013), and its
     # model card says so in card["metrics"]["accuracy"]. This fails on the placeholder model.
     assert card.get("metrics", {}).get("accuracy", 0.0) >= 0.63, f"card metrics: {card.get('metrics')}"

@@ -71,11 +71,11 @@ def test_soften_keeps_the_order_and_flattens_with_temperature():
 
 
 def test_distill_targets_mix_the_teacher_with_the_labels(shared_datasets):
-    from emolens.models import load_emotion_model
+    from emolens.workspace import Workspace
 
     with np.load(shared_datasets / "fer2013" / "val.npz") as z:
         x, y = z["images"][:40], z["labels"][:40]
-    teacher = load_emotion_model("fast")
+    teacher = Workspace.default().models.load("fast")
     classes = teacher.labels
     only_labels = distill_targets("fast", x, y, classes, weight=0.0)
     assert (only_labels.argmax(1) == y).all() and np.allclose(only_labels.max(1), 1)

@@ -48,10 +48,10 @@ def test_quality_has_a_noise_factor_that_falls_with_noise(face_crops):
 
 def test_adaptive_sends_clear_faces_to_fast_and_poor_ones_to_robust_mirrored(face_crops):
     from emolens.classify.routed import poor_faces
-    from emolens.models import load_emotion_model
+    from emolens.workspace import Workspace
 
     assert poor_faces(face_crops).tolist() == [False, True, True, False]
-    adaptive, fast, robust = (load_emotion_model(n) for n in ("adaptive", "fast", "robust"))
+    adaptive, fast, robust = (Workspace.default().models.load(n) for n in ("adaptive", "fast", "robust"))
     p = adaptive.predict(face_crops)
     assert np.allclose(p[[0, 3]], fast.predict(face_crops[[0, 3]]), atol=1e-6)
     poor = face_crops[[1, 2]]
@@ -59,7 +59,7 @@ def test_adaptive_sends_clear_faces_to_fast_and_poor_ones_to_robust_mirrored(fac
     mirrored = (once + robust.predict(np.ascontiguousarray(poor[:, :, ::-1]))) / 2
     assert np.allclose(p[[1, 2]], mirrored, atol=1e-6) and not np.allclose(p[[1, 2]], once, atol=1e-4)
     # With TTA asked for, every face is read mirrored once, not the poor ones twice.
-    assert np.allclose(load_emotion_model("adaptive", tta=True).predict(poor), mirrored, atol=1e-6)
+    assert np.allclose(Workspace.default().models.load("adaptive", tta=True).predict(poor), mirrored, atol=1e-6)
     assert adaptive.labels == fast.labels and adaptive.thresholds is None
     assert adaptive.predict(face_crops[:0]).shape == (0, len(fast.labels))
 

@@ -18,8 +18,9 @@ from emolens.classify.modelfile import decide
 from emolens.classify.rules import Rule, apply_rules, check_rules, parse_rule
 from emolens.errors import ModelError, RefusedError
 from emolens.evaluate import evaluate_rules
-from emolens.models import ASSETS, load_emotion_model
+from emolens.models import ASSETS
 from emolens.results import FaceResult
+from emolens.workspace import Workspace
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 # Measured on PublicTest with `fast`: the first raises macro-F1 (+0.002), the second lowers it (-0.013).
@@ -75,7 +76,9 @@ def fast_probs(shared_datasets):
     from emolens.evaluate.core import member_probs
 
     x, y, classes = load_npz(shared_datasets / "fer2013" / "val.npz")
-    return member_probs(load_emotion_model("fast"), x, LABELS), np.array([LABELS.index(classes[i]) for i in y])
+    return member_probs(Workspace.default().models.load("fast"), x, LABELS), np.array(
+        [LABELS.index(classes[i]) for i in y]
+    )
 
 
 def test_the_guard_reports_what_each_rule_changed(fast_probs):

@@ -30,7 +30,7 @@ def running_server(home: Path, prepare=None, wait="/readyz", **settings) -> Iter
     Yields the base URL and the app."""
     import uvicorn
 
-    from emolens.models import load_emotion_model
+    from emolens.models import clear_model_cache
     from emolens.serve import create_app
     from emolens.settings import Settings, get_settings
 
@@ -39,7 +39,7 @@ def running_server(home: Path, prepare=None, wait="/readyz", **settings) -> Iter
             mp.delenv(key, raising=False)
         mp.setenv("EMOLENS_HOME", str(home))
         get_settings.cache_clear()
-        load_emotion_model.cache_clear()
+        clear_model_cache()
         app = create_app(Settings(threads=1, **settings))
         if prepare:
             prepare(app)
@@ -68,7 +68,7 @@ def running_server(home: Path, prepare=None, wait="/readyz", **settings) -> Iter
             thread.join(timeout=15)
             sock.close()
             get_settings.cache_clear()
-            load_emotion_model.cache_clear()
+            clear_model_cache()
 
 
 def png(image: np.ndarray) -> bytes:
@@ -385,8 +385,8 @@ def test_list_stats_export_delete(server, client):
 
 # -- models ------------------------------------------------------------------------------------
 def test_models_promote_rollback_reload_without_restart(server, client):
-    from emolens.models import resolve_model
     from emolens.registry import Registry
+    from emolens.workspace import Workspace
 
     a = hdr(server, "admin")
     listing = client.get("/api/v1/models").json()
@@ -395,8 +395,10 @@ def test_models_promote_rollback_reload_without_restart(server, client):
     assert_error(client.post("/api/v1/models/v9/promote", headers=a), 404, "not_found", "v9")
 
     reg = Registry(server["home"] / "registry")
-    v1 = reg.register(resolve_model("fast"), source="test", metrics={"accuracy": 0.7})
-    v2 = reg.register(resolve_model("fast-int8"), parent=v1.name, source="test", metrics={"accuracy": 0.69})
+    v1 = reg.register(Workspace.default().models.path("fast"), source="test", metrics={"accuracy": 0.7})
+    v2 = reg.register(
+        Workspace.default().models.path("fast-int8"), parent=v1.name, source="test", metrics={"accuracy": 0.69}
+    )
     r = client.post(f"/api/v1/models/{v1.name}/promote", headers=a)
     assert r.status_code == 200 and r.json()["active"] is True
     assert analyze(client).json()["model"] == v1.name
@@ -596,20 +598,23 @@ def test_create_app_uses_the_home_it_is_given_not_the_process_one(tmp_path, monk
 
     from fastapi.testclient import TestClient
 
-    from emolens.models import load_emotion_model, resolve_model
+    from emolens.models import clear_model_cache
     from emolens.serve import create_app
     from emolens.settings import Settings, get_settings
     from emolens.store.keys import KeyStore
+    from emolens.workspace import Workspace
 
     elsewhere, home = tmp_path / "elsewhere", tmp_path / "given"
     for key in ("EMOLENS_CONFIG", "EMOLENS_MODEL", "EMOLENS_DATABASE_URL"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("EMOLENS_HOME", str(elsewhere))
     get_settings.cache_clear()
-    load_emotion_model.cache_clear()
+    clear_model_cache()
     try:
         (home / "models").mkdir(parents=True)
-        shutil.copyfile(resolve_model("fast-int8"), home / "models" / "mine.onnx")  # a user model of this home
+        shutil.copyfile(
+            Workspace.default().models.path("fast-int8"), home / "models" / "mine.onnx"
+        )  # a user model of this home
         app = create_app(Settings(home=home, threads=1))
         state = app.state.emolens
         assert state.db_url == f"sqlite:///{home / 'emolens.db'}"
@@ -626,4 +631,4 @@ def test_create_app_uses_the_home_it_is_given_not_the_process_one(tmp_path, monk
         assert not (elsewhere / "registry").exists() and not (elsewhere / "emolens.db").exists()
     finally:
         get_settings.cache_clear()
-        load_emotion_model.cache_clear()
+        clear_model_cache()

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from emolens.workspace import Workspace
 from test_serve import ASTRONAUT, running_server
 
 # Group photos where `fast` and `accurate` disagree on some faces (5 of 16 when this was written).
@@ -196,7 +197,6 @@ def test_promote_the_shadow_through_the_gates(shared_datasets, emolens_home):
     with confidence: promoted."""
     import numpy as np
 
-    from emolens.registry import Registry
     from emolens.shadow import promote_shadow
 
     val = shared_datasets / "fer2013" / "val.npz"
@@ -212,16 +212,18 @@ def test_promote_the_shadow_through_the_gates(shared_datasets, emolens_home):
     )
     assert refused.returncode == 3, refused.stderr
     assert "gate base_gain_confident: failed" in refused.stdout and "not promoted" in refused.stdout
-    assert Registry().active_name() == "v1"  # the shipped default, registered by the gates; nothing promoted
+    assert (
+        Workspace.default().registry.active_name() == "v1"
+    )  # the shipped default, registered by the gates; nothing promoted
 
     # On PublicTest's FER2013 labels `accurate` leads `fast-int8` by 1.9 points (p < 0.001; both now
     # learn from the FER+ votes, and on those labels `fast` leads): make `fast-int8` active.
-    assert Registry().promote("fast-int8").name == "v2"
-    outcome = promote_shadow("accurate", base_val=val, promote=True)
+    assert Workspace.default().registry.promote("fast-int8").name == "v2"
+    outcome = promote_shadow(Workspace.default(), "accurate", base_val=val, promote=True)
     assert outcome.passed and outcome.promoted and outcome.active == "v2"
     g = outcome.gates
     assert g["base_gain_confident"]["passed"] and g["base_gain_confident"]["p_value"] < 0.05
     assert g["base_holds"]["passed"] and "skipped" in g["feedback_improves"]
-    assert Registry().active_name() == outcome.version == "v3"
+    assert Workspace.default().registry.active_name() == outcome.version == "v3"
     with pytest.raises(Exception, match="ensemble"):
-        promote_shadow("fast+accurate", base_val=val)
+        promote_shadow(Workspace.default(), "fast+accurate", base_val=val)

@@ -35,9 +35,9 @@ def lfw(shared_datasets) -> Path:
 @pytest.fixture(scope="module")
 def models():
     from emolens.identify.embed import DlibEmbedder
-    from emolens.identify.gallery import default_detector
+    from emolens.workspace import Workspace
 
-    return {"detector": default_detector(), "embedder": DlibEmbedder()}
+    return {"detector": Workspace.default().detector(), "embedder": DlibEmbedder()}
 
 
 def test_people_versions_attendance_and_erasure(emolens_home, database_url, lfw, models):

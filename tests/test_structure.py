@@ -21,23 +21,8 @@ DETECTOR_REGISTRY = [
     "emolens.detect.retinaface",
 ]
 
-# Where get_settings() may be called: entry points, each only when it was given no Settings.
-READS_SETTINGS = {
-    "analyzer.py",  # Analyzer
-    "models.py",  # ModelResolver
-    "registry.py",  # Registry
-    "video/pipeline.py",  # VideoAnalyzer
-    "serve/app.py",  # create_app
-    "batch/runner.py",  # BatchJob
-    "learn.py",  # finetune_from_feedback
-    "shadow.py",  # promote_shadow
-    "io.py",  # load_image, the public decoder, when given no pixel limit
-    "identify/embed.py",  # create_embedder
-    "store/db.py",  # default_url: stores made without a URL
-    "identify/gallery.py",  # People
-    "store/feedback.py",  # FeedbackStore, made without a URL
-    "store/people.py",  # PeopleStore, likewise
-}
+# The composition root: the one module that reads the process's settings (emolens.workspace).
+READS_SETTINGS = {"workspace.py"}
 
 
 def import_cycles():
@@ -58,7 +43,9 @@ def test_the_registry_needs_nothing_from_the_model_resolver():
     assert {"emolens.detect.base", "emolens.detect.retinaface"} <= in_cycles  # the detector registry's own: allowed
 
 
-def test_settings_are_read_only_by_entry_points():
+def test_only_the_composition_root_reads_the_process_settings():
+    """Everything below the root is handed ready objects: the CLI, the server and the workers too
+    take their settings from a Workspace."""
     readers = set()
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE).as_posix()
@@ -68,8 +55,35 @@ def test_settings_are_read_only_by_entry_points():
                 name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
                 if name == "get_settings":
                     readers.add(rel)
-    below = {r for r in readers if not r.startswith("cli/")} - READS_SETTINGS
-    assert not below, f"these modules read the process's settings instead of being given them: {sorted(below)}"
+    assert readers == READS_SETTINGS, (
+        f"these modules read the process's settings instead of being given them: {sorted(readers - READS_SETTINGS)}"
+    )
+
+
+def test_a_model_name_is_parsed_once_per_load(monkeypatch, emolens_home):
+    """--model / EMOLENS_MODEL / ?model= text is read into a ModelSpec once; what is resolved,
+    loaded and reported afterwards is that spec, never its text parsed again."""
+    from emolens.analyzer import Analyzer
+    from emolens.models import ModelSpec, clear_model_cache
+    from emolens.workspace import Workspace
+
+    parsed = []
+    real = ModelSpec.parse.__func__
+
+    def counting(cls, spec):
+        if not isinstance(spec, ModelSpec):
+            parsed.append(spec)
+        return real(cls, spec)
+
+    monkeypatch.setattr(ModelSpec, "parse", classmethod(counting))
+    clear_model_cache()
+    example = PACKAGE / "assets" / "examples" / "astronaut.jpg"
+    for text in ("accurate*3+fast", "adaptive", "active"):
+        parsed.clear()
+        analyzer = Analyzer(text, workspace=Workspace.default())
+        results = analyzer(example)
+        assert parsed == [text], (text, parsed)
+        assert results.model == {"active": "fast"}.get(text, str(ModelSpec(analyzer.spec.members)))
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -23,6 +23,7 @@ from emolens.video.smooth import EmaSmoother, WindowSmoother, make_smoother
 from emolens.video.synthetic import astronaut_patch, background, compose_clip, face_patch, render
 from emolens.video.track import Tracker, assign, hungarian, iou_matrix
 from emolens.video.writer import AnnotatedVideoWriter
+from emolens.workspace import Workspace
 
 FRAMES, FPS = 60, 25.0
 
@@ -197,10 +198,9 @@ def test_live_session_takes_encoded_frames(two_faces, shared_analyzer):
 
 def test_video_analyzer_runs_the_registrys_active_version(emolens_home, monkeypatch, tmp_path):
     """`active` resolves as in images: the registry's active version, named in the results."""
-    from emolens.registry import Registry
     from emolens.settings import Settings, get_settings
 
-    version = Registry().promote("fast-int8")  # v1 is the shipped default, v2 this one
+    version = Workspace.default().registry.promote("fast-int8")  # v1 is the shipped default, v2 this one
     frame = render(background(320, 240), [astronaut_patch(140)], [(80, 40)])
     va = VideoAnalyzer(detect_every=1)
     assert va.process(frame).model == version.name == "v2" and va.model.path == version.path

@@ -139,12 +139,14 @@ def test_page_without_key_explains_how_to_get_one(browser, tmp_path):
 
 def test_admin_key_shows_models_and_finetune_button(browser, tmp_path):
     with running_server(tmp_path / "home") as (url, app):
-        from emolens.models import resolve_model
         from emolens.store.keys import KeyStore
+        from emolens.workspace import Workspace
 
         state = app.state.emolens
         reg = state.registry()
-        reg.promote(reg.register(resolve_model("fast"), source="shipped:fast", metrics={"accuracy": 0.7}).name)
+        reg.promote(
+            reg.register(Workspace.default().models.path("fast"), source="shipped:fast", metrics={"accuracy": 0.7}).name
+        )
         _, key = KeyStore(state.db_url).create("boss", "admin")
         page = browser.new_page()
         try:

@@ -22,7 +22,7 @@ def test_app_files_headers_and_models(tmp_path):
     models are the server's own files, by content hash; only model names are accepted."""
     from retinaface.weights import WEIGHTS
 
-    from emolens.models import resolve_model
+    from emolens.workspace import Workspace
 
     with running_server(tmp_path / "home") as (url, _):
         page = httpx.get(f"{url}/app/")
@@ -35,7 +35,7 @@ def test_app_files_headers_and_models(tmp_path):
         config = httpx.get(f"{url}/app/config.json").json()
         assert config["model"]["name"] == "fast" and config["settings"]["detection_threshold"] == 0.6
         model = httpx.get(url + config["model"]["url"])
-        assert model.content == resolve_model("fast").read_bytes()
+        assert model.content == Workspace.default().models.path("fast").read_bytes()
         assert "immutable" in model.headers["cache-control"]
         assert httpx.get(url + config["detector"]["url"]).content == WEIGHTS
         other = httpx.get(f"{url}/app/config.json", params={"model": "fast-int8"}).json()["model"]

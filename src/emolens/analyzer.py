@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from emolens.align import align_face
-from emolens.detect import Detector, DetectorOptions, create_detector
+from emolens.detect import Detector
 from emolens.errors import EmoLensError
 from emolens.io import ImageInput, load_image
 from emolens.quality import face_qualities
 from emolens.results import FaceResult, Results
 
 if TYPE_CHECKING:
+    from emolens.models import ModelSpec
     from emolens.settings import Settings
+    from emolens.workspace import Workspace
 
 
 class Analyzer:
@@ -33,59 +35,62 @@ class Analyzer:
 
     def __init__(
         self,
-        model: str | Path | list | dict | None = None,
+        model: str | Path | list | dict | ModelSpec | None = None,
         detector: str | Detector | None = None,
         *,
         min_face_size: int | None = None,
         detection_threshold: float | None = None,
         max_faces: int | None = None,
+        max_side: int | None = None,
         threads: int | None = None,
         tta: bool | None = None,
         settings: Settings | None = None,
+        workspace: Workspace | None = None,
     ):
         """``model``: a name, registry version or path, or an ensemble (``"fast+accurate"``,
         ``"accurate*3+fast"``, a list, or ``{name: weight}``) whose probabilities are averaged;
         ``tta``: also average every model over the mirrored face (twice the classification cost).
-        ``settings`` (default: the process's) gives every option not given here, the home whose
-        models and registry names are resolved in, and the pixel limit of decoded images."""
-        from emolens.models import ModelResolver, model_spec
+        ``workspace`` (``emolens.workspace``) gives the resolver, the detector and every option not
+        given here; without one, a workspace of ``settings`` (default: the process's) is made."""
+        if workspace is None:  # the convenience entry point: ``Analyzer()`` builds its own root
+            from emolens.workspace import Workspace
 
-        if settings is None:
-            from emolens.settings import get_settings
-
-            settings = get_settings()
-        self.settings = s = settings
-        self.resolver = ModelResolver(s)
+            workspace = Workspace(settings) if settings is not None else Workspace.default()
+        self.workspace = ws = workspace
+        self.settings = s = ws.settings
+        self.resolver = ws.models
         self.max_pixels = s.max_pixels
-        self.model_name = model_spec(model or s.model)
+        self.spec = ws.model_spec(model)  # parsed once; a ModelSpec passes through
+        self.model_name = str(self.spec)
         self.tta = s.tta if tta is None else bool(tta)
         self.threads = s.threads if threads is None else threads
         if isinstance(detector, Detector):
             self.detector = detector
         else:
-            options = DetectorOptions(
-                min_face_size=s.min_face_size if min_face_size is None else min_face_size,
-                score_threshold=s.detection_threshold if detection_threshold is None else detection_threshold,
-                max_faces=s.max_faces if max_faces is None else max_faces,
-                max_side=s.max_side,
+            self.detector = ws.detector(
+                detector,
+                min_face_size=min_face_size,
+                score_threshold=detection_threshold,
+                max_faces=max_faces,
+                max_side=max_side,
                 threads=self.threads,
             )
-            self.detector = create_detector(detector or s.detector, options)
         self._model = None
-        self._loaded = ""  # the name (registry version, shipped model or path) behind self._model
+        self._loaded: ModelSpec | None = None  # the spec (``active`` resolved) behind self._model
 
     @property
     def model_version(self) -> str:
         """What runs now: for ``active``, the registry's active version (``fast`` while it is
-        empty), read at every call, so a promotion or rollback takes effect without a restart."""
-        return self.resolver.versions(self.model_name)
+        empty), checked at every call (one ``stat`` while it is unchanged), so a promotion or
+        rollback takes effect without a restart."""
+        return str(self.resolver.versions(self.spec))
 
     @property
     def model(self):
         """The EmotionModel, or an EnsembleModel for an ensemble or with ``tta``."""
-        name = self.model_version
-        if self._model is None or name != self._loaded:
-            self._model, self._loaded = self.resolver.load(name, self.threads, self.tta), name
+        spec = self.resolver.versions(self.spec)
+        if self._model is None or spec != self._loaded:
+            self._model, self._loaded = self.resolver.load(spec, self.threads, self.tta), spec
         return self._model
 
     @property
@@ -121,7 +126,7 @@ class Analyzer:
             faces=results,
             image=image,
             source=name,
-            model=self._loaded or self.model_name,
+            model=str(self._loaded or self.spec),
             members=describe() if describe else None,
             detector=self.detector.name,
             timings_ms={"decode": decode_ms, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3},

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from emolens.errors import BadImageError, ImageTooLargeError
+from emolens.settings import Settings
 
 ImageInput = Union[str, Path, bytes, bytearray, Image.Image, np.ndarray]
 
@@ -49,15 +50,14 @@ def offline_url_error(url: str) -> BadImageError:
     return BadImageError(f"{url}: EmoLens is offline and never fetches URLs: download the file and pass its path")
 
 
-def load_image(source: ImageInput, max_pixels: int | None = None) -> np.ndarray:
+MAX_PIXELS = Settings.model_fields["max_pixels"].default  # the setting's default
+
+
+def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``source`` to an RGB uint8 array, applying EXIF orientation.
 
-    ``max_pixels`` refuses larger images; the process's ``max_pixels`` setting when not given
-    (the analyzers, video and the server pass the limit of the settings they were given)."""
-    if max_pixels is None:
-        from emolens.settings import get_settings
-
-        max_pixels = get_settings().max_pixels
+    ``max_pixels`` refuses larger images (the analyzers, video and the server pass the
+    ``max_pixels`` setting of their workspace)."""
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
     if isinstance(source, Image.Image):

@@ -25,13 +25,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from emolens.catalog import NamedModels
 from emolens.errors import ModelNotFoundError, NotFoundError, RefusedError, StorageError
-
-if TYPE_CHECKING:
-    from emolens.settings import Settings
 
 BASE_MODEL = "fast"  # what an empty registry starts from
 
@@ -73,23 +70,16 @@ def _atomic_write_json(path: Path, data: dict) -> None:
 
 
 class Registry:
-    """The versions in ``root`` (default: ``settings.home / "registry"``). ``models`` is the table of
-    named models a promotion by name registers from (default: the shipped ones and those in the
-    ``models`` folder beside ``root``); resolving specs is ``emolens.models.ModelResolver``'s."""
+    """The versions in ``root`` (``home/registry``). ``models`` is the table of named models a
+    promotion by name registers from (default: the shipped ones and those in the ``models`` folder
+    beside ``root``); resolving specs is ``emolens.models.ModelResolver``'s."""
 
-    def __init__(
-        self, root: str | Path | None = None, *, settings: Settings | None = None, models: NamedModels | None = None
-    ):
-        if not root:
-            if settings is None:
-                from emolens.settings import get_settings
-
-                settings = get_settings()
-            root = settings.home / "registry"
+    def __init__(self, root: str | Path, *, models: NamedModels | None = None):
         self.root = Path(root)
         self.models = models or NamedModels(self.root.parent / "models")
         self.pointer = self.root / "active.json"
         self._filelock = None
+        self._read: tuple[tuple[int, int, int], dict] | None = None  # the pointer's (identity, state)
 
     # -- reading ---------------------------------------------------------------------------
     def _lock(self):
@@ -103,8 +93,14 @@ class Registry:
         return self._filelock
 
     def _state(self) -> dict:
+        """The pointer's state, re-read only when the file changed: a reader asks at every image
+        (a promotion takes effect without a restart), so an unchanged pointer costs one ``stat``."""
         try:
-            return json.loads(self.pointer.read_text())
+            st = self.pointer.stat()
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if self._read is None or self._read[0] != key:
+                self._read = (key, json.loads(self.pointer.read_text()))
+            return dict(self._read[1])
         except FileNotFoundError:
             return {"version": None, "history": []}
 

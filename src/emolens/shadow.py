@@ -19,7 +19,7 @@ import numpy as np
 from emolens.errors import EmoLensError, RefusedError
 
 if TYPE_CHECKING:
-    from emolens.settings import Settings
+    from emolens.workspace import Workspace
 
 
 @dataclass
@@ -39,39 +39,31 @@ class ShadowPromotion:
 
 
 def promote_shadow(
+    workspace: Workspace,
     shadow: str | None = None,
     *,
-    registry=None,
-    feedback_store=None,
-    shadow_store=None,
     base_val: str | Path | None = None,
     gates=None,
     confidence: float = 0.95,
     promote: bool = False,
-    settings: Settings | None = None,
 ) -> ShadowPromotion:
     """Judge the shadow model (default: the ``shadow_model`` setting) against the active model and
-    make it active when every gate passes and ``promote`` is True. ``settings`` (default: the
-    process's) give the defaults, the home whose models are resolved, and the stores not given."""
+    make it active when every gate passes and ``promote`` is True. ``workspace`` gives the settings'
+    defaults, the resolver and registry of its home, and the feedback and shadow stores."""
     from emolens.data.datasets import load_dataset, to_crops
     from emolens.evaluate import classification_metrics, compare_predictions
     from emolens.evaluate.compare import model_probs
-    from emolens.feedback import FeedbackService
     from emolens.learn import Gates, paired_change
-    from emolens.models import ModelResolver, is_ensemble, model_spec
-    from emolens.store.shadow import ShadowStore
+    from emolens.models import ModelSpec
 
-    if settings is None:
-        from emolens.settings import get_settings
-
-        settings = get_settings()
-    s = settings
-    models = ModelResolver(s)
+    s = workspace.settings
+    models = workspace.models
     shadow = shadow or s.shadow_model
     if not shadow:
         raise RefusedError("no shadow model: give one, or set EMOLENS_SHADOW_MODEL (the server's shadow_model)")
-    shadow = model_spec(shadow)
-    if is_ensemble(shadow):
+    spec = ModelSpec.parse(shadow)
+    shadow = str(spec)
+    if spec.is_ensemble:
         raise RefusedError(f"{shadow!r} is an ensemble: only a single model can become the active version")
     base_val = base_val or s.base_val_data
     if not base_val:
@@ -79,14 +71,14 @@ def promote_shadow(
             "promoting a shadow model needs the fixed base validation set of the gates: "
             "give --base-val or set EMOLENS_BASE_VAL_DATA"
         )
-    registry = registry or models.registry
+    registry = workspace.registry
     gates = gates or Gates()
     active = registry.ensure_base()
     labels = models.load(str(active.path)).labels
-    if sorted(models.load(shadow).labels) != sorted(labels):
+    if sorted(models.load(spec).labels) != sorted(labels):
         raise RefusedError(f"the shadow {shadow} does not have the active model's labels ({', '.join(labels)})")
     spec = models.load(str(active.path)).meta.input
-    files = {"active": str(active.path), "shadow": str(models.path(shadow))}  # resolved here, in this home
+    files = {"active": str(active.path), "shadow": str(models.path(spec))}  # resolved here, in this home
     base_ds = load_dataset(base_val).remap(labels)
     xb, yb, _ = to_crops(base_ds, spec.size, spec.channels, detect=False)
     # Each model answers the base set once: its accuracy for the gates and the paired test come from it.
@@ -99,10 +91,9 @@ def promote_shadow(
     # held-out feedback resampled by group (faces of one person or photo are not independent).
     changes = {"base": paired_change(answers["active"] == yb, answers["shadow"] == yb, np.arange(len(yb)),
                                      gates.confidence, gates.bootstrap)}  # fmt: skip
-    # The feedback service, or the store it works on (the server hands its store).
-    store = (
-        feedback_store if isinstance(feedback_store, FeedbackService) else FeedbackService(feedback_store, settings=s)
-    )
+    from emolens.feedback import FeedbackService
+
+    store = FeedbackService(workspace.feedback_store)
     split = store.split()
     held = [r for r in split.holdout if r.label in labels]
     if held:
@@ -127,7 +118,7 @@ def promote_shadow(
     }
     passed = all(g["passed"] for g in verdict.values())
     try:
-        serving = (shadow_store or ShadowStore(s.db_url)).report(active=active.name, shadow=shadow)
+        serving = workspace.shadow_store.report(active=active.name, shadow=shadow)
     except EmoLensError:
         serving = {}
     outcome = ShadowPromotion(

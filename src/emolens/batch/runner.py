@@ -22,7 +22,7 @@ from emolens.batch.spec import JOB_FILE, STATE_DIR, JobSpec, Shard, check_resuma
 from emolens.errors import EmoLensError, StorageError, require
 
 if TYPE_CHECKING:
-    from emolens.settings import Settings
+    from emolens.workspace import Workspace
 
 DEFAULT_SHARD_SIZE = 256
 MAX_POOL_RESTARTS = 3  # local runs: worker processes that die (OOM killer...) are replaced this many times
@@ -104,18 +104,15 @@ class BatchJob:
         source: str | Path,
         output: str | Path,
         options: BatchOptions | None = None,
-        settings: Settings | None = None,
+        workspace: Workspace | None = None,
     ):
-        from emolens.analyzer import Analyzer
-        from emolens.detect import DetectorOptions, create_detector
-
         pyarrow_modules()  # the extra first: nothing below is of use without it
         self.options = o = options or BatchOptions()
-        if settings is None:
-            from emolens.settings import get_settings
+        if workspace is None:  # the convenience entry point: the process's workspace
+            from emolens.workspace import Workspace
 
-            settings = get_settings()
-        self.settings = s = settings
+            workspace = Workspace.default()
+        self.settings = s = workspace.settings
         if o.workers is not None and o.workers < 1:
             raise EmoLensError(f"--workers must be at least 1, not {o.workers}")
         if o.shard_size is not None and o.shard_size < 1:
@@ -131,14 +128,14 @@ class BatchJob:
         self.workers: int | None = o.workers or (None if o.address else os.cpu_count() or 1)
         threads = s.threads or (1 if self.use_ray else max(1, (os.cpu_count() or 1) // (self.workers or 1)))
         detector_name = o.detector or s.detector
-        detector = create_detector(detector_name, DetectorOptions())  # an unknown name fails here, not per worker
-        analyzer = Analyzer(model=o.model or s.model, detector=detector, threads=threads, settings=s)
+        # An unknown detector or model fails here, not in every worker.
+        from emolens.analyzer import Analyzer
+
+        analyzer = Analyzer(o.model, detector_name, threads=threads, workspace=workspace)
         model = analyzer.model  # loads it: a missing or broken model fails before any shard
         embedder = None
         if o.embeddings:
-            from emolens.identify.embed import create_embedder
-
-            create_embedder(s.embedder, s)  # an unknown embedder fails here; dlib's models load in the workers
+            workspace.embedder()  # an unknown embedder fails here; dlib's models load in the workers
             if s.embedder == "dlib":
                 require("dlib", "identity")
             embedder = s.embedder

@@ -102,18 +102,20 @@ class ShardWorker:
 
     def __init__(self, spec: JobSpec):
         from emolens.analyzer import Analyzer
-        from emolens.detect import DetectorOptions, create_detector
+        from emolens.settings import Settings
+        from emolens.workspace import Workspace
 
         self.spec = spec
-        options = DetectorOptions(
+        # A worker is an entry point: its root is made from the job's own settings, not the machine's.
+        ws = Workspace(Settings(max_pixels=spec.max_pixels, threads=spec.threads))
+        self.analyzer = Analyzer(
+            _model_file(spec),
+            spec.detector,
             min_face_size=spec.min_face_size,
-            score_threshold=spec.detection_threshold,
+            detection_threshold=spec.detection_threshold,
             max_faces=spec.max_faces,
             max_side=spec.max_side,
-            threads=spec.threads,
-        )
-        self.analyzer = Analyzer(
-            model=_model_file(spec), detector=create_detector(spec.detector, options), threads=spec.threads
+            workspace=ws,
         ).warmup()
         self.embedder = None
         if spec.embedder:

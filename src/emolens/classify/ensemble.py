@@ -27,17 +27,15 @@ class Member:
 
 
 class EnsembleModel(DescribedByMeta):
-    def __init__(self, members: list[Member], tta: bool = False):
+    def __init__(self, members: list[Member], tta: bool = False, name: str = ""):
+        """``name``: the spec's canonical text (``emolens.models.ModelSpec``), what results show."""
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = members
         self.tta = tta
+        self.name = name or "+".join(m.name for m in members)
         self._meta: ModelMeta | None = None
         self.path = None  # no single file: explanations and registration need one model
-
-    @property
-    def name(self) -> str:
-        return spec_text([(m.name, m.weight) for m in self.members])
 
     @property
     def digest(self) -> str | None:
@@ -90,10 +88,3 @@ class EnsembleModel(DescribedByMeta):
                 p = (p + m.model.predict(np.ascontiguousarray(x[:, :, ::-1]), batch_size=batch_size)) / 2
             total += m.weight * p[:, [m.model.labels.index(label) for label in labels]]
         return total.astype(np.float32)
-
-
-def spec_text(members: list[tuple[str, float]]) -> str:
-    """``fast+accurate``, or ``fast*0.25+accurate*0.75`` when the weights differ."""
-    if len({round(w, 9) for _, w in members}) <= 1:
-        return "+".join(n for n, _ in members)
-    return "+".join(f"{n}*{w:g}" for n, w in members)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from emolens.cli.console import console, err, fail, human_to_stderr, write_output
+from emolens.cli.console import build_analyzer, console, err, fail, human_to_stderr, write_output
 from emolens.errors import EmoLensError
 
 EXAMPLE = Path(__file__).parents[1] / "assets" / "examples" / "astronaut.jpg"
@@ -77,7 +77,6 @@ def analyze(
     """Find every face in the images and tell how each one feels."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from emolens.analyzer import Analyzer
     from emolens.io import iter_image_paths
 
     if not paths:  # the demo: the built-in example photo, annotated copy written beside the user
@@ -94,8 +93,8 @@ def analyze(
     targets = dict(zip(files, annotated_targets(files, save), strict=True)) if save else {}
     replaced = 0
     try:
-        analyzer = Analyzer(
-            model=model,
+        analyzer = build_analyzer(
+            model,
             detector=detector,
             min_face_size=min_face_size,
             detection_threshold=threshold,

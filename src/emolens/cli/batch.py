@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import err, fail, write_output
+from emolens.cli.console import err, fail, workspace, write_output
 from emolens.errors import EmoLensError
 
 
@@ -63,11 +63,11 @@ def batch(
     resumes where it stopped, and a finished job run again changes nothing. Exit code 0 when every
     shard is written (failed images are rows of the output), 2 on bad input, 130 when interrupted."""
     from emolens.batch import BatchInterruptedError, BatchJob, BatchOptions
-    from emolens.settings import get_settings
+    from emolens.workspace import Workspace
 
-    settings = get_settings()
+    ws = workspace()
     if threads is not None:
-        settings = settings.model_copy(update={"threads": threads})
+        ws = Workspace(ws.settings.model_copy(update={"threads": threads}))
     options = BatchOptions(
         model=model,
         detector=detector,
@@ -81,7 +81,7 @@ def batch(
         address=address,
     )
     try:
-        job = BatchJob(source, output, options, settings)
+        job = BatchJob(source, output, options, ws)
     except EmoLensError as exc:
         fail(exc)
     done_before = job.total_images - job.pending_images

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -16,8 +17,40 @@ from rich.markup import escape
 
 from emolens.errors import EmoLensError
 
+if TYPE_CHECKING:
+    from emolens.workspace import Workspace
+
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one message per line, file names never broken
+
+
+def workspace() -> Workspace:
+    """The command's composition root (``emolens.workspace``), built once from the process's
+    settings: every command takes its models, analyzers and stores from it."""
+    from emolens.workspace import Workspace
+
+    return Workspace.default()
+
+
+def build_analyzer(model=None, detector=None, **options):
+    """An ``Analyzer`` of the command's workspace (``model`` default: the ``model`` setting)."""
+    from emolens.analyzer import Analyzer
+
+    return Analyzer(model, detector, workspace=workspace(), **options)
+
+
+def feedback_service():
+    """The feedback service of the command's workspace."""
+    from emolens.feedback import FeedbackService
+
+    return FeedbackService(workspace().feedback_store)
+
+
+def enrolled_people():
+    """The enrolled people of the command's workspace."""
+    from emolens.identify.gallery import People
+
+    return People(workspace=workspace())
 
 
 def human_to_stderr(*targets: Path | str | bool | None) -> None:

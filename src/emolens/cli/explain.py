@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail
+from emolens.cli.console import build_analyzer, console, err, fail
 from emolens.errors import EmoLensError
 
 
@@ -39,11 +39,10 @@ def explain(
     from emolens.explain import METHOD_NAMES, explain_image, overlay_photo
 
     try:
-        from emolens.analyzer import Analyzer
         from emolens.io import load_image
 
         photo = load_image(image)
-        analyzer = Analyzer(model=model)
+        analyzer = build_analyzer(model)
         faces = explain_image(photo, method, analyzer=analyzer)
     except EmoLensError as exc:
         fail(exc)

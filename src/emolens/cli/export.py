@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from emolens.cli.console import console, fail
+from emolens.cli.console import console, fail, workspace
 from emolens.errors import EmoLensError
 
 
@@ -83,10 +83,9 @@ def _card_metrics(model: Path, val: Path, val_name: str) -> dict:
 
 def _export_ort(model: str, out: Path) -> None:
     from emolens.export.ort import to_ort
-    from emolens.models import resolve_model
 
     try:
-        report = to_ort(resolve_model(model), out)
+        report = to_ort(workspace().models.path(model), out)
     except EmoLensError as exc:
         fail(exc)
     console.print(
@@ -165,15 +164,15 @@ def quantize(
     from emolens.data.datasets import fit_crops, load_npz
     from emolens.evaluate import evaluate_arrays
     from emolens.export.quantize import latency_ms_per_face, quantize_int8, stratified_sample
-    from emolens.models import load_emotion_model, resolve_model
+    from emolens.models import clear_model_cache
     from emolens.train.card import write_card
 
     try:
-        src = resolve_model(model)
+        src = workspace().models.path(model)
         out = out or src.with_name(f"{src.stem}-int8.onnx")
         if out.resolve() == src.resolve():
             raise EmoLensError(f"--out {out} would overwrite the FP32 model")
-        spec = load_emotion_model(str(src)).meta.input
+        spec = workspace().models.load(src).meta.input
         images, labels, _ = load_npz(calibration)
         crops = fit_crops(images[stratified_sample(labels, samples)], spec.size, spec.channels)
         info = quantize_int8(src, out, crops, per_channel=per_channel)
@@ -217,7 +216,7 @@ def quantize(
         "",
     ]
     md = write_card(out, int8, fields={"quantization": info}, appendix="\n".join(lines))
-    load_emotion_model.cache_clear()  # the cached model holds the card read before this edit
+    clear_model_cache()  # the cached model holds the card read before this edit
     console.print(
         f"accuracy {q['accuracy_int8']:.4f} (FP32 {q['accuracy_fp32']:.4f}, "
         f"{q['accuracy_change_points']:+.2f} points); "

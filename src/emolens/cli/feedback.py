@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, human_to_stderr
+from emolens.cli.console import build_analyzer, console, err, fail, feedback_service, human_to_stderr, workspace
 from emolens.errors import EmoLensError
 
 feedback = typer.Typer(
@@ -38,16 +38,14 @@ def add(
     """Correct or confirm the emotion of a face.
 
     Say what the emotion of face --face in IMAGE really is (--label) or that it was right (--correct)."""
-    from emolens.analyzer import Analyzer
-    from emolens.feedback import FeedbackService
 
     if (label is None) == (not correct):
         fail(EmoLensError("give either --label EMOTION or --correct"))
     try:
-        store = FeedbackService()
+        store = feedback_service()
         if label:
             store.check_label(label)  # before the (slower) analysis
-        results = Analyzer(model=model)(image)
+        results = build_analyzer(model)(image)
         rec = store.add_from_results(
             results, face, label, correct=correct, keep_image=keep_image, source="cli", user_id=user,
             person=person, upload_session=session,
@@ -66,10 +64,9 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """The stored feedback, newest first."""
-    from emolens.feedback import FeedbackService
 
     try:
-        records = FeedbackService().list(limit=limit, label=label, corrections_only=corrections)
+        records = feedback_service().list(limit=limit, label=label, corrections_only=corrections)
     except EmoLensError as exc:
         fail(exc)
     if as_json:
@@ -91,10 +88,9 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Count the stored feedback.
 
     Corrections and confirmations, per label, the commonest mistakes, per source."""
-    from emolens.feedback import FeedbackService
 
     try:
-        st = FeedbackService().stats()
+        st = feedback_service().stats()
     except EmoLensError as exc:
         fail(exc)
     if as_json:
@@ -123,10 +119,9 @@ def export(
     """Export the feedback as an image folder and a CSV.
 
     The folder is usable as a training dataset."""
-    from emolens.feedback import FeedbackService
 
     try:
-        out = FeedbackService().export(folder)
+        out = feedback_service().export(folder)
     except (EmoLensError, OSError) as exc:
         fail(EmoLensError(str(exc)))
     console.print(f"wrote {out} and {folder / 'images'}")
@@ -142,10 +137,9 @@ def import_(
     """Import the earlier Streamlit app's feedback.
 
     Bad rows are listed and skipped."""
-    from emolens.feedback import FeedbackService
 
     try:
-        report = FeedbackService().import_streamlit(folder, user_id=user)
+        report = feedback_service().import_streamlit(folder, user_id=user)
     except EmoLensError as exc:
         fail(exc)
     for line in report.skipped:
@@ -158,10 +152,9 @@ def check(
     repair: Annotated[bool, typer.Option("--repair", help="Remove files no record refers to.")] = False,
 ) -> None:
     """Verify that every record's face crop is present and intact."""
-    from emolens.feedback import FeedbackService
 
     try:
-        result = FeedbackService().check(repair=repair)
+        result = feedback_service().check(repair=repair)
     except EmoLensError as exc:
         fail(exc)
     console.print(
@@ -177,10 +170,9 @@ def remove(uid: Annotated[str, typer.Argument(help="Record id (from `feedback li
     """Delete one feedback record.
 
     Its files go too when no other record uses them."""
-    from emolens.feedback import FeedbackService
 
     try:
-        FeedbackService().delete(uid)
+        feedback_service().delete(uid)
     except EmoLensError as exc:
         fail(exc)
     console.print(f"removed {uid}")
@@ -265,13 +257,11 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """List the models available by name and the registry's versions.
 
     The active version is marked."""
-    from emolens.models import available_models, load_emotion_model
-    from emolens.registry import Registry
-
+    models = workspace().models
     named = []
-    for name, path in available_models().items():
+    for name, path in models.available().items():
         try:
-            m = load_emotion_model(str(path))
+            m = models.load(path)
             spec = m.meta.input
             acc = m.card.get("metrics", {}).get("accuracy")
             named.append({"name": name, "labels": m.labels, "input": f"{spec.size}x{spec.size}x{spec.channels}",
@@ -279,7 +269,7 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
         except EmoLensError as exc:
             named.append({"name": name, "labels": None, "input": None, "accuracy": None, "path": str(path),
                           "error": str(exc)})  # fmt: skip
-    versions = Registry().versions()
+    versions = models.registry.versions()
     human_to_stderr(as_json)
     if as_json:
         registry = [
@@ -335,10 +325,8 @@ def promote(
 
     A model by name, e.g. the flagship `accurate`, becomes a new version: fine-tuning from
     feedback then starts from it, and `emolens models rollback` returns to the previous one."""
-    from emolens.registry import Registry
-
     try:
-        v = Registry().promote(version)
+        v = workspace().registry.promote(version)
     except EmoLensError as exc:
         fail(exc)
     console.print(f"{v.name} is now active")
@@ -347,10 +335,8 @@ def promote(
 @models.command()
 def rollback() -> None:
     """Make the previously active version active again."""
-    from emolens.registry import Registry
-
     try:
-        v = Registry().rollback()
+        v = workspace().registry.rollback()
     except EmoLensError as exc:
         fail(exc)
     console.print(f"rolled back: {v.name} is active again")

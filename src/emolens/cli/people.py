@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from emolens.cli.console import enrolled_people
+
 people_app = typer.Typer(help="Enrolled people: enroll, list, remove, train, versions.", no_args_is_help=True)
 
 
@@ -39,9 +41,8 @@ def enroll(
     from emolens.cli.console import console, err, fail
     from emolens.errors import EmoLensError
     from emolens.identify.enrol import EnrollReport
-    from emolens.identify.gallery import People
 
-    people = People()
+    people = enrolled_people()
     report = EnrollReport()
     try:
         with _progress("enrolling") as bar:
@@ -89,10 +90,9 @@ def list_people(json_out: Annotated[bool, typer.Option("--json", help="Print JSO
 
     from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
-    from emolens.identify.gallery import People
 
     try:
-        rows = People().list()
+        rows = enrolled_people().list()
     except EmoLensError as exc:
         fail(exc)
     if json_out:
@@ -115,9 +115,8 @@ def remove(
     Embeddings, stored face crops, attendance records; the name is redacted in reports."""
     from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
-    from emolens.identify.gallery import People
 
-    people = People()
+    people = enrolled_people()
     try:
         people.get(person)
         if not yes:
@@ -141,9 +140,8 @@ def train(
     """Train a new recognizer version and activate it.
 
     Trains on every enrolled face and writes the version's report."""
-    from emolens.identify.gallery import People
 
-    _train(People(), classifier, strangers)
+    _train(enrolled_people(), classifier, strangers)
 
 
 def _train(people, classifier: str, strangers: Path | None) -> None:
@@ -197,10 +195,9 @@ def versions() -> None:
 
     from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
-    from emolens.identify.gallery import People
 
     try:
-        rows = People().versions()
+        rows = enrolled_people().versions()
     except EmoLensError as exc:
         fail(exc)
     table = Table("version", "active", "created", "classifier", "people", "faces", "threshold", "cv accuracy")
@@ -224,10 +221,9 @@ def restore(version: Annotated[str, typer.Argument(help="A version number, e.g. 
     """Make an earlier recognizer version active again."""
     from emolens.cli.console import console, fail
     from emolens.errors import EmoLensError
-    from emolens.identify.gallery import People
 
     try:
-        info = People().restore(int(version.lstrip("vV")))
+        info = enrolled_people().restore(int(version.lstrip("vV")))
     except ValueError:
         fail(EmoLensError(f"{version!r} is not a version number (e.g. 3 or v3)"))
     except EmoLensError as exc:
@@ -250,14 +246,13 @@ def identify(
 
     from emolens.cli.console import console, err, fail
     from emolens.errors import BadImageError, EmoLensError
-    from emolens.identify.gallery import People
     from emolens.io import iter_image_paths
 
     try:
         files = iter_image_paths(paths)
         if not files:
             raise EmoLensError(f"no images found in: {' '.join(paths)}")
-        people = People()
+        people = enrolled_people()
     except EmoLensError as exc:
         fail(exc)
     several = len(files) > 1 or any(Path(p).is_dir() for p in paths)

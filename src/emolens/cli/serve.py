@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail
+from emolens.cli.console import console, err, fail, workspace
 from emolens.errors import EmoLensError
 
 keys = typer.Typer(
@@ -37,12 +37,10 @@ def serve(
     Limits, timeouts, CORS origins and whether reads need a key are settings: EMOLENS_* variables or config.toml."""
     import uvicorn
 
-    from emolens.settings import get_settings
-    from emolens.store.keys import KeyStore
-
-    s = get_settings()
+    ws = workspace()
+    s = ws.settings
     try:
-        n_keys = KeyStore(s.db_url).count()
+        n_keys = ws.keys.count()
     except EmoLensError as exc:
         fail(exc)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
@@ -70,7 +68,7 @@ def serve(
     else:
         from emolens.serve import create_app
 
-        uvicorn.run(create_app(s), **options)
+        uvicorn.run(create_app(ws), **options)
 
 
 def _share_metrics() -> None:
@@ -92,10 +90,7 @@ def _share_metrics() -> None:
 
 def _keys():
     """The key store of the configured database."""
-    from emolens.settings import get_settings
-    from emolens.store.keys import KeyStore
-
-    return KeyStore(get_settings().db_url)
+    return workspace().keys
 
 
 @keys.command("create")

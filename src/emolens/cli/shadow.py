@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, fail
+from emolens.cli.console import console, fail, workspace
 from emolens.errors import EmoLensError
 
 shadow = typer.Typer(
@@ -85,7 +85,7 @@ def promote(
 
     try:
         outcome = promote_shadow(
-            model, base_val=base_val, gates=Gates(max_base_drop=max_base_drop), confidence=confidence
+            workspace(), model, base_val=base_val, gates=Gates(max_base_drop=max_base_drop), confidence=confidence
         )
     except EmoLensError as exc:
         fail(exc)
@@ -103,10 +103,8 @@ def promote(
     if not (yes or typer.confirm(f"gates passed: make {outcome.shadow} the active model?", default=False)):
         console.print("not promoted (not confirmed)")
         return
-    from emolens.registry import Registry
-
     try:
-        version = Registry().promote(outcome.shadow)
+        version = workspace().registry.promote(outcome.shadow)
     except EmoLensError as exc:
         fail(exc)
     console.print(f"{escape(outcome.shadow)} is now active as {version.name} (undo: emolens models rollback)")

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, fail
+from emolens.cli.console import build_analyzer, console, fail, workspace
 from emolens.errors import EmoLensError
 
 data = typer.Typer(help="Quality gates for image folders; merge synthetic images in.")
@@ -52,9 +52,10 @@ def generate(
         f"({report.seconds:.0f} s); status in {out / 'status.json'}"
     )
     if filter_:
-        from emolens.data.quality import filter_images, write_filter_report
+        from emolens.data.quality import Gates, filter_images, write_filter_report
 
-        checked = filter_images(out, progress=True)
+        gates = Gates()
+        checked = filter_images(out, gates, analyzer=_gate_analyzer(gates), progress=True)
         write_filter_report(checked, out / "filter")
         update_kept(out, {c: checked.kept_per_class().get(c, 0) for c in report.counts})
         _print_filter(checked, out / "filter")
@@ -104,7 +105,7 @@ def filter_cmd(
         fail(EmoLensError(f"--brightness {brightness!r}: give MIN-MAX, e.g. 40-215"))
     try:
         reference = reference_hashes_of(load_dataset(against)) if against else None
-        checked = filter_images(folder, gates, reference, progress=True)
+        checked = filter_images(folder, gates, reference, analyzer=_gate_analyzer(gates), progress=True)
         write_filter_report(checked, report)
     except EmoLensError as exc:
         fail(exc)
@@ -164,13 +165,12 @@ def tune(
     from emolens.errors import require
 
     require("torch", "train")
-    from emolens.settings import get_settings
     from emolens.train.config import load_config
     from emolens.train.prepare import load_train_val
     from emolens.train.tune import load_space
     from emolens.train.tune import tune as run
 
-    folder = get_settings().home / "tune" / name
+    folder = workspace().home / "tune" / name
     try:
         search = load_space(space)
         cfg = load_config(config, set_)
@@ -192,3 +192,10 @@ def register(app: typer.Typer) -> None:
     app.command()(generate)
     app.add_typer(data, name="data")
     app.command()(tune)
+
+
+def _gate_analyzer(gates):
+    """The analyzer the face and agreement gates use: the agreeing model, faces from 20 px."""
+    if not (gates.faces or gates.agreement):
+        return None
+    return build_analyzer(gates.agreement or "fast", min_face_size=20)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail
+from emolens.cli.console import console, err, fail, workspace
 from emolens.errors import EmoLensError
 
 
@@ -86,6 +86,7 @@ def video(
     try:
         src = VideoSource(source)  # first: a wrong path fails before any model loads
         va = VideoAnalyzer(
+            workspace=workspace(),
             model=model,
             detector=detector,
             detect_every=every,

@@ -126,17 +126,15 @@ def filter_images(
     """Check every image under ``folder`` against ``gates``; nothing is moved or deleted.
 
     ``reference_hashes``: perceptual hashes of the real training set (``reference_hashes_of``):
-    an image too close to one of them is dropped. ``analyzer``: an ``Analyzer`` to use for faces
-    and agreement (default: one with ``gates.agreement`` as its model)."""
+    an image too close to one of them is dropped. ``analyzer``: the ``Analyzer`` the face and
+    agreement gates use (its model is the one that must agree), needed when those gates are on."""
     from rich.progress import track
 
     gates = gates or Gates()
     folder = Path(folder)
     files = image_files(folder)
-    if gates.faces or gates.agreement:
-        from emolens.analyzer import Analyzer
-
-        analyzer = analyzer or Analyzer(model=gates.agreement or "fast", min_face_size=20)
+    if (gates.faces or gates.agreement) and analyzer is None:
+        raise ValueError("the face and agreement gates need an analyzer")
     checks: list[ImageCheck] = []
     for path, label in track(files, description="checking images", disable=not progress):
         check = ImageCheck(path=path.relative_to(folder).as_posix(), label=label)

@@ -229,7 +229,7 @@ def compare_models(
     Returns the Comparison and each model's answers (indices into ``Comparison.labels``, the
     first model's label order). Dataset classes are matched to model labels by name."""
     from emolens.evaluate.core import load_members, model_names
-    from emolens.models import model_spec
+    from emolens.models import ModelSpec
 
     ref = load_members(model_names(a))[0].labels
     unknown = sorted({classes[i] for i in np.unique(labels)} - set(ref))
@@ -238,7 +238,7 @@ def compare_models(
     y = np.array([ref.index(classes[i]) for i in labels], dtype=np.int64)
     pa = model_probs(a, images, ref, tta).argmax(1)
     pb = model_probs(b, images, ref, tta).argmax(1)
-    names = (model_spec(a), model_spec(b))
+    names = (str(ModelSpec.parse(a)), str(ModelSpec.parse(b)))
     cmp = compare_predictions(y, pa, pb, ref, names=names, confidence=confidence, n_boot=n_boot, seed=seed)
     return cmp, pa, pb
 

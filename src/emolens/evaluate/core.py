@@ -16,26 +16,33 @@ HEADLINE_COVERAGE = (0.9, 0.8)
 
 def model_names(model) -> list[str]:
     """``"fast+accurate"``, ``"fast,fast-int8"``, a path, or a list of either → the list of model
-    names/paths (``emolens.models.parse_model_spec``: weights, if any, are left out).
+    names/paths (``emolens.models.ModelSpec``: weights, if any, are left out).
 
     A string that names an existing file is one model even if it holds a comma."""
-    from emolens.models import parse_model_spec
+    from emolens.models import ModelSpec
 
-    return [name for name, _ in parse_model_spec(model)]
+    return ModelSpec.parse(model).names
 
 
 def model_weights(model) -> list[float]:
     """The members' weights (``accurate*3+fast``), normalised to sum to 1."""
-    from emolens.models import parse_model_spec
+    from emolens.models import ModelSpec
 
-    return [w for _, w in parse_model_spec(model)]
+    return ModelSpec.parse(model).weights
 
 
-def load_members(names: list[str]) -> list:
-    """The EmotionModels of an ensemble; all must have the same labels (in any order)."""
-    from emolens.models import load_emotion_model
+def default_resolver():
+    """The resolver of the process's workspace, for callers that pass none (scripts, notebooks)."""
+    from emolens.workspace import Workspace
 
-    members = [load_emotion_model(n) for n in names]
+    return Workspace.default().models
+
+
+def load_members(names: list[str], resolver=None) -> list:
+    """The EmotionModels of an ensemble, resolved by ``resolver`` (``Workspace.models``; default:
+    the process's); all must have the same labels (in any order)."""
+    resolver = resolver or default_resolver()
+    members = [resolver.load(n) for n in names]
     ref = members[0].labels
     for name, m in zip(names[1:], members[1:], strict=True):
         if sorted(m.labels) != sorted(ref):

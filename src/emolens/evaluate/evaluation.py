@@ -96,7 +96,7 @@ class EvaluationReport:
         ``out``), with a note of how they were chosen; below them the analyzer answers "uncertain".
         Returns the file written, also recorded as ``thresholds["saved_to"]``."""
         from emolens.classify.amend import save_thresholds
-        from emolens.models import resolve_model
+        from emolens.evaluate.core import default_resolver
 
         th = self.thresholds
         if th is None:
@@ -105,7 +105,7 @@ class EvaluationReport:
             _check_in_place(self.models[0], "thresholds")
         note = {k: th[k] for k in ("rule", "target", "coverage", "accuracy", "n")}
         note.update(dataset=self.dataset, cross_fit=th.get("cross_fit"))
-        target = save_thresholds(resolve_model(self.models[0]), th["thresholds"], out, card_note=note)
+        target = save_thresholds(default_resolver().path(self.models[0]), th["thresholds"], out, card_note=note)
         th["saved_to"] = str(target)
         return target
 
@@ -114,14 +114,14 @@ class EvaluationReport:
         evidence; refused (``RefusedError``) when a rule lowers macro-F1. Returns the file written,
         also recorded as ``rules["saved_to"]``."""
         from emolens.classify.amend import save_rules
-        from emolens.models import resolve_model
+        from emolens.evaluate.core import default_resolver
 
         if not self.tried_rules or self.rules is None:
             raise EmoLensError("no rules were tried: evaluate with rules to save them")
         if out is None:
             _check_in_place(self.models[0], "rules")
         guard = {**self.rules, "dataset": self.dataset}
-        target = save_rules(resolve_model(self.models[0]), self.tried_rules, out, evidence=guard)
+        target = save_rules(default_resolver().path(self.models[0]), self.tried_rules, out, evidence=guard)
         self.rules["saved_to"] = str(target)
         return target
 

@@ -12,7 +12,7 @@ import csv
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -23,15 +23,12 @@ from emolens.feedback.streamlit import ImportReport, import_streamlit
 from emolens.store.blobs import BlobStore
 from emolens.store.feedback import Feedback, FeedbackStore, group_key
 
-if TYPE_CHECKING:
-    from emolens.settings import Settings
-
 
 class FeedbackService:
     """Feedback on faces: add it, split it, learn from it, move it in and out.
 
-    ``store``: where the rows and files go (default: the store of ``settings``, the configured
-    settings when None).
+    ``store``: where the rows and files go (``Workspace.feedback`` is the service of a home's
+    store; without one, the process's workspace's store).
 
     >>> feedback = FeedbackService()
     >>> results = Analyzer()("photo.jpg")
@@ -39,8 +36,12 @@ class FeedbackService:
     >>> feedback.add(crop, "sad", predicted="happy", person="ana", origin="clip-07.mp4")  # a crop of your own
     """
 
-    def __init__(self, store: FeedbackStore | None = None, *, settings: Settings | None = None):
-        self.store = store or FeedbackStore(settings=settings)
+    def __init__(self, store: FeedbackStore | None = None):
+        if store is None:  # the convenience entry point: the store of the process's workspace
+            from emolens.workspace import Workspace
+
+            store = Workspace.default().feedback_store
+        self.store = store
 
     @property
     def labels(self) -> tuple[str, ...]:

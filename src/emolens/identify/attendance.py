@@ -210,7 +210,7 @@ class AttendanceSession:
         if self._analyzer is None:
             from emolens.analyzer import Analyzer
 
-            self._analyzer = Analyzer(detector=self.people.detector)
+            self._analyzer = Analyzer(detector=self.people.detector, workspace=self.people.workspace)
         return self._analyzer
 
     def add_image(self, image: ImageInput, at: datetime | None = None, source: str | None = None) -> FrameResult:

@@ -21,15 +21,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from emolens.detect import Face
 from emolens.errors import EmoLensError, ModelError, require
-
-if TYPE_CHECKING:
-    from emolens.settings import Settings
 
 # ArcFace's 5-point template for 112x112 crops (insightface), in the detector's landmark order:
 # image-left eye, image-right eye, nose tip, mouth left, mouth right.
@@ -238,23 +234,14 @@ class OnnxEmbedder(Embedder):
         return l2_normalize(out)
 
 
-def create_embedder(name: str | None = None, settings: Settings | None = None) -> Embedder:
-    """``"dlib"`` (the default, from ``EMOLENS_EMBEDDER``) or the path of an ArcFace-style ONNX model,
-    whose input defaults and threads come from ``settings`` (default: the process's)."""
-    if settings is None:
-        from emolens.settings import get_settings
-
-        settings = get_settings()
-    s = settings
-    name = name or s.embedder
+def create_embedder(
+    name: str = "dlib", *, threads: int = 0, size: int = 112, mean: float = 127.5, std: float = 127.5
+) -> Embedder:
+    """``"dlib"`` or the path of an ArcFace-style ONNX model; ``size``, ``mean`` and ``std`` are its
+    input when the model's metadata does not say (``Workspace.embedder`` passes the ``embedder_*``
+    settings)."""
     if name == "dlib":
         return DlibEmbedder()
     if name.lower().endswith(".onnx") or Path(name).is_file():
-        return OnnxEmbedder(
-            name,
-            threads=s.threads,
-            default_size=s.embedder_size,
-            default_mean=s.embedder_mean,
-            default_std=s.embedder_std,
-        )
+        return OnnxEmbedder(name, threads=threads, default_size=size, default_mean=mean, default_std=std)
     raise EmoLensError(f"unknown embedder {name!r}: use 'dlib' or the path of an ArcFace-style .onnx model")

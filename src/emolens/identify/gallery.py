@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emolens.detect import Detector, DetectorOptions, Face, create_detector
-from emolens.identify.embed import Embedder, create_embedder
+from emolens.detect import Detector, Face
+from emolens.identify.embed import Embedder
 from emolens.identify.enrol import EnrollReport, Enrolment, Progress
 from emolens.identify.versions import TrainResult, VersionInfo, Versions, clear_cache
 from emolens.io import ImageInput, load_image
@@ -35,25 +35,9 @@ from emolens.store.people import PeopleStore, as_utc
 
 if TYPE_CHECKING:
     from emolens.settings import Settings
+    from emolens.workspace import Workspace
 
 log = logging.getLogger("emolens.identify")
-
-
-def default_detector(name: str | None = None, settings: Settings | None = None) -> Detector:
-    """The detector ``name`` (default: the configured one) with the options of ``settings`` (the
-    configured settings when None), as the Analyzer makes it."""
-    if settings is None:
-        from emolens.settings import get_settings
-
-        settings = get_settings()
-    options = DetectorOptions(
-        min_face_size=settings.min_face_size,
-        score_threshold=settings.detection_threshold,
-        max_faces=settings.max_faces,
-        max_side=settings.max_side,
-        threads=settings.threads,
-    )
-    return create_detector(name or settings.detector, options)
 
 
 @dataclass
@@ -103,10 +87,11 @@ class Match:
 class People:
     """Enrolled people and the recognizer trained on them.
 
-    ``url``: a database URL (default: that of ``settings``). ``settings``: the configuration
-    (default: the configured one, read once here). ``embedder``/``detector``: a name or an
-    instance (default: the settings'). ``home``: where crops and reports go (default: the
-    settings' home). Heavy models load on first use.
+    ``workspace`` (``emolens.workspace``) gives the database, the home, the settings and the
+    factories of embedders and detectors; without one, a workspace of ``settings`` (default: the
+    process's) is made. ``url``: another database; ``embedder``/``detector``: a name or an
+    instance (default: the settings'); ``home``: where crops and reports go (default: the
+    workspace's home). Heavy models load on first use.
     """
 
     def __init__(
@@ -118,15 +103,17 @@ class People:
         home: str | Path | None = None,
         store_crops: bool = True,
         settings: Settings | None = None,
+        workspace: Workspace | None = None,
     ):
-        if settings is None:
-            from emolens.settings import get_settings
+        if workspace is None:  # the convenience entry point: ``People()`` builds its own root
+            from emolens.workspace import Workspace
 
-            settings = get_settings()
-        self.settings = settings
-        self.store = PeopleStore(url, settings=settings)
+            workspace = Workspace(settings) if settings is not None else Workspace.default()
+        self.workspace = workspace
+        self.settings = workspace.settings
+        self.store = PeopleStore(url or workspace.db_url)
         self.url = self.store.url
-        self.home = Path(home) if home else settings.home
+        self.home = Path(home) if home else workspace.home
         self.root = self.home / "identity"
         self.store_crops = store_crops
         self._embedder = embedder if isinstance(embedder, Embedder) else None
@@ -139,13 +126,13 @@ class People:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = create_embedder(self._embedder_name or self.settings.embedder)
+            self._embedder = self.workspace.embedder(self._embedder_name)
         return self._embedder
 
     @property
     def detector(self) -> Detector:
         if self._detector is None:
-            self._detector = default_detector(self._detector_name, self.settings)
+            self._detector = self.workspace.detector(self._detector_name)
         return self._detector
 
     @property

@@ -23,6 +23,7 @@ from emolens.serve.errors import install_handlers
 from emolens.serve.metrics import worker_stopped
 from emolens.serve.middleware import BodyLimitMiddleware, MetricsMiddleware, TimeoutMiddleware
 from emolens.settings import Settings
+from emolens.workspace import Workspace
 
 STATIC = Path(__file__).parent / "static"
 
@@ -51,18 +52,17 @@ reads are open unless it sets `EMOLENS_API_READ_KEY_REQUIRED=true`.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app. ``settings`` defaults to the process's (defaults < config file < environment);
-    everything the app holds is made from them: the analyzer and the models it resolves, the
-    model registry, the database and the stores, and the connections' header deadline."""
+def create_app(settings: Settings | Workspace | None = None) -> FastAPI:
+    """A new app, an entry point: its composition root (``emolens.workspace``) is made from
+    ``settings`` (default: the process's: defaults < config file < environment), or given whole;
+    everything the app holds comes from it: the analyzer and the models it resolves, the model
+    registry, the database and the stores; the settings also give the connections' header deadline."""
     from emolens import __version__
     from emolens.serve.connections import set_header_timeout
 
-    if settings is None:
-        from emolens.settings import get_settings
-
-        settings = get_settings()
-    state = ServerState(settings)
+    workspace = settings if isinstance(settings, Workspace) else Workspace(settings)
+    settings = workspace.settings
+    state = ServerState(workspace)
     set_header_timeout(settings.header_timeout_s)
 
     @asynccontextmanager

@@ -20,7 +20,8 @@ from fastapi.security import APIKeyHeader
 from emolens.errors import EmoLensError, NotFoundError
 from emolens.serve.errors import BusyError, ForbiddenError, UnauthorizedError
 from emolens.settings import Settings
-from emolens.store.keys import SCOPES, ApiKey, KeyStore
+from emolens.store.keys import SCOPES, ApiKey
+from emolens.workspace import Workspace
 
 
 class InferenceGate:
@@ -150,14 +151,14 @@ class JobRunner:
 class ServerState:
     """Everything one app instance holds; created by ``create_app``, found on ``app.state.emolens``."""
 
-    def __init__(self, settings: Settings):
-        from emolens.models import ModelResolver
+    def __init__(self, workspace: Workspace):
         from emolens.serve.metrics import Metrics
 
-        self.settings = settings
-        self.models = ModelResolver(settings)  # names, versions and the registry of settings.home
-        self.db_url = settings.db_url
-        self.keys = KeyStore(self.db_url)
+        self.workspace = workspace
+        self.settings = settings = workspace.settings
+        self.models = workspace.models  # names, versions and the registry of the home
+        self.db_url = workspace.db_url
+        self.keys = workspace.keys
         self.metrics = Metrics()
         self.analyses = AnalysisCache(
             self.db_url, settings.analysis_cache, settings.max_pixels, settings.analysis_ttl_s
@@ -187,18 +188,7 @@ class ServerState:
                 if self._analyzer is None:
                     from emolens.analyzer import Analyzer
 
-                    s = self.settings
-                    threads = self.analysis_threads
-                    self._analyzer = Analyzer(
-                        model=s.model,
-                        detector=s.detector,
-                        min_face_size=s.min_face_size,
-                        detection_threshold=s.detection_threshold,
-                        max_faces=s.max_faces,
-                        threads=threads,
-                        tta=s.tta,
-                        settings=s,
-                    )
+                    self._analyzer = Analyzer(threads=self.analysis_threads, workspace=self.workspace)
         return self._analyzer
 
     @property
@@ -210,19 +200,13 @@ class ServerState:
         if self._live_analyzer is None:
             with self._analyzer_lock:
                 if self._live_analyzer is None:
-                    from dataclasses import replace
-
                     from emolens.analyzer import Analyzer
-                    from emolens.detect import create_detector
 
-                    options = replace(base.detector.options, max_side=self.settings.video_max_side)
-                    detector = create_detector(base.detector.name, options)
                     self._live_analyzer = Analyzer(
-                        model=base.model_name,
-                        detector=detector,
+                        base.spec,
                         threads=base.threads,
-                        tta=base.tta,
-                        settings=base.settings,
+                        max_side=self.settings.video_max_side,
+                        workspace=self.workspace,
                     )
         return self._live_analyzer
 
@@ -248,9 +232,7 @@ class ServerState:
         return self._shadow
 
     def shadow_store(self):
-        from emolens.store.shadow import ShadowStore
-
-        return ShadowStore(self.db_url, blobs=self.settings.home / "shadow")
+        return self.workspace.shadow_store
 
     def warmup(self) -> None:
         """Load the model and the detector (in a thread at startup; /readyz reports the outcome)."""
@@ -266,9 +248,7 @@ class ServerState:
             self.warm.set()
 
     def feedback_store(self):
-        from emolens.store.feedback import FeedbackStore
-
-        return FeedbackStore(self.db_url, blobs=self.settings.home / "blobs")
+        return self.workspace.feedback_store
 
     def registry(self):
         return self.models.registry

@@ -20,16 +20,16 @@ from emolens.errors import EmoLensError
 class ShadowRunner:
     def __init__(self, spec: str, share: float, queue: int, store, active_analyzer, seed: int | None = None):
         from emolens.analyzer import Analyzer
-        from emolens.models import model_spec
+        from emolens.models import ModelSpec
 
-        self.spec = model_spec(spec)
+        self.spec = str(ModelSpec.parse(spec))
         self.share = min(1.0, max(0.0, share))
         self.capacity = max(1, queue)
         self.store = store
         # The active analyzer's detector object is shared, never run: the shadow only classifies.
         # One ONNX thread: the shadow must take as little CPU from the active model as it can.
         self.analyzer = Analyzer(
-            model=self.spec, detector=active_analyzer.detector, threads=1, tta=False, settings=active_analyzer.settings
+            spec, active_analyzer.detector, threads=1, tta=False, workspace=active_analyzer.workspace
         )
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="emolens-shadow")
         self.counts = {"sampled": 0, "stored": 0, "skipped": 0, "failed": 0}

@@ -28,14 +28,6 @@ class Base(DeclarativeBase):
     """Declarative base of every table; the migrations, not ``create_all``, create them."""
 
 
-def default_url() -> str:
-    """The process's database (``Settings.db_url``), for stores made without a URL; code that has
-    settings of its own passes ``settings.db_url``."""
-    from emolens.settings import get_settings
-
-    return get_settings().db_url
-
-
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets readers work beside one writer; busy_timeout makes concurrent writers queue
     # instead of failing; synchronous=FULL makes a committed row survive a power cut.
@@ -79,9 +71,9 @@ def _private_file(path: Path) -> None:
                 p.chmod(0o600)
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The engine for ``url`` (default: the configured database), migrated to the newest schema."""
-    return _engine(url or default_url())
+def get_engine(url: str) -> Engine:
+    """The engine for ``url`` (``Workspace.db_url``), migrated to the newest schema."""
+    return _engine(url)
 
 
 @lru_cache(maxsize=8)

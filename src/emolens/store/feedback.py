@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, delete, func, select
@@ -30,9 +30,6 @@ from emolens.data.schemas import FERPLUS8, canonical
 from emolens.errors import BadLabelError, NotFoundError
 from emolens.store.blobs import BlobStore
 from emolens.store.db import Base, session
-
-if TYPE_CHECKING:
-    from emolens.settings import Settings
 
 # The side of stored crops: the models' aligned input at twice the usual 48 px. The feedback
 # service's crop policy makes them so (emolens.feedback.crops); the shadow store keeps its alike.
@@ -123,24 +120,16 @@ def group_key(person: str | None, origin: str | None, upload_session: str | None
 class FeedbackStore:
     """Feedback rows in the database and their files on disk; ``FeedbackService`` adds to it.
 
-    ``url``: a database URL and ``blobs``: the files' folder (default: those of ``settings``,
-    the configured settings when None).
+    ``url``: the database URL and ``blobs``: the files' folder (``Workspace.feedback_store``
+    gives those of a home).
     """
 
     def __init__(
         self,
-        url: str | None = None,
-        blobs: str | Path | None = None,
+        url: str,
+        blobs: str | Path,
         labels: Sequence[str] = FERPLUS8,
-        *,
-        settings: Settings | None = None,
     ):
-        if url is None or blobs is None:
-            from emolens.settings import get_settings
-
-            settings = settings or get_settings()
-            url = url or settings.database_url or f"sqlite:///{settings.home / 'emolens.db'}"
-            blobs = blobs or settings.home / "blobs"
         self.url = url
         self.blobs = BlobStore(blobs)
         self.labels = tuple(labels)

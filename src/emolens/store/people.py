@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, delete, func, select, text
@@ -25,9 +25,6 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from emolens.errors import EmoLensError, NotFoundError
 from emolens.store.db import Base, get_engine, session
-
-if TYPE_CHECKING:
-    from emolens.settings import Settings
 
 ACTIVE_SLOT = "default"
 
@@ -181,15 +178,9 @@ def checkpoint(engine) -> None:
 
 
 class PeopleStore:
-    """The identity rows of one database. ``url``: its URL (default: that of ``settings``, the
-    configured settings when None)."""
+    """The identity rows of the database at ``url``."""
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None):
-        if url is None:
-            from emolens.settings import get_settings
-
-            settings = settings or get_settings()
-            url = settings.database_url or f"sqlite:///{settings.home / 'emolens.db'}"
+    def __init__(self, url: str):
         self.url = url
 
     @contextmanager

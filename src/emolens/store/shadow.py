@@ -61,11 +61,11 @@ def _probs(p: dict[str, float]) -> dict[str, float]:
 
 
 class ShadowStore:
-    """The rows in the database at ``url`` (None: the process's, ``store.db.default_url``) and the
+    """The rows in the database at ``url`` and the
     crops of disagreements in ``blobs`` (``$EMOLENS_HOME/shadow``); without ``blobs`` a store
     reads and reports, but records and clears nothing."""
 
-    def __init__(self, url: str | None = None, blobs: str | Path | None = None):
+    def __init__(self, url: str, blobs: str | Path | None = None):
         self.url = url
         self.blobs = BlobStore(blobs) if blobs is not None else None
 

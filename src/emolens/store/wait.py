@@ -13,11 +13,10 @@ import time
 from sqlalchemy.exc import OperationalError
 
 
-def wait_for_database(timeout_s: float = 60.0, url: str | None = None) -> str:
+def wait_for_database(url: str, timeout_s: float = 60.0) -> str:
     """The database URL (password hidden) once it answers and is migrated; raises after ``timeout_s``."""
-    from emolens.store.db import default_url, get_engine
+    from emolens.store.db import get_engine
 
-    url = url or default_url()
     deadline = time.monotonic() + timeout_s
     delay = 0.5
     while True:
@@ -35,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the database")
     args = ap.parse_args(argv)
     try:
-        shown = wait_for_database(args.timeout)
+        from emolens.workspace import Workspace  # an entry point: the process's database
+
+        shown = wait_for_database(Workspace().db_url, args.timeout)
     except OperationalError as exc:
         print(f"emolens: the database did not answer within {args.timeout:g} s: {exc.orig}", file=sys.stderr)
         return 2

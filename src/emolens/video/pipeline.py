@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from emolens.analyzer import Analyzer
-from emolens.detect import DetectorOptions, create_detector
 from emolens.results import FaceResult, Results
 from emolens.video.smooth import Smoother, make_smoother
 from emolens.video.source import VideoSource
@@ -33,6 +32,7 @@ from emolens.video.track import Tracker
 
 if TYPE_CHECKING:
     from emolens.settings import Settings
+    from emolens.workspace import Workspace
 
 
 class VideoAnalyzer:
@@ -68,25 +68,24 @@ class VideoAnalyzer:
         detection_threshold: float | None = None,
         max_faces: int | None = None,
         settings: Settings | None = None,
+        workspace: Workspace | None = None,
     ):
-        if settings is None:  # the given analyzer's, else the process's
-            if analyzer is not None:
-                settings = analyzer.settings
-            else:
-                from emolens.settings import get_settings
+        if analyzer is None:  # without an analyzer, one of ``workspace`` (default: of ``settings``, else the process's)
+            if workspace is None:
+                from emolens.workspace import Workspace
 
-                settings = get_settings()
-        s = settings
-        if analyzer is None:
-            options = DetectorOptions(
-                min_face_size=s.min_face_size if min_face_size is None else min_face_size,
-                score_threshold=s.detection_threshold if detection_threshold is None else detection_threshold,
-                max_faces=s.max_faces if max_faces is None else max_faces,
-                max_side=max_side or s.video_max_side,
-                threads=s.threads if threads is None else threads,
+                workspace = Workspace(settings) if settings is not None else Workspace.default()
+            analyzer = Analyzer(
+                model,
+                detector,
+                workspace=workspace,
+                min_face_size=min_face_size,
+                detection_threshold=detection_threshold,
+                max_faces=max_faces,
+                max_side=max_side or workspace.settings.video_max_side,
+                threads=threads,
             )
-            det = create_detector(detector or s.detector, options)
-            analyzer = Analyzer(model=model, detector=det, threads=threads, settings=s)
+        s = analyzer.settings
         self.analyzer = analyzer
         self.detect_every = max(1, int(detect_every or s.video_detect_every))
         self.classify_every = max(1, int(classify_every))
@@ -111,8 +110,8 @@ class VideoAnalyzer:
         while it is empty), once: a promotion does not switch models in the middle of a video."""
         if self._model is None:
             a = self.analyzer
-            version = a.model_version
-            self._model, self._version = a.resolver.load(version, 1, a.tta), version
+            spec = a.resolver.versions(a.spec)  # once per video: a promotion mid-video does not switch models
+            self._model, self._version = a.resolver.load(spec, 1, a.tta), str(spec)
         return self._model
 
     @property

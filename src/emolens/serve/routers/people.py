@@ -44,7 +44,7 @@ def get_people(request: Request):
                 from emolens.identify.gallery import People
 
                 state: ServerState = app_state.emolens
-                people = People(state.db_url, home=state.settings.home, settings=state.settings)
+                people = People(workspace=state.workspace)
                 app_state.people = people
     return people
 

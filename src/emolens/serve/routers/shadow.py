@@ -103,15 +103,6 @@ def promote_shadow(
     def job():
         from emolens.shadow import promote_shadow as run
 
-        return run(
-            s.shadow_model,
-            registry=state.registry(),
-            feedback_store=state.feedback_store(),
-            shadow_store=state.shadow_store(),
-            base_val=s.base_val_data,
-            confidence=confidence,
-            promote=True,
-            settings=s,
-        )
+        return run(state.workspace, s.shadow_model, base_val=s.base_val_data, confidence=confidence, promote=True)
 
     return JobOut(**vars(state.jobs.start("shadow-promote", job)))
