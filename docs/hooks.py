@@ -56,6 +56,10 @@ def on_files(files: Files, config) -> Files:
     for path in sorted(ASSETS.glob("*.md")):
         files.append(File.generated(config, f"models/{path.name}", abs_src_path=str(path)))
     files.append(File.generated(config, "reference/openapi.json", content=json.dumps(_openapi(), indent=2)))
+    from emolens.results import FaceRecord
+
+    schema = json.dumps(FaceRecord.model_json_schema(), indent=2)
+    files.append(File.generated(config, "reference/face.schema.json", content=schema))
     return files
 
 

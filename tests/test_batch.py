@@ -103,15 +103,15 @@ def _env(home: Path) -> dict[str, str]:
 def rows_of(out: Path):
     """The output read back with pyarrow, as a pandas frame in a stable order."""
     df = pq.read_table(out).to_pandas()
-    return df.sort_values(["image_id", "face"], na_position="first").reset_index(drop=True)
+    return df.sort_values(["image_id", "index"], na_position="first").reset_index(drop=True)
 
 
 def assert_same_rows(out: Path, reference: Path) -> None:
     """Every row of the reference once, no other row; equal up to ONNX Runtime's float noise."""
     a, b = rows_of(out), rows_of(reference)
-    keys = list(zip(a.image_id, a.face.fillna(-1), strict=True))
+    keys = list(zip(a.image_id, a["index"].fillna(-1), strict=True))
     assert len(keys) == len(set(keys)), "a row is duplicated"
-    assert keys == list(zip(b.image_id, b.face.fillna(-1), strict=True)), "rows differ from the reference"
+    assert keys == list(zip(b.image_id, b["index"].fillna(-1), strict=True)), "rows differ from the reference"
     assert (a.status == b.status).all() and (a.label.fillna("") == b.label.fillna("")).all()
     assert (a.reason.fillna("") == b.reason.fillna("")).all()
     probs = [c for c in a.columns if c.startswith("p_")]
@@ -134,7 +134,7 @@ def assert_matches_analyze(out: Path, analyzed: dict[str, dict]) -> None:
             assert rows.width.iloc[0] == rec["width"] and rows.height.iloc[0] == rec["height"]
             continue
         assert list(rows.status) == ["face"] * len(rec["faces"]), image_id
-        assert list(rows.face) == list(range(len(rec["faces"])))
+        assert list(rows["index"]) == list(range(len(rec["faces"])))
         for (_, row), face in zip(rows.iterrows(), rec["faces"], strict=True):
             np.testing.assert_allclose([row.x1, row.y1, row.x2, row.y2], face["box"], atol=0.06)
             np.testing.assert_allclose(np.reshape(row.landmarks, (5, 2)), face["landmarks"], atol=0.06)
@@ -260,7 +260,7 @@ def test_manifest_with_ids_and_missing_files(photos, home, tmp_path):
     assert summary.images == 3 and summary.failed == 2 and summary.faces == 1
     assert df.loc["kid", "status"] == "face"
     assert df.loc["gone", "reason"] == "no such file"
-    assert df.loc["gone", "path"] == str(tmp_path / "photos" / "missing.jpg")
+    assert df.loc["gone", "source"] == str(tmp_path / "photos" / "missing.jpg")
     assert df.loc["blank", "reason"] == "no path given for this image"
     (tmp_path / "nopath.csv").write_text("file\na.jpg\n")
     with pytest.raises(EmoLensError, match="has no 'path' column"):

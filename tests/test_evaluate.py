@@ -260,7 +260,7 @@ def test_saved_thresholds_make_the_analyzer_answer_uncertain(tmp_path, emolens_h
     d = face.to_dict()
     assert d["label"] == "uncertain" and d["uncertain"] is True and d["top_label"] == "happy"
     assert d["probs"]["happy"] == round(plain.confidence, 4)
-    assert "uncertain (happy" in results.summary() and results.labels == ["uncertain"]
+    assert "uncertain: below the model's threshold for happy" in results.summary() and results.labels == ["uncertain"]
     assert results.plot().shape == results.image.shape
     assert results.to_rows()[0]["label"] == "uncertain"
     m = EmotionModel(copy)  # the analyzer's own rule (``decide``), straight from the model's metadata

@@ -198,14 +198,14 @@ def test_a_face_too_poor_to_read_is_uncertain_in_results_json_and_api(crops):
     from emolens import Analyzer
     from emolens.io import load_image
     from emolens.results import FaceResult
-    from emolens.serve.schemas import FaceOut
+    from emolens.results import FaceRecord
 
     face = FaceResult(box=np.array([0, 0, 20, 20.0]), score=0.9, landmarks=None, probs={"happy": 0.8, "sad": 0.2})
     face.quality = {"score": 0.05, "sharpness": 0.05, "size": 0.3}
     assert face.label == "uncertain" and face.top_label == "happy" and face.confidence == 0.8
     d = face.to_dict()
-    assert d["quality"]["score"] == 0.05 and d["uncertain"]
-    assert FaceOut(index=0, **d).quality == d["quality"]
+    assert d["quality"]["score"] == 0.05 and d["uncertain"] and d["reason"] == "blurry"
+    assert FaceRecord(**d).quality == d["quality"]
 
     from pathlib import Path
 

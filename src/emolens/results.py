@@ -1,4 +1,8 @@
-"""Results in the Ultralytics manner: per image, a list of faces; plot, save, JSON, table."""
+"""Results in the Ultralytics manner: per image, a list of faces; plot, save, JSON, table.
+
+A face is one record (``FaceResult``) everywhere: the same fields, under the same names, in
+``Results``, the command line's JSON and CSV, the REST API and ``emolens batch``'s Parquet. Its
+JSON form is ``FaceRecord``, whose JSON Schema the documentation publishes."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from emolens.classify.modelfile import UNCERTAIN, decide
 from emolens.classify.rules import answer as rules_answer
@@ -25,6 +30,45 @@ COLORS = {
 }
 
 
+# Why a face is "uncertain" when its quality is too low: the weakest factor of ``emolens.quality``, in words.
+QUALITY_REASONS = {
+    "size": "too small",
+    "sharpness": "blurry",
+    "noise": "noisy",
+    "exposure": "too dark or too bright",
+    "contrast": "low contrast",
+}
+
+
+class FaceRecord(BaseModel):
+    """One face as JSON: ``FaceResult.to_dict()``, ``emolens analyze --json``, the REST API. Every
+    field is always present (null when it does not apply), in this order."""
+
+    index: int | None = Field(description="The face's number in its image, from 0; what --face and feedback take")
+    box: list[float | None] = Field(description="x1, y1, x2, y2 in image pixels")
+    score: float | None = Field(description="Detection score")
+    landmarks: list[list[float | None]] | None = Field(description="Five points (x, y): eyes, nose, mouth corners")
+    label: str | None = Field(
+        description='The answer: an emotion, or "uncertain" (see reason); null when the face could not be classified'
+    )
+    top_label: str | None = Field(description="The most probable emotion, whatever the answer")
+    confidence: float | None = Field(description="The top probability")
+    uncertain: bool = Field(description='True when label is "uncertain"')
+    reason: str | None = Field(
+        description="Why the label is not a plain emotion: the face is blurry, too small, noisy, too dark or too "
+        "bright, of low contrast, or below the model's threshold; or why it could not be classified"
+    )
+    rule: str | None = Field(description="The model's post-processing rule that gave the label, if one did")
+    probs: dict[str, float] = Field(description="Every emotion of the model and its probability")
+    quality: dict[str, float] | None = Field(
+        description='How readable the face is: "score" in [0, 1], the least of its factors (size, sharpness, '
+        'noise, exposure, contrast); below 0.1 the label is "uncertain"'
+    )
+    error: str | None = Field(description="Set when this face could not be classified; other faces are unaffected")
+    track_id: int | None = Field(description="Video: the same person keeps the same id from frame to frame")
+    raw_probs: dict[str, float] | None = Field(description="Video: this frame's reading, before smoothing")
+
+
 @dataclass
 class FaceResult:
     box: np.ndarray  # x1, y1, x2, y2 in image pixels
@@ -37,6 +81,7 @@ class FaceResult:
     thresholds: dict[str, float] | None = field(default=None, repr=False)  # the model's per-class thresholds
     rules: list | None = field(default=None, repr=False)  # the model's post-processing rules
     quality: dict[str, float] | None = None  # how readable the face is (emolens.quality): "score" and its factors
+    index: int | None = None  # its number in its image (Results numbers its faces from 0)
 
     @property
     def label(self) -> str | None:
@@ -66,12 +111,33 @@ class FaceResult:
         return self.label == UNCERTAIN
 
     @property
+    def low_quality(self) -> bool:
+        return bool(self.probs) and self.quality is not None and self.quality["score"] < MIN_QUALITY
+
+    @property
+    def reason(self) -> str | None:
+        """Why ``label`` is not a plain emotion, in a few words: the weakest quality factor of a face
+        too poor to read ("blurry", "too small"...), the model's threshold the face fell below, or
+        the error that kept it from being classified; None for a confident answer."""
+        if self.error:
+            return self.error
+        if not self.uncertain:
+            return None
+        if self.low_quality:
+            factors = {k: v for k, v in self.quality.items() if k != "score"}
+            weakest = min(factors, key=factors.get) if factors else ""
+            return QUALITY_REASONS.get(weakest, "poor image quality")
+        top = self.top_label
+        threshold = (self.thresholds or {}).get(top)
+        return f"below the model's threshold for {top}" + (f" ({threshold:.0%})" if threshold is not None else "")
+
+    @property
     def caption(self) -> str | None:
-        """The answer as shown: "happy 87%", or "uncertain (happy 41%)" below the model's threshold."""
+        """The answer as shown: "happy 87%", or "uncertain: blurry (happy 81%)" with its reason."""
         if not self.probs:
             return None
         text = f"{self.top_label} {self.confidence:.0%}"
-        return f"{UNCERTAIN} ({text})" if self.uncertain else text
+        return f"{UNCERTAIN}: {self.reason} ({text})" if self.uncertain else text
 
     @property
     def confidence(self) -> float | None:
@@ -84,20 +150,64 @@ class FaceResult:
         return f"FaceResult({track}box=[{box}], {what})"
 
     def to_dict(self) -> dict:
+        """The face as a ``FaceRecord``: every field, always, in the schema's order."""
         return {
+            "index": self.index,
             "box": [_num(v, 1) for v in self.box],
             "score": _num(self.score, 4),
             "landmarks": None if self.landmarks is None else [[_num(v, 1) for v in p] for p in self.landmarks],
             "label": self.label,
+            "top_label": self.top_label,
             "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "uncertain": self.uncertain,
+            "reason": self.reason,
+            "rule": self.rule,
             "probs": {k: round(v, 4) for k, v in self.probs.items()},
-            **({"error": self.error} if self.error else {}),
-            **({"uncertain": True, "top_label": self.top_label} if self.uncertain else {}),
-            **({"rule": self.rule, "top_label": self.top_label} if self.rule else {}),
-            **({"track_id": self.track_id} if self.track_id is not None else {}),
-            **({"raw_probs": {k: round(v, 4) for k, v in self.raw_probs.items()}} if self.raw_probs else {}),
-            **({"quality": self.quality} if self.quality is not None else {}),
+            "quality": self.quality,
+            "error": self.error,
+            "track_id": self.track_id,
+            "raw_probs": {k: round(v, 4) for k, v in self.raw_probs.items()} if self.raw_probs else None,
         }
+
+    def to_row(self) -> dict:
+        """The face as one flat row (CSV, Parquet): the record's names, the box as x1..y2, the
+        landmarks as ten numbers (x, y of each point), quality as its score, p_EMOTION per emotion."""
+        x1, y1, x2, y2 = (_num(v, 1) for v in self.box)
+        lm = None if self.landmarks is None else [_num(v, 1) for p in self.landmarks for v in p]
+        return {
+            "index": self.index,
+            "track_id": self.track_id,
+            "x1": x1,
+            "y1": y1,
+            "x2": x2,
+            "y2": y2,
+            "score": _num(self.score, 4),
+            "landmarks": lm,
+            "label": self.label,
+            "top_label": self.top_label,
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "uncertain": self.uncertain,
+            "reason": self.reason,
+            "rule": self.rule,
+            "quality": None if self.quality is None else self.quality["score"],
+            "error": self.error,
+            **{f"p_{k}": round(v, 4) for k, v in self.probs.items()},
+        }
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    """Rows (``Results.to_rows``) as CSV text: the columns in order of first appearance; a list
+    (the landmarks) as space-separated numbers."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["source"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()})
+    return buffer.getvalue()
 
 
 def _num(v, digits: int) -> float | None:
@@ -125,6 +235,8 @@ class Results:
     def __post_init__(self) -> None:
         if self.image is not None and self.width is None:
             self.height, self.width = self.image.shape[:2]
+        for i, f in enumerate(self.faces):  # faces are numbered in their image, from 0
+            f.index = i
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -183,6 +295,7 @@ class Results:
                 "thresholds": f.thresholds,
                 "rules": None if f.rules is None else [r.to_dict() for r in f.rules],
                 "quality": f.quality,
+                "index": f.index,
             }
 
         return {**{k: v for k, v in self.to_dict().items() if k != "faces"}, "faces": [face(f) for f in self.faces]}
@@ -213,33 +326,20 @@ class Results:
         return json.dumps(self.to_dict(), indent=indent)
 
     def to_rows(self) -> list[dict]:
-        """One flat row per face (for CSV); an image without faces gives one row with face=None."""
-        frame = {} if self.frame_index is None else {"frame": self.frame_index}
+        """One flat row per face (``FaceResult.to_row`` after the image's ``source``, and ``frame``
+        and ``time_s`` for video); an image without faces gives one row with ``index`` None."""
+        image = {"source": self.source}
+        if self.frame_index is not None:
+            image["frame"] = self.frame_index
         if self.timestamp is not None:
-            frame["time_s"] = round(self.timestamp, 4)
+            image["time_s"] = round(self.timestamp, 4)
         if not self.faces:
-            return [{"source": self.source, **frame, "face": None}]
-        rows = []
-        for i, f in enumerate(self.faces):
-            x1, y1, x2, y2 = (round(float(v), 1) for v in f.box)
-            rows.append(
-                {
-                    "source": self.source,
-                    **frame,
-                    "face": i,
-                    **({"track_id": f.track_id} if f.track_id is not None else {}),
-                    "x1": x1,
-                    "y1": y1,
-                    "x2": x2,
-                    "y2": y2,
-                    "score": round(f.score, 4),
-                    "label": f.label,
-                    "confidence": None if f.confidence is None else round(f.confidence, 4),
-                    **{f"p_{k}": round(v, 4) for k, v in f.probs.items()},
-                    **({"error": f.error} if f.error else {}),
-                }
-            )
-        return rows
+            return [{**image, "index": None}]
+        return [{**image, **f.to_row()} for f in self.faces]
+
+    def to_csv(self) -> str:
+        """``to_rows`` as CSV text; see ``rows_to_csv``."""
+        return rows_to_csv(self.to_rows())
 
     def to_pandas(self):
         from emolens.errors import require

@@ -50,15 +50,16 @@ class ShardReport:
 
 
 def output_schema(labels: list[str], embeddings: bool):
-    """One fixed schema per job, so every shard (even one of failures only) reads as one dataset."""
+    """One fixed schema per job, so every shard (even one of failures only) reads as one dataset. A
+    face's columns are the face record's flat row (``FaceResult.to_row``), under the same names."""
     pa, _ = pyarrow_modules()
     f32, text = pa.float32(), pa.string()
     fields = [
         ("image_id", text),
-        ("path", text),
+        ("source", text),  # the image's path
         ("shard", pa.int32()),
         ("status", text),  # face | no_face | error
-        ("face", pa.int32()),  # index of the face in its image, highest detection score first
+        ("index", pa.int32()),  # the face's number in its image, from 0, highest detection score first
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("x1", f32),
@@ -68,10 +69,16 @@ def output_schema(labels: list[str], embeddings: bool):
         ("score", f32),
         ("landmarks", pa.list_(f32, 10)),  # x, y of: eye, eye, nose, mouth corner, mouth corner
         ("label", text),
+        ("top_label", text),
         ("confidence", f32),
+        ("uncertain", pa.bool_()),
+        # why the label is not a plain emotion (blurry, too small, ...), or, for a failure, the error's
+        # message without the file name and details, to count failures by
+        ("reason", text),
+        ("rule", text),
+        ("quality", f32),
         *[(f"p_{label}", f32) for label in labels],
         ("error", text),  # the full message, for an image that failed or a face that could not be classified
-        ("reason", text),  # the message without the file name and details, to count failures by
         *([("embedding", pa.list_(f32)), ("embedder", text)] if embeddings else []),
         ("model", text),
         ("model_sha256", text),
@@ -171,7 +178,7 @@ class ShardWorker:
     def _image(self, image_id, path, index, sec, crops, chips) -> dict:
         from emolens.io import load_image
 
-        img = {"image_id": image_id, "path": path, "shard": index, "faces": [], "error": None}
+        img = {"image_id": image_id, "source": path, "shard": index, "faces": [], "error": None}
         t0 = time.perf_counter()
         try:
             pixels = load_image(path, max_pixels=self.spec.max_pixels) if path else None
@@ -221,7 +228,7 @@ class ShardWorker:
         chip_at = 0
         for img in images:
             report.images += 1
-            base = {k: img.get(k) for k in ("image_id", "path", "shard", "width", "height", "decode_ms")}
+            base = {k: img.get(k) for k in ("image_id", "source", "shard", "width", "height", "decode_ms")}
             base.update(self._const, detect_ms=img.get("detect_ms"), align_ms=img.get("align_ms"))
             if img["error"] is not None:
                 report.failed += 1
@@ -240,13 +247,11 @@ class ShardWorker:
                 res = f["result"]
                 if f["crop"] is not None:
                     res.probs = {k: float(v) for k, v in zip(self._labels, probs[f["crop"]], strict=True)}
-                row = {**base, "status": "face", "face": i, "score": float(res.score)}
-                row.update(zip(("x1", "y1", "x2", "y2"), (float(v) for v in res.box), strict=True))
-                if res.landmarks is not None:
-                    row["landmarks"] = [float(v) for v in np.asarray(res.landmarks).reshape(-1)]
-                if res.probs:
-                    row.update(label=res.label, confidence=res.confidence)
-                    row.update({f"p_{k}": v for k, v in res.probs.items()})
+                res.index = i
+                row = {**base, "status": "face", **res.to_row()}
+                del row["track_id"]  # no tracks in a collection of photos
+                if res.probs:  # Parquet keeps the probabilities whole (float32), not rounded as for CSV
+                    row.update({f"p_{k}": v for k, v in res.probs.items()}, confidence=res.confidence)
                     labels[res.label] += 1
                 errors = [e for e in (res.error, f["embed_error"]) if e]
                 if self.embedder is not None:

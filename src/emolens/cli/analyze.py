@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Annotated
@@ -144,12 +142,9 @@ def analyze(
         records = [r.to_dict() for r in results] + [{"source": str(p), "error": e} for p, e in failures]
         written_ok &= write_output(json_out, json.dumps(records, indent=2))
     if csv_out:
-        rows = [row for r in results for row in r.to_rows()]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)) or ["source"])
-        writer.writeheader()
-        writer.writerows(rows)
-        written_ok &= write_output(csv_out, buffer.getvalue())
+        from emolens.results import rows_to_csv
+
+        written_ok &= write_output(csv_out, rows_to_csv([row for r in results for row in r.to_rows()]))
 
     no_face = sum(1 for r in results if not r.faces)
     summary = (

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from emolens.results import FaceRecord
+
 
 class ErrorDetail(BaseModel):
     type: str = Field(description="What kind of error: bad_image, bad_label, not_found, unauthorized…")
@@ -41,23 +43,6 @@ COMMON = errors(401, 403, 422)
 BODY = errors(400, 401, 403, 422)  # routes that take a body: one that cannot be parsed (bad JSON, multipart) is a 400
 
 
-class FaceOut(BaseModel):
-    index: int = Field(description="The face's number in this analysis; feedback refers to it")
-    box: list[float | None] = Field(description="x1, y1, x2, y2 in image pixels")
-    score: float | None = Field(description="Detection score")
-    landmarks: list[list[float | None]] | None = Field(description="Five points: eyes, nose, mouth corners")
-    label: str | None = Field(description="The most probable emotion")
-    confidence: float | None
-    probs: dict[str, float]
-    error: str | None = None
-    rule: str | None = Field(None, description="The model's post-processing rule that gave the label, if one did")
-    quality: dict[str, float] | None = Field(
-        None,
-        description='How readable the face is: "score" in [0, 1] (the least of size, sharpness, exposure, '
-        'contrast); below 0.1 the label is "uncertain"',
-    )
-
-
 class AnnotatedImage(BaseModel):
     media_type: str
     base64: str
@@ -70,7 +55,7 @@ class AnalysisOut(BaseModel):
     model: str
     detector: str
     labels: list[str] = Field(description="Every emotion the model knows, in output order")
-    faces: list[FaceOut]
+    faces: list[FaceRecord] = Field(description="Every face, as the one face record of EmoLens")
     timings_ms: dict[str, float]
     annotated: AnnotatedImage | None = None
     members: list[dict[str, Any]] | None = Field(

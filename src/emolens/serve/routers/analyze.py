@@ -9,8 +9,9 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
+from emolens.results import FaceRecord
 from emolens.serve.deps import ServerState, get_state, read_access
-from emolens.serve.schemas import BODY, AnalysisOut, AnnotatedImage, FaceOut, errors
+from emolens.serve.schemas import BODY, AnalysisOut, AnnotatedImage, errors
 from emolens.serve.uploads import MultipartRoute, check_image_part, safe_name
 
 router = APIRouter(prefix="/api/v1", tags=["analyze"], route_class=MultipartRoute, responses=BODY)
@@ -28,15 +29,10 @@ def _encode(image, fmt: str) -> AnnotatedImage:
 
 
 def run_analysis(state: ServerState, data: bytes, name: str, annotate: bool, fmt: str):
-    """Decode (with the pixel limit), detect, classify and optionally draw: in a worker thread."""
-    from emolens.io import load_image
-
-    t0 = time.perf_counter()
-    image = load_image(data, max_pixels=state.settings.max_pixels)
-    decode_ms = (time.perf_counter() - t0) * 1e3
-    results = state.analyzer(image)
+    """Decode (the analyzer's pixel limit), detect, classify and optionally draw: in a worker thread.
+    The analyzer decodes the upload itself, once, and times every step."""
+    results = state.analyzer(data)
     results.source = name
-    results.timings_ms["decode"] = decode_ms
     annotated = _encode(results.plot(), fmt) if annotate else None
     return results, annotated, list(state.analyzer.labels)
 
@@ -81,7 +77,7 @@ async def analyze(
         model=d["model"],
         detector=d["detector"],
         labels=labels,
-        faces=[FaceOut(index=i, **f) for i, f in enumerate(d["faces"])],
+        faces=[FaceRecord(**f) for f in d["faces"]],
         timings_ms=d["timings_ms"],
         annotated=annotated,
         members=d.get("members"),

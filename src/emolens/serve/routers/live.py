@@ -277,12 +277,11 @@ class LiveConnection:
         self.answered.append(now)
         d = results.to_dict()
         d.pop("source", None)
-        faces = []
-        for i, f in enumerate(d["faces"]):
-            if f.get("track_id") is not None:
+        faces = d["faces"]
+        for f in faces:
+            if f["track_id"] is not None:
                 f["track_id"] += self.id_offset
                 self.max_id = max(self.max_id, f["track_id"])
-            faces.append({"index": i, **f})
         span = self.answered[-1] - self.answered[0]
         fps = round((len(self.answered) - 1) / span, 2) if len(self.answered) > 1 and span > 0 else None
         await self.send(
