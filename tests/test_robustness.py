@@ -197,8 +197,7 @@ def test_quality_score_falls_with_blur_size_and_darkness(crops):
 def test_a_face_too_poor_to_read_is_uncertain_in_results_json_and_api(crops):
     from emolens import Analyzer
     from emolens.io import load_image
-    from emolens.results import FaceResult
-    from emolens.results import FaceRecord
+    from emolens.results import FaceRecord, FaceResult
 
     face = FaceResult(box=np.array([0, 0, 20, 20.0]), score=0.9, landmarks=None, probs={"happy": 0.8, "sad": 0.2})
     face.quality = {"score": 0.05, "sharpness": 0.05, "size": 0.3}
