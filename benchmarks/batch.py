@@ -113,7 +113,7 @@ def main() -> None:
     import pyarrow
 
     from emolens.batch import BatchOptions
-    from emolens.settings import Settings
+    from emolens.core.settings import Settings
 
     work = Path(tempfile.mkdtemp(prefix="emolens-batch-bench-"))
     os.environ["EMOLENS_HOME"] = str(work / "home")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from emolens.detect import Face, create_detector, list_detectors
-from emolens.io import load_image
+from emolens.image.io import load_image
 
 REPO = Path(__file__).resolve().parents[1]
 IOU_MATCH = 0.4
@@ -149,7 +149,7 @@ def environment() -> str:
     import cv2
     import onnxruntime
 
-    from emolens.settings import get_settings
+    from emolens.core.settings import get_settings
 
     threads = get_settings().threads
     ort_threads = f"{threads}" if threads > 0 else f"ONNX Runtime default (all {os.cpu_count()} cores)"

@@ -69,7 +69,7 @@ class Worker:
 
         cv2.setNumThreads(threads)
         from emolens import Analyzer
-        from emolens.io import load_image
+        from emolens.image.io import load_image
 
         self.cv2, self.load_image = cv2, load_image
         self.analyzer = Analyzer(model="fast", detector="retinaface", threads=threads)
@@ -87,7 +87,7 @@ class Worker:
         return getattr(self, "do_" + req["op"])(**req.get("args", {}))
 
     def do_case(self, case: str, calls: int) -> dict:
-        from emolens.align import align_face
+        from emolens.image.align import align_face
 
         image, an = self.images[case], self.analyzer
         e2e, det, ali, cls = [], [], [], []
@@ -353,7 +353,7 @@ class Proc:
 def make_folder(folder: Path) -> str:
     import cv2
 
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     people = sorted(LFW.glob("*/*.jpg"))[:40] if LFW.is_dir() else []
     if people:

@@ -152,8 +152,8 @@ def photo_check(net) -> list[str]:
     anything but happy is wrong somewhere."""
     import cv2
 
-    from emolens.align import align_face
     from emolens.detect import create_detector
+    from emolens.image.align import align_face
 
     det = create_detector("retinaface")
     out = []

@@ -15,7 +15,7 @@ Method
   or a photo series gives them: the same degraded face moved by up to 1 px, turned by up to 2
   degrees, scaled by up to 2%, brightness within 5%, fresh sensor noise (sigma 3), JPEG 35.
   The frames carry no person or source id, so only their perceptual hashes can tie them.
-- ``emolens.learn.finetune_from_feedback`` fine-tunes the active model on the feedback mixed with
+- ``emolens.feedback.learn.finetune_from_feedback`` fine-tunes the active model on the feedback mixed with
   a replay sample of FER2013 Training, gates it on base-val and the feedback's held-out part, and
   fits a temperature on the held-out part. It runs twice from the same parent and feedback:
   once with the store's grouped hold-out, once with the earlier hold-out by crop hash (a
@@ -87,12 +87,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="emolens-bench-"))
 
     from emolens.classify.emotion import EmotionModel, scale_probabilities
+    from emolens.core.settings import get_settings
     from emolens.evaluate.calibrate import expected_calibration_error as ece
     from emolens.feedback import FeedbackService, FeedbackSplit
+    from emolens.feedback.learn import FinetuneOptions, finetune_from_feedback
     from emolens.feedback.split import is_holdout
-    from emolens.learn import FinetuneOptions, finetune_from_feedback
     from emolens.models import clear_model_cache
-    from emolens.settings import get_settings
     from emolens.workspace import Workspace
 
     class CropHashStore(FeedbackService):

@@ -35,7 +35,7 @@ BASELINE = "ca9394e"  # main before the hardening work
 
 PEAK = """
 import resource, sys
-from emolens.io import load_image
+from emolens.image.io import load_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 image = load_image(sys.argv[1], max_pixels=100_000_000)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (image.shape[0] * image.shape[1]))

@@ -54,10 +54,10 @@ def embed_all(lfw: Path, cache: Path) -> dict:
         return data
     import dlib
 
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.identify.embed import DlibEmbedder
     from emolens.identify.enrol import enrollment_face
-    from emolens.io import load_image
+    from emolens.image.io import load_image
     from emolens.workspace import Workspace
 
     files = sorted((lfw / "people").glob("*/*.jpg")) + sorted((lfw / "strangers").glob("*.jpg"))
@@ -112,7 +112,7 @@ def embed_all(lfw: Path, cache: Path) -> dict:
 
 def _face(path: Path, detector):
     from emolens.identify.enrol import enrollment_face
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     return enrollment_face(load_image(path), detector)[0]
 
@@ -196,7 +196,7 @@ def alignment_ablation(data: dict, lfw: Path, n: int, cache: Path) -> dict:
         import dlib
 
         from emolens.identify.embed import DlibEmbedder
-        from emolens.io import load_image
+        from emolens.image.io import load_image
 
         emb, hog = DlibEmbedder(), dlib.get_frontal_face_detector()
         emb._load()  # noqa: SLF001

@@ -45,8 +45,8 @@ def serve(home: Path):
     import uvicorn
 
     os.environ["EMOLENS_HOME"] = str(home)
+    from emolens.core.settings import Settings
     from emolens.serve import create_app
-    from emolens.settings import Settings
 
     app = ByteCounter(create_app(Settings(threads=2)))
     sock = socket.socket()
@@ -65,7 +65,7 @@ def serve(home: Path):
 
 
 def frame(path: Path, faces: int) -> np.ndarray:
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     im = load_image(path)
     h, w = im.shape[:2]

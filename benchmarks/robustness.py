@@ -1,6 +1,6 @@
 """Robustness of emotion models to camera degradations, on FER2013 PublicTest.
 
-Method: every member of the seeded family in `emolens.degrade.FAMILY` (down-and-up scaling to
+Method: every member of the seeded family in `emolens.image.degrade.FAMILY` (down-and-up scaling to
 32/24/16 px, Gaussian blur sigma 1/1.5/2 px, JPEG quality 30/15/8, Gaussian noise sigma 6/12/20
 grey levels, dark (gamma 2.2 at half / 0.3 exposure), bright (gamma 0.5), contrast 60/40/25%,
 and webcam / CCTV combinations) is applied to all 3,589 PublicTest crops with seed 0, the model
@@ -53,8 +53,8 @@ def main() -> None:
     ap.add_argument("--ferplus", action="store_true", help="score the FER+ majority labels of the same faces")
     args = ap.parse_args()
 
-    from emolens.degrade import COMBINATIONS, FAMILY
     from emolens.evaluate.robustness import robustness
+    from emolens.image.degrade import COMBINATIONS, FAMILY
 
     images, labels, classes = load_labels(args.data, args.ferplus)
     models = [m.split("=", 1) if "=" in m else (m, m) for m in (args.model or ["fast", "accurate"])]

@@ -65,7 +65,7 @@ def main() -> None:
     cv2.setNumThreads(args.threads)
 
     from emolens import Analyzer, load_image
-    from emolens.align import align_face
+    from emolens.image.align import align_face
     from emolens.workspace import Workspace
 
     analyzer = Analyzer(model=args.model, detector=args.detector, threads=args.threads)

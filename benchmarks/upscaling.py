@@ -1,8 +1,8 @@
 """How should a small face be enlarged to the model's crop? Interpolation methods compared.
 
-Method: every crop of ``--data`` is shrunk to N px (`emolens.degrade.downscale`: OpenCV INTER_AREA, as a
+Method: every crop of ``--data`` is shrunk to N px (`emolens.image.degrade.downscale`: OpenCV INTER_AREA, as a
 camera's sensor would average it: 16, 20 and 24 px) and enlarged back to 48 px with each interpolation the alignment
-could use (bilinear; bicubic, which `emolens.align` and `emolens.degrade` use; Lanczos;
+could use (bilinear; bicubic, which `emolens.image.align` and `emolens.image.degrade` use; Lanczos;
 nearest). Each model runs once per crop (no TTA); accuracy on the file's own labels and, with the
 votes file beside ``--data``, on the FER+ majority labels (contempt faces not scored for 7-class
 models). Choose on your own split (``--data``), not on PublicTest.
@@ -34,8 +34,8 @@ SIZES = (16, 20, 24)
 
 def accuracies(model: str, label_sets: dict, px: int, method: int) -> list[float]:
     """The model's accuracy on each label set's crops seen at ``px`` and enlarged with ``method``."""
-    from emolens.degrade import downscale
     from emolens.evaluate.core import load_members, member_probs, model_names, target_labels
+    from emolens.image.degrade import downscale
 
     members = load_members(model_names(model))
     out = []

@@ -45,7 +45,7 @@ def pin(threads: int) -> str:
 
 
 def five_patches(side: int = 100) -> tuple[list[np.ndarray], str]:
-    from emolens.io import load_image
+    from emolens.image.io import load_image
     from emolens.video.synthetic import astronaut_patch, face_patch
 
     files = [next(iter(sorted((LFW / n).glob("*.jpg"))), None) if (LFW / n).is_dir() else None for n in LFW_PEOPLE]

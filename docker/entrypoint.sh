@@ -21,7 +21,7 @@ serve)
     fi
     # Wait for the database (a PostgreSQL container may still be starting), and migrate it once
     # here rather than in every worker at the same moment.
-    python -m emolens.store.wait --timeout "$EMOLENS_DB_WAIT_S"
+    python -m emolens.cli.waitdb --timeout "$EMOLENS_DB_WAIT_S"
     exec emolens serve --host "${HOST:-0.0.0.0}" --port "$PORT" --workers "$EMOLENS_WORKERS" "$@"
     ;;
 healthcheck)

@@ -2,7 +2,7 @@
 
 - ``<!-- emolens:rest-api -->`` becomes the REST reference, rendered from the app's OpenAPI schema
   (also published whole as ``reference/openapi.json``);
-- ``<!-- emolens:settings -->`` becomes the table of settings, read from ``emolens.settings``;
+- ``<!-- emolens:settings -->`` becomes the table of settings, read from ``emolens.core.settings``;
 - ``<!-- emolens:benchmarks -->`` becomes the list of ``benchmarks/results/*.md``, and
   ``<!-- emolens:model-cards -->`` the list of shipped model cards; both are published as pages
   of the site from where they live in the repository (not copied into ``docs/``);
@@ -56,7 +56,7 @@ def on_files(files: Files, config) -> Files:
     for path in sorted(ASSETS.glob("*.md")):
         files.append(File.generated(config, f"models/{path.name}", abs_src_path=str(path)))
     files.append(File.generated(config, "reference/openapi.json", content=json.dumps(_openapi(), indent=2)))
-    from emolens.results import FaceRecord
+    from emolens.pipeline.results import FaceRecord
 
     schema = json.dumps(FaceRecord.model_json_schema(), indent=2)
     files.append(File.generated(config, "reference/face.schema.json", content=schema))
@@ -194,7 +194,7 @@ def _render_settings() -> str:
     """Each field of ``Settings``, its environment variable, default and the comment beside it."""
     import inspect
 
-    from emolens.settings import Settings
+    from emolens.core.settings import Settings
 
     lines = ["| environment variable | type | default | what |", "|---|---|---|---|"]
     for raw in inspect.getsource(Settings).splitlines():

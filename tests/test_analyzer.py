@@ -16,10 +16,10 @@ from PIL import Image
 from skimage import data as skdata
 
 from emolens import Analyzer
+from emolens.core.errors import BadImageError
 from emolens.detect import Face
-from emolens.errors import BadImageError
-from emolens.io import load_image
-from emolens.results import Results
+from emolens.image.io import load_image
+from emolens.pipeline.results import Results
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "examples" / "astronaut.jpg"
 # The astronaut's face, forehead to chin (RetinaFace's box; centre about x=225, y=118).
@@ -132,7 +132,7 @@ def test_face_free_image(analyzer, image):
     res = analyzer(img)
     assert len(res) == 0 and res.labels == []
     assert "no face" in res.summary()
-    assert res.to_rows() == [{"source": "", "face": None}]
+    assert res.to_rows() == [{"source": "", "index": None}]
     assert json.loads(res.to_json())["faces"] == []
     assert (res.plot() == img).all()
 
@@ -297,9 +297,16 @@ def test_to_rows(analyzer, astronaut_results):
     rows = astronaut_results.to_rows()
     assert len(rows) == 1
     row = rows[0]
-    expected = ["source", "face", "x1", "y1", "x2", "y2", "score", "label", "confidence"]
-    assert list(row) == expected + [f"p_{k}" for k in analyzer.labels]
-    assert row["face"] == 0 and row["label"] == "happy"
+    from emolens.pipeline.results import FaceRecord
+
+    face_names = [n for n in FaceRecord.model_fields if n not in ("box", "probs", "raw_probs")]
+    flat = ["x1", "y1", "x2", "y2"]
+    expected = ["source", "index", "track_id", *flat, *[n for n in face_names if n not in ("index", "track_id")]]
+    assert sorted(row) == sorted(expected + [f"p_{k}" for k in analyzer.labels])
+    assert list(row)[:2] == ["source", "index"] and list(row)[-len(analyzer.labels) :] == [
+        f"p_{k}" for k in analyzer.labels
+    ]
+    assert row["index"] == 0 and row["label"] == "happy"
     assert row["x1"] < row["x2"] and row["y1"] < row["y2"]
 
 
@@ -307,7 +314,7 @@ def test_to_pandas_one_row_per_face(analyzer, grid_results):
     pytest.importorskip("pandas")
     df = grid_results.to_pandas()
     assert len(df) == len(grid_results) >= 50
-    assert list(df["face"]) == list(range(len(df))) and set(df["label"]) <= set(analyzer.labels)
+    assert list(df["index"]) == list(range(len(df))) and set(df["label"]) <= set(analyzer.labels)
     assert df[[f"p_{k}" for k in analyzer.labels]].sum(axis=1).round(2).eq(1.0).all()
     assert {f"p_{k}" for k in analyzer.labels} <= set(df.columns)
 

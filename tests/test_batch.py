@@ -22,7 +22,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 import emolens  # noqa: E402
 from emolens.batch import BatchJob, BatchOptions, read_output, run_batch  # noqa: E402
-from emolens.errors import EmoLensError  # noqa: E402
+from emolens.core.errors import EmoLensError  # noqa: E402
 
 SRC = Path(emolens.__file__).resolve().parents[1]  # the emolens under test, for subprocesses and Ray workers
 # Real photos with 0 to 7 faces, small enough to keep the module fast; plus three bad files.
@@ -53,8 +53,8 @@ def photos(shared_datasets, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """One EMOLENS_HOME for the module (model-loading caches stay warm across its tests)."""
+    from emolens.core.settings import get_settings
     from emolens.models import clear_model_cache
-    from emolens.settings import get_settings
 
     path = tmp_path_factory.mktemp("home")
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("EMOLENS_")}
@@ -353,7 +353,7 @@ def test_a_worker_without_the_model_file_uses_the_bytes_sent_with_the_job(tmp_pa
 
     from emolens.batch.shard import _model_file
     from emolens.batch.spec import JobSpec, file_sha256
-    from emolens.errors import ModelError
+    from emolens.core.errors import ModelError
     from emolens.workspace import Workspace
 
     fast = Workspace.default().models.path("fast")

@@ -17,7 +17,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from emolens.classify import EmotionModel
-from emolens.io import load_image
+from emolens.image.io import load_image
 from emolens.models import ASSETS
 
 EXAMPLE = ASSETS / "examples" / "astronaut.jpg"
@@ -117,7 +117,7 @@ def test_analyze_a_folder_with_bad_files(folder, tmp_path):
     assert sorted(r["source"] for r in rows) == sorted(str(folder[k]) for k in GOOD)
     row = next(r for r in rows if r["source"] == str(folder["good"]))
     assert row["label"] == "happy" and float(row["p_happy"]) == float(row["confidence"])
-    assert next(r for r in rows if r["source"] == str(folder["noface"]))["face"] == ""
+    assert next(r for r in rows if r["source"] == str(folder["noface"]))["index"] == ""
 
     for key in GOOD:
         annotated = save / f"{folder[key].stem}_emolens.jpg"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 from emolens.evaluate import (
     classification_metrics,
     compare_models,

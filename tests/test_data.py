@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from emolens.core.errors import BadImageError, BadLabelError, EmoLensError
 from emolens.data import FER7, FERPLUS8, SIX, canonical, load_dataset, map_labels, schema, split
-from emolens.errors import BadImageError, BadLabelError, EmoLensError
 
 
 @pytest.fixture(scope="module")

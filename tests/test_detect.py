@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from emolens.core.errors import EmoLensError, MissingExtraError
 from emolens.detect import Face, create_detector, list_detectors
-from emolens.errors import EmoLensError, MissingExtraError
-from emolens.io import load_image
+from emolens.image.io import load_image
 
 BACKENDS = ["retinaface", "dlib-hog", "haar", "dlib-cnn"]
 FAST_BACKENDS = ["retinaface", "dlib-hog", "haar"]  # dlib-cnn takes seconds per image on CPU

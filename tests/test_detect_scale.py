@@ -13,10 +13,10 @@ import pytest
 from skimage import data as skdata
 
 from emolens import Analyzer
+from emolens.core.errors import BadImageError
 from emolens.detect import create_detector
 from emolens.detect.retinaface import _bridges
-from emolens.errors import BadImageError
-from emolens.results import Results
+from emolens.pipeline.results import Results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from detectors import matched_count, read_voc  # noqa: E402
@@ -64,7 +64,7 @@ def voc(shared_datasets):
 def test_small_faces_asked_for_are_found_as_with_whole_image_enlargement(voc, face_px, min_face_size):
     """The VOC group photos shrunk so their boxed faces measure ~20 or ~30 px: the two-pass detector
     finds exactly as many as enlarging the whole image, for less work."""
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     path, truth = voc
     whole = create_detector("retinaface", min_face_size=min_face_size, two_pass=False)
@@ -94,7 +94,7 @@ def test_a_box_bridging_two_faces_is_dropped():
 
 
 def test_sessions_do_not_spin():
-    from emolens.runtime import session_options
+    from emolens.core.runtime import session_options
 
     opts = session_options(2)
     assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from emolens import Analyzer
-from emolens.align import align_face
-from emolens.errors import BadLabelError, ModelError
+from emolens.core.errors import BadLabelError, ModelError
+from emolens.image.align import align_face
 from emolens.models import ASSETS, ModelSpec
 from emolens.workspace import Workspace
 
@@ -161,7 +161,7 @@ def test_evaluate_applies_the_weights(shared_datasets):
 
 
 def test_video_takes_an_ensemble():
-    from emolens.io import load_image
+    from emolens.image.io import load_image
     from emolens.video import VideoAnalyzer
 
     frame = load_image(EXAMPLE)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from emolens.classify import EmotionModel, ModelMeta
 from emolens.classify.amend import save_thresholds
 from emolens.classify.modelfile import THRESHOLDS_KEY, annotate, decide
-from emolens.errors import BadLabelError, ModelError
+from emolens.core.errors import BadLabelError, ModelError
 from emolens.evaluate import (
     apply_thresholds,
     calibration,

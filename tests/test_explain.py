@@ -12,13 +12,13 @@ pytest.importorskip("torch")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from emolens.analyzer import Analyzer  # noqa: E402
 from emolens.cli import app  # noqa: E402
 from emolens.explain import METHOD_NAMES, explain_image, overlay_photo  # noqa: E402
 from emolens.explain.faithfulness import random_map, scores, torch_predictor  # noqa: E402
 from emolens.explain.overlay import explain_crop, load_torch_model  # noqa: E402
-from emolens.io import load_image  # noqa: E402
+from emolens.image.io import load_image  # noqa: E402
 from emolens.models import ASSETS  # noqa: E402
+from emolens.pipeline.analyzer import Analyzer  # noqa: E402
 
 EXAMPLE = ASSETS / "examples" / "astronaut.jpg"
 
@@ -152,7 +152,7 @@ def test_blackbox_method_runs_on_an_onnx_only_model(method, tmp_path, photo, emo
 
 
 def test_missing_lime_names_the_extra(monkeypatch, face, torch_model):
-    from emolens.errors import MissingExtraError
+    from emolens.core.errors import MissingExtraError
 
     monkeypatch.setitem(sys.modules, "lime", None)  # import lime now fails as if it were not installed
     monkeypatch.delitem(sys.modules, "lime.lime_image", raising=False)

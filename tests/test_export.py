@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from emolens.analyzer import Analyzer
 from emolens.classify.emotion import EmotionModel
 from emolens.cli import EXAMPLE, app
 from emolens.data.datasets import load_npz
 from emolens.export import quantize_int8, stratified_sample
 from emolens.models import ASSETS
+from emolens.pipeline.analyzer import Analyzer
 from emolens.train import export as export_mod
 
 FAST = ASSETS / "fast.onnx"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from emolens.errors import BadLabelError, NotFoundError, RefusedError
+from emolens.core.errors import BadLabelError, NotFoundError, RefusedError
 from emolens.workspace import Workspace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "examples" / "astronaut.jpg"
@@ -45,7 +45,7 @@ def sqlite_store(emolens_home):
 
 def face_crops(results, n: int) -> list[np.ndarray]:
     """``n`` different real face crops: the astronaut's face aligned at slightly different scales."""
-    from emolens.align import align_face
+    from emolens.image.align import align_face
 
     f = results[0]
     out = []
@@ -150,7 +150,7 @@ def test_import_streamlit_reports_bad_rows_and_is_idempotent(store, analysed, tm
 WRITER = """
 import sys, numpy as np
 from emolens.feedback import FeedbackService
-from emolens.io import load_image
+from emolens.image.io import load_image
 base = np.load(sys.argv[1])
 store = FeedbackService()
 worker, n = int(sys.argv[2]), int(sys.argv[3])
@@ -250,7 +250,7 @@ def test_crash_between_file_and_row_leaves_only_an_orphan_file_that_repair_remov
 
 
 def test_full_disk_is_a_clear_error_and_stores_nothing(store, analysed, monkeypatch):
-    from emolens.errors import StorageError
+    from emolens.core.errors import StorageError
 
     def no_space(*a, **k):
         raise OSError(28, "No space left on device")
@@ -301,7 +301,7 @@ def test_registry_promote_rollback_and_analyzer_reload_without_restart(emolens_h
 def test_promoting_the_flagship_by_name_registers_it_after_the_default(emolens_home):
     from emolens import Analyzer
     from emolens.cli import app
-    from emolens.errors import ModelNotFoundError
+    from emolens.core.errors import ModelNotFoundError
     from emolens.workspace import Workspace
 
     analyzer = Analyzer()
@@ -375,7 +375,7 @@ def fill(store, images, labels, classes) -> None:
 
 def test_finetune_refuses_below_the_minimum_and_without_data(sqlite_store, emolens_home, fer_sets):
     store = sqlite_store
-    from emolens.learn import finetune_from_feedback
+    from emolens.feedback.learn import finetune_from_feedback
 
     replay, base, x, y, classes = fer_sets
     fill(store, x[:5], y[:5], classes)
@@ -397,7 +397,7 @@ def test_failed_gate_keeps_the_active_model_and_passing_gate_promotes(sqlite_sto
     from emolens.cli import app
 
     store = sqlite_store
-    from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
+    from emolens.feedback.learn import FinetuneOptions, Gates, finetune_from_feedback
 
     replay, base, x, y, classes = fer_sets
     fill(store, x, y, classes)

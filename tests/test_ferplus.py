@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from emolens.core.errors import BadLabelError, EmoLensError
 from emolens.data import FERPLUS8
 from emolens.data.datasets import FaceDataset
 from emolens.data.ferplus import (
@@ -17,7 +18,6 @@ from emolens.data.ferplus import (
     training_targets,
     vote_distribution,
 )
-from emolens.errors import BadLabelError, EmoLensError
 
 ASSETS_MODEL = "fast"
 

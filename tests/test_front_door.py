@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from emolens.results import FaceRecord
+from emolens.pipeline.results import FaceRecord
 from emolens.workspace import Workspace
 from test_serve import ASTRONAUT, EXAMPLE, running_server
 
@@ -25,7 +25,7 @@ def blurred_astronaut(tmp_path: Path) -> Path:
 
 
 def test_one_workspace_shares_its_resolver_registry_and_stores(emolens_home):
-    from emolens.analyzer import Analyzer
+    from emolens.pipeline.analyzer import Analyzer
 
     ws = Workspace.default()
     assert Workspace.default() is ws  # made once per process's settings
@@ -38,18 +38,18 @@ def test_one_workspace_shares_its_resolver_registry_and_stores(emolens_home):
 def test_the_server_decodes_an_upload_once_and_reports_the_analyzers_timing(tmp_path, monkeypatch):
     """Seam: the router decoded and timed the upload, the analyzer checked and timed it again,
     and the router's figure replaced the analyzer's."""
-    import emolens.analyzer
-    import emolens.io
+    import emolens.image.io
+    import emolens.pipeline.analyzer
 
     calls = []
-    real = emolens.io.load_image
+    real = emolens.image.io.load_image
 
     def counting(source, *args, **kwargs):
         calls.append(type(source).__name__)
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(emolens.io, "load_image", counting)
-    monkeypatch.setattr(emolens.analyzer, "load_image", counting)
+    monkeypatch.setattr(emolens.image.io, "load_image", counting)
+    monkeypatch.setattr(emolens.pipeline.analyzer, "load_image", counting)
     with running_server(tmp_path / "home") as (url, _app):
         calls.clear()
         r = httpx.post(f"{url}/api/v1/analyze", files={"image": ("a.jpg", ASTRONAUT, "image/jpeg")}, timeout=60)
@@ -63,8 +63,8 @@ def test_the_server_decodes_an_upload_once_and_reports_the_analyzers_timing(tmp_
 def test_a_face_is_the_same_record_in_python_cli_json_csv_and_rest(tmp_path, emolens_home):
     from typer.testing import CliRunner
 
-    from emolens.analyzer import Analyzer
     from emolens.cli import app
+    from emolens.pipeline.analyzer import Analyzer
 
     photo = blurred_astronaut(tmp_path)
     results = Analyzer()(photo)
@@ -107,7 +107,7 @@ def test_batch_parquet_uses_the_face_records_names(tmp_path, emolens_home):
 
 
 def row_names() -> list[str]:
-    from emolens.results import FaceResult
+    from emolens.pipeline.results import FaceResult
 
     face = FaceResult(box=np.zeros(4), score=1.0, landmarks=np.zeros((5, 2)), probs={})
     return list(face.to_row())

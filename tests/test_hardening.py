@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from emolens.errors import BadImageError
-from emolens.io import load_image
+from emolens.core.errors import BadImageError
+from emolens.image.io import load_image
 from emolens.workspace import Workspace
 from test_serve import ASTRONAUT, assert_error, png, running_server
 
@@ -53,7 +53,7 @@ def write_png(path: Path, width: int, height: int, color_type: int, bit_depth: i
 
 PEAK_SCRIPT = """
 import resource, sys
-from emolens.io import load_image
+from emolens.image.io import load_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 image = load_image(sys.argv[1], max_pixels=100_000_000)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -82,7 +82,7 @@ def test_decoding_a_large_accepted_image_stays_within_4_bytes_per_pixel(tmp_path
 def test_large_image_decoding_matches_the_small_image_path(monkeypatch):
     """Large images take the lean OpenCV path: it gives the same pixels as PIL for every mode,
     format and EXIF orientation."""
-    import emolens.io as eio
+    import emolens.image.io as eio
 
     rng = np.random.default_rng(0)
     rgba = Image.fromarray(rng.integers(0, 256, (30, 50, 4), dtype=np.uint8), "RGBA")
@@ -112,7 +112,7 @@ def test_large_image_decoding_matches_the_small_image_path(monkeypatch):
 
 def test_a_truncated_large_jpeg_is_still_refused(monkeypatch):
     """OpenCV would fill the missing part with grey without a word: the lean path leaves it to PIL."""
-    import emolens.io as eio
+    import emolens.image.io as eio
 
     monkeypatch.setattr(eio, "LEAN_MIN_PIXELS", 0)
     with pytest.raises(BadImageError, match="truncated"):
@@ -202,7 +202,7 @@ def test_hostile_files_through_http_answer_4xx_json(tmp_path):
 
 def test_promote_refuses_paths_and_models_that_cannot_load(emolens_home, tmp_path):
     from emolens.cli import app
-    from emolens.errors import ModelNotFoundError, RefusedError
+    from emolens.core.errors import ModelNotFoundError, RefusedError
 
     reg = Workspace.default().registry
     runner = CliRunner()
@@ -222,7 +222,7 @@ def test_promote_refuses_paths_and_models_that_cannot_load(emolens_home, tmp_pat
 
 
 def test_api_promote_refuses_and_readyz_fails_when_the_active_model_cannot_load(tmp_path):
-    from emolens.registry import Registry
+    from emolens.models.registry import Registry
 
     with running_server(tmp_path / "home") as (url, app), httpx.Client(base_url=url, timeout=60) as c:
         from emolens.store.keys import KeyStore
@@ -329,7 +329,7 @@ class BlockingAnalyzer:
         return self
 
     def __call__(self, image):
-        from emolens.results import Results
+        from emolens.pipeline.results import Results
 
         self.release.wait(30)
         return Results(faces=[], image=image, model="slow", detector="none")
@@ -430,9 +430,9 @@ def uvicorn_server(home: Path, **settings):
     """A server as `emolens serve` runs it: its HTTP protocol, access log at info level."""
     import uvicorn
 
+    from emolens.core.settings import Settings, get_settings
     from emolens.serve import create_app
     from emolens.serve.connections import http_protocol
-    from emolens.settings import Settings, get_settings
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EMOLENS_HOME", str(home))

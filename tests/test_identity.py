@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 pytest.importorskip("dlib")
 pytest.importorskip("sklearn")
 
-from emolens.errors import EmoLensError, NotFoundError, RefusedError  # noqa: E402
+from emolens.core.errors import EmoLensError, NotFoundError, RefusedError  # noqa: E402
 from emolens.identify import recognize  # noqa: E402
 from emolens.identify.enrol import NoUsableFaceError, enrollment_face, parse_person_folder  # noqa: E402
 from emolens.identify.gallery import People  # noqa: E402
@@ -60,7 +60,7 @@ def models():
 @pytest.fixture(scope="module")
 def world(lfw, models, tmp_path_factory):
     """A home with six people enrolled from a class folder and a trained recognizer (v1)."""
-    from emolens.settings import get_settings
+    from emolens.core.settings import get_settings
 
     home = tmp_path_factory.mktemp("identity_home")
     klass = tmp_path_factory.mktemp("class")
@@ -501,7 +501,7 @@ def test_cli_training_with_one_photo_each_says_what_cannot_be_estimated(lfw, emo
 
 
 def _rgb(path: Path) -> np.ndarray:
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     return load_image(path)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emolens.errors import BadImageError, ImageTooLargeError
-from emolens.io import iter_image_paths, load_image
+from emolens.core.errors import BadImageError, ImageTooLargeError
+from emolens.image.io import iter_image_paths, load_image
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "examples" / "astronaut.jpg"
 
@@ -163,7 +163,7 @@ def test_small_pixel_limit_on_a_normal_image(kind):
 
 
 def test_pixel_limit_from_the_environment(emolens_home, monkeypatch):
-    from emolens.settings import get_settings
+    from emolens.core.settings import get_settings
 
     monkeypatch.setenv("EMOLENS_MAX_PIXELS", "1000")
     get_settings.cache_clear()

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emolens.errors import ModelError
+from emolens.core.errors import ModelError
 
 FAST = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "fast.onnx"
 
@@ -73,7 +73,7 @@ def test_people_and_sources_never_straddle_the_split_and_bursts_rarely_do(emolen
 
 
 def test_gate_claims_a_gain_only_when_the_held_out_groups_support_it():
-    from emolens.learn import Gates, paired_change
+    from emolens.feedback.learn import Gates, paired_change
 
     gates = Gates()
     base = paired_change(np.ones(500, bool), np.ones(500, bool), np.arange(500), 0.95, 500)
@@ -100,7 +100,7 @@ def test_gate_claims_a_gain_only_when_the_held_out_groups_support_it():
 
 
 def test_interval_over_groups_is_wider_than_over_faces_when_faces_are_twins():
-    from emolens.learn import paired_change
+    from emolens.feedback.learn import paired_change
 
     rng = np.random.default_rng(1)
     per_group = rng.random(20) < 0.6  # whether the candidate fixed each group's face
@@ -114,7 +114,7 @@ def test_interval_over_groups_is_wider_than_over_faces_when_faces_are_twins():
 
 def test_temperature_fit_recovers_overconfidence_and_cross_fitted_ece_falls():
     from emolens.classify.emotion import softmax
-    from emolens.learn import calibrate, fit_temperature
+    from emolens.feedback.learn import calibrate, fit_temperature
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2, (3000, 7))

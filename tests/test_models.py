@@ -12,7 +12,7 @@ import pytest
 from emolens import Analyzer
 from emolens.classify import EmotionModel, InputSpec, ModelMeta
 from emolens.classify.modelfile import CARD_KEY, INPUT_KEY, LABELS_KEY, OUTPUT_KEY, annotate
-from emolens.errors import ModelError, ModelNotFoundError
+from emolens.core.errors import ModelError, ModelNotFoundError
 from emolens.models import ASSETS, shipped_models
 from emolens.workspace import Workspace
 

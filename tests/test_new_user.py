@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import typer
 
-from emolens.errors import BadImageError, BadLabelError
+from emolens.core.errors import BadImageError, BadLabelError
 from emolens.models import ASSETS
-from emolens.results import FaceResult, Results
+from emolens.pipeline.results import FaceResult, Results
 
 EXAMPLE = ASSETS / "examples" / "astronaut.jpg"
 
@@ -137,7 +137,7 @@ def test_annotated_video_is_h264_with_pyav(tmp_path, clip):
 
 
 def test_faces_are_numbered_in_text_and_on_the_image(tmp_path):
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     proc = emolens("analyze", EXAMPLE, cwd=tmp_path)
     assert proc.returncode == 0 and "1 face: [0] happy" in proc.stderr, proc.stderr
@@ -167,7 +167,7 @@ def test_analyze_save_mirrors_the_input_tree_and_says_when_it_replaces(tmp_path)
 
 
 def test_a_url_is_refused_with_the_offline_message(tmp_path):
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     url = "https://example.com/photos/party.jpg"
     line = one_error_line(emolens("analyze", EXAMPLE, url, cwd=tmp_path))

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="training tests need the train extra")
 
 from emolens.classify import EmotionModel  # noqa: E402
-from emolens.errors import EmoLensError  # noqa: E402
+from emolens.core.errors import EmoLensError  # noqa: E402
 from emolens.train.archs import create_arch  # noqa: E402
 from emolens.train.distill import distill_targets, soften  # noqa: E402
 from emolens.train.export import export_onnx  # noqa: E402
@@ -90,7 +90,7 @@ def test_distill_targets_mix_the_teacher_with_the_labels(shared_datasets):
 
 
 def test_missing_weights_say_how_to_install_them(monkeypatch):
-    from emolens.errors import MissingExtraError
+    from emolens.core.errors import MissingExtraError
     from emolens.train import pretrained
 
     monkeypatch.setitem(pretrained._CARRIERS, "mobilenetv2", ("no_such_weights_module", "w.pth"))

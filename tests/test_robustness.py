@@ -1,4 +1,4 @@
-"""Camera degradations (emolens.degrade) and the robustness evaluation built on them."""
+"""Camera degradations (emolens.image.degrade) and the robustness evaluation built on them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from emolens.degrade import (
+from emolens.core.errors import EmoLensError
+from emolens.image.degrade import (
     COMBINATIONS,
     FAMILY,
     TRAIN_RANGES,
@@ -16,7 +17,6 @@ from emolens.degrade import (
     random_degrade,
     random_ops,
 )
-from emolens.errors import EmoLensError
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def test_each_kind_does_what_its_name_says(crops):
 def test_a_small_face_is_enlarged_as_the_degradations_enlarge_it(crops):
     """The analyzer's alignment enlarges a face smaller than the crop bicubically, and the family's
     down-and-up scaling does the same, so what the models train and are measured on is what they get."""
-    from emolens.align import ENLARGE, align_face
-    from emolens.degrade import downscale
+    from emolens.image.align import ENLARGE, align_face
+    from emolens.image.degrade import downscale
 
     face = crops[0][0]
     small = cv2.resize(face, (16, 16), interpolation=cv2.INTER_AREA)
@@ -145,7 +145,7 @@ def test_robustness_measures_every_member_and_scores_their_mean(crops):
 def test_robustness_on_labels_with_a_class_the_model_lacks(crops):
     """FER+ majority labels have contempt, which the 7-class `fast` lacks: refused, or those faces
     left out with ``drop_rows``, the others scored as usual."""
-    from emolens.errors import BadLabelError
+    from emolens.core.errors import BadLabelError
     from emolens.evaluate.robustness import robustness
 
     images, labels, classes = crops
@@ -179,7 +179,7 @@ def test_evaluate_command_reports_degradations(crops, tmp_path, emolens_home):
 
 
 def test_quality_score_falls_with_blur_size_and_darkness(crops):
-    from emolens.quality import MIN_QUALITY, face_quality
+    from emolens.image.quality import MIN_QUALITY, face_quality
 
     x = crops[0][:60]
     clean = np.array([face_quality(c, 120)["score"] for c in x])
@@ -196,8 +196,8 @@ def test_quality_score_falls_with_blur_size_and_darkness(crops):
 
 def test_a_face_too_poor_to_read_is_uncertain_in_results_json_and_api(crops):
     from emolens import Analyzer
-    from emolens.io import load_image
-    from emolens.results import FaceRecord, FaceResult
+    from emolens.image.io import load_image
+    from emolens.pipeline.results import FaceRecord, FaceResult
 
     face = FaceResult(box=np.array([0, 0, 20, 20.0]), score=0.9, landmarks=None, probs={"happy": 0.8, "sad": 0.2})
     face.quality = {"score": 0.05, "sharpness": 0.05, "size": 0.3}

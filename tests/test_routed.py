@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from emolens.errors import ModelError
-from emolens.quality import face_qualities, noise_sigma
+from emolens.core.errors import ModelError
+from emolens.image.quality import face_qualities, noise_sigma
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "examples" / "astronaut.jpg"
 
@@ -18,7 +18,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "
 def face_crops():
     """The example's face aligned at 48 px, then the same crop blurred and with sensor noise added."""
     from emolens import Analyzer
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     analyzer = Analyzer(model="fast")
     image = load_image(EXAMPLE)

@@ -16,10 +16,10 @@ from emolens.classify.amend import save_rules
 from emolens.classify.emotion import EmotionModel
 from emolens.classify.modelfile import decide
 from emolens.classify.rules import Rule, apply_rules, check_rules, parse_rule
-from emolens.errors import ModelError, RefusedError
+from emolens.core.errors import ModelError, RefusedError
 from emolens.evaluate import evaluate_rules
 from emolens.models import ASSETS
-from emolens.results import FaceResult
+from emolens.pipeline.results import FaceResult
 from emolens.workspace import Workspace
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]

@@ -30,9 +30,9 @@ def running_server(home: Path, prepare=None, wait="/readyz", **settings) -> Iter
     Yields the base URL and the app."""
     import uvicorn
 
+    from emolens.core.settings import Settings, get_settings
     from emolens.models import clear_model_cache
     from emolens.serve import create_app
-    from emolens.settings import Settings, get_settings
 
     with pytest.MonkeyPatch.context() as mp:
         for key in ("EMOLENS_CONFIG", "EMOLENS_MODEL", "EMOLENS_MAX_PIXELS", "EMOLENS_DATABASE_URL"):
@@ -385,7 +385,7 @@ def test_list_stats_export_delete(server, client):
 
 # -- models ------------------------------------------------------------------------------------
 def test_models_promote_rollback_reload_without_restart(server, client):
-    from emolens.registry import Registry
+    from emolens.models.registry import Registry
     from emolens.workspace import Workspace
 
     a = hdr(server, "admin")
@@ -419,7 +419,7 @@ def use_settings(server, monkeypatch, **changes) -> None:
 
 
 def test_finetune_refusals(server, client, monkeypatch):
-    from emolens.errors import MissingExtraError
+    from emolens.core.errors import MissingExtraError
     from emolens.serve.routers import models
 
     a = hdr(server, "admin")
@@ -443,7 +443,7 @@ def test_finetune_refusals(server, client, monkeypatch):
 
 def test_finetune_job_runs_in_background(server, client, monkeypatch):
     """The job machinery, with the (minute-long) training replaced by a stand-in."""
-    import emolens.learn
+    import emolens.feedback.learn
 
     use_settings(server, monkeypatch, min_feedback=0, replay_data=Path("x"), base_val_data=Path("y"))
     release = threading.Event()
@@ -452,7 +452,7 @@ def test_finetune_job_runs_in_background(server, client, monkeypatch):
         def to_dict(self):
             return {"candidate": "v9", "promoted": False}
 
-    monkeypatch.setattr(emolens.learn, "finetune_from_feedback", lambda **kw: release.wait(10) and Outcome())
+    monkeypatch.setattr(emolens.feedback.learn, "finetune_from_feedback", lambda **kw: release.wait(10) and Outcome())
     a = hdr(server, "admin")
     r = client.post("/api/v1/models/finetune", json={"epochs": 1}, headers=a)
     assert r.status_code == 202, r.text
@@ -503,7 +503,7 @@ class SlowAnalyzer:
         return self
 
     def __call__(self, image):
-        from emolens.results import Results
+        from emolens.pipeline.results import Results
 
         self.release.wait(20)
         return Results(faces=[], image=image, model="slow", detector="none")
@@ -561,7 +561,7 @@ def test_cli_keys_commands(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from emolens.cli import app
-    from emolens.settings import get_settings
+    from emolens.core.settings import get_settings
 
     monkeypatch.setenv("EMOLENS_HOME", str(tmp_path / "h"))
     get_settings.cache_clear()
@@ -598,9 +598,9 @@ def test_create_app_uses_the_home_it_is_given_not_the_process_one(tmp_path, monk
 
     from fastapi.testclient import TestClient
 
+    from emolens.core.settings import Settings, get_settings
     from emolens.models import clear_model_cache
     from emolens.serve import create_app
-    from emolens.settings import Settings, get_settings
     from emolens.store.keys import KeyStore
     from emolens.workspace import Workspace
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from emolens.analyzer import Analyzer
-from emolens.settings import Settings, get_settings
+from emolens.core.settings import Settings, get_settings
+from emolens.pipeline.analyzer import Analyzer
 
 
 def test_config_file_then_environment_then_arguments(emolens_home, monkeypatch):

@@ -197,7 +197,7 @@ def test_promote_the_shadow_through_the_gates(shared_datasets, emolens_home):
     with confidence: promoted."""
     import numpy as np
 
-    from emolens.shadow import promote_shadow
+    from emolens.shadow.promote import promote_shadow
 
     val = shared_datasets / "fer2013" / "val.npz"
     with np.load(val) as z:  # a random sixth: enough to see fast-int8 is no better

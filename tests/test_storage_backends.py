@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from emolens.errors import NotFoundError
+from emolens.core.errors import NotFoundError
 
 pytest.importorskip("dlib")
 pytest.importorskip("sklearn")

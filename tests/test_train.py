@@ -179,7 +179,7 @@ def test_card_lists_what_a_later_run_changed_not_settings_the_earlier_run_predat
 
 
 def test_yaml_config_with_overrides(tmp_path):
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.train.config import dump_config, load_config
 
     (tmp_path / "c.yaml").write_text("arch: vgg-small\nepochs: 30\naugment:\n  rotate_deg: 5\n")
@@ -342,7 +342,7 @@ def test_train_command_fine_tunes_a_checkpoint_on_new_labels(small_slice, tmp_pa
 
 
 def test_training_options_are_checked(tmp_path):
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.train.config import load_config
 
     cfg = load_config(None, ["stages=head:2,all:3", "optimizer=sgd", "schedule=cosine", "warmup_epochs=1"])
@@ -360,7 +360,7 @@ def test_training_options_are_checked(tmp_path):
 
 
 def test_timm_backbones_need_timm():
-    from emolens.errors import MissingExtraError
+    from emolens.core.errors import MissingExtraError
 
     if importlib.util.find_spec("timm") is not None:
         model = create_arch("timm:resnet18", num_classes=7, in_channels=1).eval()

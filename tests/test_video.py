@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from emolens.errors import EmoLensError
-from emolens.results import FaceResult, Results
+from emolens.core.errors import EmoLensError
+from emolens.pipeline.results import FaceResult, Results
 from emolens.video import LiveSession, Timeline, VideoAnalyzer, VideoSource, VideoSourceError, analyze_video
 from emolens.video.smooth import EmaSmoother, WindowSmoother, make_smoother
 from emolens.video.synthetic import astronaut_patch, background, compose_clip, face_patch, render
@@ -157,7 +157,7 @@ def test_annotated_video_is_readable_with_every_frame(two_faces_run, tmp_path):
 
 def test_three_people_from_lfw(shared_datasets, shared_analyzer, tmp_path):
     """Three different real people, three paths, three ids."""
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     people = shared_datasets / "identity" / "lfw" / "people"
     names = ["Al_Gore", "Adrien_Brody", "Ai_Sugiyama"]
@@ -198,7 +198,7 @@ def test_live_session_takes_encoded_frames(two_faces, shared_analyzer):
 
 def test_video_analyzer_runs_the_registrys_active_version(emolens_home, monkeypatch, tmp_path):
     """`active` resolves as in images: the registry's active version, named in the results."""
-    from emolens.settings import Settings, get_settings
+    from emolens.core.settings import Settings, get_settings
 
     version = Workspace.default().registry.promote("fast-int8")  # v1 is the shipped default, v2 this one
     frame = render(background(320, 240), [astronaut_patch(140)], [(80, 40)])

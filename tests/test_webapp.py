@@ -131,7 +131,7 @@ def _agrees(js: list[dict], pixels: np.ndarray, analyzer) -> None:
     label is the same unless the face is borderline (top two within 0.1): ONNX Runtime Web and
     native ONNX Runtime place the landmarks up to 0.3 px apart, which moves a borderline face of
     the group photo by 0.042 (measured); the probabilities stay within 0.05."""
-    from emolens.align import align_face
+    from emolens.image.align import align_face
 
     py = analyzer(pixels)
     model = analyzer.model
@@ -181,7 +181,7 @@ def test_offline_photo_camera_and_corrections(app_browser, shared_datasets):
         pixels = _pixels(page)
         _agrees(js["faces"], pixels, analyzer)
         # The browser's JPEG decoder gives the same pixels as Python's, give or take rounding.
-        from emolens.io import load_image
+        from emolens.image.io import load_image
 
         assert np.abs(pixels.astype(int) - load_image(photo)).mean() < 1.0
 
@@ -237,11 +237,11 @@ def test_offline_photo_camera_and_corrections(app_browser, shared_datasets):
 def test_js_preprocessing_matches_python(app_browser, shared_datasets):
     """On real faces (shared photos and the shipped example), the JavaScript alignment matrix, the
     aligned crop and the model input equal Python's, given the same pixels and landmarks."""
-    from emolens.align import align_face, alignment_matrix
     from emolens.classify.emotion import to_input
     from emolens.classify.modelfile import InputSpec
     from emolens.detect import create_detector
-    from emolens.io import load_image
+    from emolens.image.align import align_face, alignment_matrix
+    from emolens.image.io import load_image
 
     url, _, context = app_browser
     page, _ = _open(context, url)

@@ -20,18 +20,18 @@ _os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 if "onnxruntime" in _sys.modules:
     _sys.modules["onnxruntime"].disable_telemetry_events()
 
-from emolens._lazy import lazy_exports  # noqa: E402
+from emolens.core.lazy import lazy_exports  # noqa: E402
 
 _LAZY = {
-    "Analyzer": "emolens.analyzer",
-    "analyze": "emolens.analyzer",
-    "Results": "emolens.results",
-    "FaceResult": "emolens.results",
+    "Analyzer": "emolens.pipeline.analyzer",
+    "analyze": "emolens.pipeline.analyzer",
+    "Results": "emolens.pipeline.results",
+    "FaceResult": "emolens.pipeline.results",
     "EmotionModel": "emolens.classify",
     "create_detector": "emolens.detect",
     "list_detectors": "emolens.detect",
-    "load_image": "emolens.io",
-    "EmoLensError": "emolens.errors",
+    "load_image": "emolens.image.io",
+    "EmoLensError": "emolens.core.errors",
 }
 
 __getattr__, __all__ = lazy_exports(__name__, _LAZY)

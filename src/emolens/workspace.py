@@ -4,7 +4,7 @@ A ``Workspace`` is made from ``Settings`` by whatever starts a program: the ``em
 (``emolens.cli.console.workspace``), ``create_app``, a batch or serve worker, and the conveniences
 ``Analyzer()``, ``People()``, ``FeedbackService()`` when they are given none (``Workspace.default()``).
 It owns what every feature shares: the model spec parsing, the one resolver and registry, the
-detector and embedder factories, the one database URL and every store. The feature facades are
+detector factory, the one database URL and every store. The feature facades are
 built from it (``Analyzer(model, workspace=ws)``, ``People(workspace=ws)``,
 ``FeedbackService(ws.feedback_store)``) and never read the process's settings: this module is the
 only one that calls ``get_settings()``. It sits below the features, so that they may take it
@@ -23,13 +23,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emolens.settings import Settings, get_settings
+from emolens.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from emolens.detect import Detector, DetectorOptions
-    from emolens.identify.embed import Embedder
     from emolens.models import ModelResolver, ModelSpec
-    from emolens.registry import Registry
+    from emolens.models.registry import Registry
     from emolens.store.feedback import FeedbackStore
     from emolens.store.keys import KeyStore
     from emolens.store.shadow import ShadowStore
@@ -120,19 +119,6 @@ class Workspace:
         from emolens.store.shadow import ShadowStore
 
         return ShadowStore(self.db_url, blobs=self.home / "shadow")
-
-    def embedder(self, name: str | None = None) -> Embedder:
-        """The face embedder ``name`` (default: the ``embedder`` setting)."""
-        from emolens.identify.embed import create_embedder
-
-        s = self.settings
-        return create_embedder(
-            name or s.embedder,
-            threads=s.threads,
-            size=s.embedder_size,
-            mean=s.embedder_mean,
-            std=s.embedder_std,
-        )
 
 
 _default_lock = threading.Lock()

@@ -11,7 +11,7 @@ changes nothing. Needs ``pip install 'emolens[batch]'`` (pyarrow; Ray for ``ray=
 
 from __future__ import annotations
 
-from emolens._lazy import lazy_exports
+from emolens.core.lazy import lazy_exports
 
 _LAZY = {
     "BatchJob": "emolens.batch.runner",

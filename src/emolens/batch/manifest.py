@@ -12,8 +12,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from emolens.errors import EmoLensError, require
-from emolens.io import IMAGE_SUFFIXES, iter_image_paths
+from emolens.core.errors import EmoLensError, require
+from emolens.image.io import IMAGE_SUFFIXES, iter_image_paths
 
 MANIFEST_SUFFIXES = {".csv", ".parquet", ".pq"}
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from emolens.batch.manifest import Manifest, read_input
 from emolens.batch.shard import STAGES, ShardReport, ShardWorker, shard_done
 from emolens.batch.spec import JOB_FILE, STATE_DIR, JobSpec, Shard, check_resumable, file_sha256, pyarrow_modules
-from emolens.errors import EmoLensError, StorageError, require
+from emolens.core.errors import EmoLensError, StorageError, require
 
 if TYPE_CHECKING:
     from emolens.workspace import Workspace
@@ -129,13 +129,15 @@ class BatchJob:
         threads = s.threads or (1 if self.use_ray else max(1, (os.cpu_count() or 1) // (self.workers or 1)))
         detector_name = o.detector or s.detector
         # An unknown detector or model fails here, not in every worker.
-        from emolens.analyzer import Analyzer
+        from emolens.pipeline.analyzer import Analyzer
 
         analyzer = Analyzer(o.model, detector_name, threads=threads, workspace=workspace)
         model = analyzer.model  # loads it: a missing or broken model fails before any shard
         embedder = None
         if o.embeddings:
-            workspace.embedder()  # an unknown embedder fails here; dlib's models load in the workers
+            from emolens.identify.embed import settings_embedder
+
+            settings_embedder(s)  # an unknown embedder fails here; dlib's models load in the workers
             if s.embedder == "dlib":
                 require("dlib", "identity")
             embedder = s.embedder

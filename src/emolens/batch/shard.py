@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from emolens.batch.spec import JobSpec, Shard, file_sha256, pyarrow_modules
-from emolens.errors import EmoLensError, ImageTooLargeError, ModelError, StorageError
+from emolens.core.errors import EmoLensError, ImageTooLargeError, ModelError, StorageError
 
 STAGES = ("decode", "detect", "align", "classify", "embed", "write")
 PARQUET_MAGIC = b"PAR1"
@@ -108,8 +108,8 @@ class ShardWorker:
     """Holds the detector, the emotion model and (optionally) the embedder of one worker."""
 
     def __init__(self, spec: JobSpec):
-        from emolens.analyzer import Analyzer
-        from emolens.settings import Settings
+        from emolens.core.settings import Settings
+        from emolens.pipeline.analyzer import Analyzer
         from emolens.workspace import Workspace
 
         self.spec = spec
@@ -176,7 +176,7 @@ class ShardWorker:
         return report
 
     def _image(self, image_id, path, index, sec, crops, chips) -> dict:
-        from emolens.io import load_image
+        from emolens.image.io import load_image
 
         img = {"image_id": image_id, "source": path, "shard": index, "faces": [], "error": None}
         t0 = time.perf_counter()

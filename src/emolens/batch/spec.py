@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from emolens.errors import EmoLensError, require
+from emolens.core.errors import EmoLensError, require
 
 FORMAT_VERSION = 1
 STATE_DIR = "_emolens_batch"  # a leading underscore: Parquet readers skip it when reading OUTPUT

@@ -9,7 +9,7 @@ from pathlib import Path
 from emolens.classify.emotion import EmotionModel
 from emolens.classify.modelfile import annotate, check_thresholds
 from emolens.classify.rules import check_rules
-from emolens.errors import RefusedError
+from emolens.core.errors import RefusedError
 
 
 def save_thresholds(

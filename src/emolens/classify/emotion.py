@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from emolens.classify.modelfile import DescribedByMeta, InputSpec, ModelMeta
-from emolens.errors import ModelError
+from emolens.core.errors import ModelError
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -80,7 +80,7 @@ class EmotionModel(DescribedByMeta):
 
             if not self.path.is_file():
                 raise ModelError(f"model file not found: {self.path}")
-            from emolens.runtime import session_options
+            from emolens.core.runtime import session_options
 
             opts = session_options(self.threads)
             try:

@@ -16,7 +16,7 @@ import numpy as np
 
 from emolens.classify.emotion import EmotionModel
 from emolens.classify.modelfile import DescribedByMeta, InputSpec, ModelMeta
-from emolens.errors import BadLabelError
+from emolens.core.errors import BadLabelError
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from emolens.classify.rules import RULES_KEY, Rule, check_rules
 from emolens.classify.rules import answer as rules_answer
-from emolens.errors import ModelError
+from emolens.core.errors import ModelError
 
 LABELS_KEY = "emolens.labels"
 INPUT_KEY = "emolens.input"
@@ -175,7 +175,7 @@ def decide(probs: dict[str, float], thresholds: dict[str, float] | None, rules: 
 
 def annotate(path: str | Path, meta: ModelMeta, out: str | Path | None = None) -> Path:
     """Write EmoLens metadata into an ONNX file (in place unless ``out`` is given)."""
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     onnx = require("onnx", "export")
     model = onnx.load(str(path))

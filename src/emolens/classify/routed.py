@@ -1,7 +1,7 @@
 """Two emotion models answering as one, each for the faces it reads best.
 
 A ``RoutedModel`` sends every face whose aligned crop is clear to one model and every poor face
-(soft, or noisy: below 1 on the ``sharpness`` or ``noise`` factor of ``emolens.quality``) to the
+(soft, or noisy: below 1 on the ``sharpness`` or ``noise`` factor of ``emolens.image.quality``) to the
 other. The shipped name ``adaptive`` is ``fast`` for clear faces and ``robust`` for poor ones: the
 speed of ``fast`` on sharp photos, the robustness of ``robust`` on webcam and CCTV faces
 (``benchmarks/results/robustness.md``), which reads each poor face mirrored too (its route's model
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emolens.classify.modelfile import DescribedByMeta, InputSpec, ModelMeta
-from emolens.errors import BadLabelError
+from emolens.core.errors import BadLabelError
 
 ROUTED_ON = ("sharpness", "noise")  # the quality factors that route a face; 1 means fine
 
@@ -32,8 +32,8 @@ class Route:
 
 
 def poor_faces(crops: np.ndarray) -> np.ndarray:
-    """True for each crop (N, H, W[, 3]) below 1 on a routing factor of ``emolens.quality``."""
-    from emolens.quality import face_qualities
+    """True for each crop (N, H, W[, 3]) below 1 on a routing factor of ``emolens.image.quality``."""
+    from emolens.image.quality import face_qualities
 
     qualities = face_qualities(list(crops))
     return np.array([min(q[k] for k in ROUTED_ON) < 1.0 for q in qualities], dtype=bool)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emolens.errors import ModelError
+from emolens.core.errors import ModelError
 
 RULES_KEY = "emolens.rules"
 

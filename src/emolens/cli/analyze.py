@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from emolens.cli.console import build_analyzer, console, err, fail, human_to_stderr, write_output
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 EXAMPLE = Path(__file__).parents[1] / "assets" / "examples" / "astronaut.jpg"
 
@@ -75,7 +75,7 @@ def analyze(
     """Find every face in the images and tell how each one feels."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from emolens.io import iter_image_paths
+    from emolens.image.io import iter_image_paths
 
     if not paths:  # the demo: the built-in example photo, annotated copy written beside the user
         paths = [str(EXAMPLE)]
@@ -142,7 +142,7 @@ def analyze(
         records = [r.to_dict() for r in results] + [{"source": str(p), "error": e} for p, e in failures]
         written_ok &= write_output(json_out, json.dumps(records, indent=2))
     if csv_out:
-        from emolens.results import rows_to_csv
+        from emolens.pipeline.results import rows_to_csv
 
         written_ok &= write_output(csv_out, rows_to_csv([row for r in results for row in r.to_rows()]))
 

@@ -25,9 +25,9 @@ def _feed(session, inputs: list[str] | None, camera: int | None, every: int, fra
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from emolens.cli.console import console, err
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.identify.attendance import VIDEO_SUFFIXES
-    from emolens.io import iter_image_paths
+    from emolens.image.io import iter_image_paths
 
     paths = iter_image_paths(inputs or [])
     # Files named directly are kept whatever their suffix (folders give images only): videos go by suffix.
@@ -90,7 +90,7 @@ def start(
 
     The session uses the active recognizer version."""
     from emolens.cli.console import console, fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
     try:
@@ -123,7 +123,7 @@ def add(
     The older form, `emolens attendance add SESSION_ID IMAGES...`, still works."""
     # A first argument that is no existing path and has no file suffix or wildcard is a session id.
     from emolens.cli.console import fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
     first = inputs[0] if inputs else ""
@@ -146,7 +146,7 @@ def stop(
 ) -> None:
     """Stop a session: nothing more can be added to it."""
     from emolens.cli.console import console, fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
     try:
@@ -170,7 +170,7 @@ def report(
     from rich.table import Table
 
     from emolens.cli.console import console, fail, human_to_stderr
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
     human_to_stderr(json_out, csv_out)
@@ -211,7 +211,7 @@ def list_sessions() -> None:
     from rich.table import Table
 
     from emolens.cli.console import console, fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.identify.attendance import list_sessions as sessions
 
     try:

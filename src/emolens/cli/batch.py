@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import err, fail, workspace, write_output
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 if TYPE_CHECKING:
     from emolens.workspace import Workspace
@@ -34,7 +34,7 @@ def workspace() -> Workspace:
 
 def build_analyzer(model=None, detector=None, **options):
     """An ``Analyzer`` of the command's workspace (``model`` default: the ``model`` setting)."""
-    from emolens.analyzer import Analyzer
+    from emolens.pipeline.analyzer import Analyzer
 
     return Analyzer(model, detector, workspace=workspace(), **options)
 

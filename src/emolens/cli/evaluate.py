@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail, human_to_stderr, write_output
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 from emolens.evaluate.evaluation import EvaluationReport, check_evaluation, evaluate_dataset
 
 

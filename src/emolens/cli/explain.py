@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import build_analyzer, console, err, fail
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +39,7 @@ def explain(
     from emolens.explain import METHOD_NAMES, explain_image, overlay_photo
 
     try:
-        from emolens.io import load_image
+        from emolens.image.io import load_image
 
         photo = load_image(image)
         analyzer = build_analyzer(model)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from emolens.cli.console import console, fail, workspace
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +42,7 @@ def export(
 
     ONNX: a self-describing model, parity-checked against PyTorch, with a model card. To an .ort OUT:
     a model in ONNX Runtime's mobile format, metadata kept, parity-checked."""
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     if out.suffix == ".ort" and checkpoint.suffix not in (".pt", ".pth"):
         _export_ort(str(checkpoint), out)
@@ -158,7 +158,7 @@ def quantize(
     """Quantize a model to INT8.
 
     Static ONNX QDQ quantization, keeping the metadata; with --val, measure the cost and the gain."""
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     require("onnx", "export")
     from emolens.data.datasets import fit_crops, load_npz

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import build_analyzer, console, err, fail, feedback_service, human_to_stderr, workspace
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 feedback = typer.Typer(
     help="Store corrections of wrong predictions. Confirmations of right ones too.", no_args_is_help=True
@@ -201,7 +201,7 @@ def finetune(
     """Fine-tune the active model on stored corrections.
 
     The new version is promoted only if it measures better."""
-    from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
+    from emolens.feedback.learn import FinetuneOptions, Gates, finetune_from_feedback
 
     if not from_feedback:
         fail(EmoLensError("say what to learn from: --from-feedback"))
@@ -211,7 +211,7 @@ def finetune(
     def show(outcome) -> None:  # the whole report, once, before any question
         from rich.markdown import Markdown
 
-        from emolens.learn import render_report
+        from emolens.feedback.learn import render_report
 
         if not shown:
             console.print(Markdown(render_report(outcome)))

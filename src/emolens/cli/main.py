@@ -28,7 +28,7 @@ from emolens.cli import (
     video,
 )
 from emolens.cli.console import console, print_error
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 # The order of `emolens --help`: the image pipeline first, then each capability beside it.
 COMMAND_MODULES = (

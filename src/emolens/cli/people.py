@@ -39,7 +39,7 @@ def enroll(
     from rich.markup import escape
 
     from emolens.cli.console import console, err, fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
     from emolens.identify.enrol import EnrollReport
 
     people = enrolled_people()
@@ -89,7 +89,7 @@ def list_people(json_out: Annotated[bool, typer.Option("--json", help="Print JSO
     from rich.table import Table
 
     from emolens.cli.console import console, fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
 
     try:
         rows = enrolled_people().list()
@@ -114,7 +114,7 @@ def remove(
 
     Embeddings, stored face crops, attendance records; the name is redacted in reports."""
     from emolens.cli.console import console, fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
 
     people = enrolled_people()
     try:
@@ -146,7 +146,7 @@ def train(
 
 def _train(people, classifier: str, strangers: Path | None) -> None:
     from emolens.cli.console import console, err, fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
 
     def say(kind: str) -> None:
         err.print(f"cross-validating {kind}...")
@@ -194,7 +194,7 @@ def versions() -> None:
     from rich.table import Table
 
     from emolens.cli.console import console, fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
 
     try:
         rows = enrolled_people().versions()
@@ -220,7 +220,7 @@ def versions() -> None:
 def restore(version: Annotated[str, typer.Argument(help="A version number, e.g. 3 or v3.")]) -> None:
     """Make an earlier recognizer version active again."""
     from emolens.cli.console import console, fail
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
 
     try:
         info = enrolled_people().restore(int(version.lstrip("vV")))
@@ -245,8 +245,8 @@ def identify(
     from rich.markup import escape
 
     from emolens.cli.console import console, err, fail
-    from emolens.errors import BadImageError, EmoLensError
-    from emolens.io import iter_image_paths
+    from emolens.core.errors import BadImageError, EmoLensError
+    from emolens.image.io import iter_image_paths
 
     try:
         files = iter_image_paths(paths)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail, workspace
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 keys = typer.Typer(
     help="API keys for `emolens serve`. Needed to store feedback (write) or change models (admin).",

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, fail, workspace
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 shadow = typer.Typer(
     help="A shadow model beside the served one: report, promote.\n\n"
@@ -80,8 +80,8 @@ def promote(
 ) -> None:
     """Make the shadow model active, through the gates of fine-tuning (held-out feedback improves,
     base accuracy holds) and one more: more accurate on the base set with confidence, not by noise."""
-    from emolens.learn import Gates
-    from emolens.shadow import promote_shadow
+    from emolens.feedback.learn import Gates
+    from emolens.shadow.promote import promote_shadow
 
     try:
         outcome = promote_shadow(

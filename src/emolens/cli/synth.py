@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import build_analyzer, console, fail, workspace
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 data = typer.Typer(help="Quality gates for image folders; merge synthetic images in.")
 
@@ -162,7 +162,7 @@ def tune(
 
     TPE sampling, median pruning on validation macro-F1. The study is kept in SQLite, so a stopped
     search resumes; the best settings are written as a training YAML."""
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     require("torch", "train")
     from emolens.train.config import load_config

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 
 def register(app: typer.Typer) -> None:
@@ -71,7 +71,7 @@ def train(
     The defaults are the recipe of the shipped `fast` model. With --stages the head learns alone
     first, then all layers (--set layer_decay=0.7 gives the layers further from the head smaller
     learning rates). Without --val, a stratified share of DATA is held out for validation."""
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     require("torch", "train")
     from emolens.data import load_dataset, split

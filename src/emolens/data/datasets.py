@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from emolens.core.errors import BadImageError, BadLabelError, EmoLensError
 from emolens.data.schemas import canonical, encode, map_labels
-from emolens.errors import BadImageError, BadLabelError, EmoLensError
-from emolens.io import IMAGE_SUFFIXES, load_image
+from emolens.image.io import IMAGE_SUFFIXES, load_image
 
 FER_USAGES = ("Training", "PublicTest", "PrivateTest")
 
@@ -182,7 +182,7 @@ def load_labels_csv(path: str | Path, classes: Sequence[str] | None = None) -> F
 
 def split(dataset: FaceDataset, val: float = 0.1, test: float = 0.0, seed: int = 0) -> dict[str, FaceDataset]:
     """Stratified train/val(/test) splits; with groups, no group (person) lands in two splits."""
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     ms = require("sklearn.model_selection", "train", package="scikit-learn")
     idx = np.arange(len(dataset))
@@ -262,7 +262,7 @@ def to_crops(
     taken as crops already). Files that fail to decode or hold no face are skipped and listed in the
     third return value ("path: reason"), never silently counted.
     """
-    from emolens.align import align_face
+    from emolens.image.align import align_face
 
     if dataset.images is not None:
         return fit_crops(dataset.images, size, channels), dataset.labels.copy(), []

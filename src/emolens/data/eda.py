@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emolens.core.errors import EmoLensError
 from emolens.data.datasets import FaceDataset
-from emolens.errors import EmoLensError
 
 
 def phash(gray: np.ndarray) -> int:
@@ -134,7 +134,7 @@ def _summary(a: np.ndarray) -> dict:
 
 def write_report(stats: dict, out_dir: str | Path) -> dict[str, Path]:
     """report.md, report.html, stats.json and PNG plots in ``out_dir``."""
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     require("matplotlib", "train")
     import matplotlib
@@ -214,7 +214,7 @@ def write_report(stats: dict, out_dir: str | Path) -> dict[str, Path]:
 
 
 def _markdown_to_html(md: str) -> str:
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     markdown = require("markdown", "train")
     style = "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:2px 8px;border:1px solid #ccc}"

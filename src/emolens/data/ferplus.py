@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from emolens.core.errors import BadLabelError, EmoLensError
 from emolens.data.datasets import FaceDataset, load_npz
 from emolens.data.schemas import FERPLUS8, canonical
-from emolens.errors import BadLabelError, EmoLensError
 
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
 MODES = ("majority", "probability", "distribution")

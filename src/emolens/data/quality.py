@@ -22,10 +22,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from emolens.core.errors import EmoLensError
 from emolens.data.eda import _markdown_to_html, near_duplicate_pairs, phash
 from emolens.data.schemas import canonical
-from emolens.errors import EmoLensError
-from emolens.io import IMAGE_SUFFIXES, load_image
+from emolens.image.io import IMAGE_SUFFIXES, load_image
 
 THUMB = 96  # side of the thumbnails of dropped images in the report
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from emolens.errors import BadLabelError
+from emolens.core.errors import BadLabelError
 
 FER7 = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 FERPLUS8 = (*FER7, "contempt")

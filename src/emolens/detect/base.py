@@ -132,7 +132,7 @@ def list_detectors() -> list[str]:
 
 def create_detector(name: str, options: DetectorOptions | None = None, **overrides) -> Detector:
     """Make a detector by registry name (``retinaface``, ``dlib-hog``, ``dlib-cnn``, ``haar``)."""
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
 
     _load_builtin()
     if name not in _DETECTORS:

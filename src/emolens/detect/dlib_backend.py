@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emolens.core.errors import MissingExtraError, ModelError, require
 from emolens.detect.base import Detector, DetectorOptions, Face, register_detector
-from emolens.errors import MissingExtraError, ModelError, require
 
 _MODELS_PACKAGE = "face_recognition_models"
 CNN_MODEL = "mmod_human_face_detector.dat"

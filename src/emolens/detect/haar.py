@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
+from emolens.core.errors import ModelError
 from emolens.detect.base import Detector, DetectorOptions, Face, register_detector
-from emolens.errors import ModelError
 
 CASCADE = "haarcascade_frontalface_default.xml"
 DEFAULT_MIN_NEIGHBORS = 5

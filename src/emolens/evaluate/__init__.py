@@ -16,7 +16,7 @@ Names are imported lazily: ``import emolens.evaluate`` loads no NumPy, so the co
 
 from __future__ import annotations
 
-from emolens._lazy import lazy_exports
+from emolens.core.lazy import lazy_exports
 
 _LAZY = {
     "ClassScores": "emolens.evaluate.evaluation",

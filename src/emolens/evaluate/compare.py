@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from emolens.errors import BadLabelError, EmoLensError
+from emolens.core.errors import BadLabelError, EmoLensError
 
 
 @dataclass
@@ -291,7 +291,7 @@ def confidence_gate(
     parent: str | Path, candidate: str | Path, data: tuple[np.ndarray, np.ndarray, list[str]], confidence: float
 ) -> dict[str, dict]:
     """A promotion gate: the candidate is more accurate than the parent on ``data`` (crops, labels,
-    classes) with ``confidence``. The entry has the shape of ``emolens.learn.Gates.check``'s."""
+    classes) with ``confidence``. The entry has the shape of ``emolens.feedback.learn.Gates.check``'s."""
     x, y, classes = data
     cmp, _, _ = compare_models(str(parent), str(candidate), x, y, classes, confidence=confidence)
     return {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from emolens.core.errors import BadLabelError
 from emolens.data.datasets import fit_crops
-from emolens.errors import BadLabelError
 from emolens.evaluate.calibrate import calibration
 from emolens.evaluate.metrics import accuracy_at_coverage, classification_metrics, selective
 from emolens.evaluate.thresholds import threshold_report

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 
 class ClassScores(NamedTuple):

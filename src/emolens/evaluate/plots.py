@@ -8,7 +8,7 @@ import numpy as np
 
 
 def _pyplot():
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     require("matplotlib", "train")
     import matplotlib

@@ -157,7 +157,7 @@ def render_markdown(r: dict, command: str = "") -> str:
 
 def _html(md: str, folder: Path) -> str:
     """The Markdown as one HTML file; the PNGs are embedded, so the page travels alone."""
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     markdown = require("markdown", "train")
     body = markdown.markdown(md, extensions=["tables", "fenced_code"])

@@ -1,6 +1,6 @@
 """Robustness of a model (or an ensemble) to camera degradations, on any labelled crops.
 
-Every member of the seeded family in ``emolens.degrade`` is applied to the whole set, the model
+Every member of the seeded family in ``emolens.image.degrade`` is applied to the whole set, the model
 is measured on each, and the robustness score is the mean accuracy over the family.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from emolens.degrade import COMBINATIONS, FAMILY, degrade
 from emolens.evaluate.core import load_members, member_probs, model_names, target_labels
 from emolens.evaluate.metrics import classification_metrics
+from emolens.image.degrade import COMBINATIONS, FAMILY, degrade
 
 
 def robustness(

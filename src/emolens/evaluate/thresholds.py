@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from emolens.classify.modelfile import UNCERTAIN
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 
 def choose_thresholds(

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from emolens.errors import require
+from emolens.core.errors import require
 
 Predict = Callable[[np.ndarray], np.ndarray]
 LIME_SEGMENTS, LIME_SAMPLES, SEED = 30, 300, 0

@@ -22,7 +22,7 @@ from torch import nn
 
 from emolens.classify.emotion import to_input
 from emolens.classify.modelfile import InputSpec
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 from emolens.explain import blackbox
 
 Method = Callable[[nn.Module, torch.Tensor, int], np.ndarray]

@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emolens.align import align_face, alignment_matrix
-from emolens.errors import EmoLensError, require
-from emolens.io import ImageInput, load_image
+from emolens.core.errors import EmoLensError, require
+from emolens.image.align import align_face, alignment_matrix
+from emolens.image.io import ImageInput, load_image
 
 METHOD_NAMES = ("gradcam", "gradcam++", "integrated-gradients", "occlusion", "lime", "shap")
 ONNX_FALLBACK = "occlusion-onnx"
@@ -115,7 +115,7 @@ def explain_image(
     them every face is explained by occlusion on the ONNX model, and ``note`` says so (``lime`` and
     ``shap`` need no weights: they run on the ONNX model itself, as ``lime-onnx``/``shap-onnx``).
     """
-    from emolens.analyzer import Analyzer
+    from emolens.pipeline.analyzer import Analyzer
 
     if method not in METHOD_NAMES:
         raise EmoLensError(f"unknown explanation method {method!r}; choose one of {', '.join(METHOD_NAMES)}")

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 
 def to_ort(model: str | Path, out: str | Path) -> dict:
     """Convert an EmoLens ONNX model to ``out`` (.ort), then check that the .ort file loads in ONNX
     Runtime, keeps the metadata and gives the same probabilities. Returns what was checked."""
     from emolens.classify.emotion import EmotionModel
-    from emolens.errors import require
+    from emolens.core.errors import require
 
     require("onnx", "export")  # the converter's helpers import it
     src, out = Path(model), Path(out)

@@ -17,7 +17,7 @@ import numpy as np
 
 from emolens.classify.emotion import EmotionModel
 from emolens.classify.modelfile import ModelMeta, annotate
-from emolens.errors import EmoLensError, require
+from emolens.core.errors import EmoLensError, require
 
 
 def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

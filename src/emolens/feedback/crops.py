@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emolens.errors import BadImageError
+from emolens.core.errors import BadImageError
 from emolens.store.feedback import CROP_SIZE
 
 __all__ = ["CROP_SIZE", "analysis_crop", "crop_phash", "stored_crop"]
@@ -38,7 +38,7 @@ def stored_crop(crop: np.ndarray) -> np.ndarray:
 
 def analysis_crop(image: np.ndarray, face) -> np.ndarray:
     """Face ``face`` (a ``FaceResult``) of an analysed RGB image, aligned as the models read it."""
-    from emolens.align import align_face
+    from emolens.image.align import align_face
 
     return align_face(image, face.box, face.landmarks, CROP_SIZE, channels=3)
 

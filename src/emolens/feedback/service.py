@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from emolens.errors import BadLabelError, EmoLensError, NotFoundError
+from emolens.core.errors import BadLabelError, EmoLensError, NotFoundError
 from emolens.feedback.crops import analysis_crop, crop_phash, stored_crop
 from emolens.feedback.split import FeedbackSplit, side_of_new, split_records
 from emolens.feedback.streamlit import ImportReport, import_streamlit
@@ -158,7 +158,7 @@ class FeedbackService:
     def add_encoded(self, data: bytes, label: str, *, max_pixels: int | None = None, **fields: Any) -> Feedback:
         """Feedback on an encoded face crop (PNG, JPEG...; aligned or not), as an upload brings
         it. The label is checked before the (costlier) decoding; ``fields``: see ``add``."""
-        from emolens.io import load_image
+        from emolens.image.io import load_image
 
         label = self.check_label(label)
         return self.add(load_image(data, max_pixels=max_pixels), label, **fields)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emolens.errors import BadLabelError, EmoLensError, NotFoundError
+from emolens.core.errors import BadLabelError, EmoLensError, NotFoundError
 from emolens.feedback.crops import stored_crop
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def import_streamlit(feedback: FeedbackService, folder: str | Path, user_id: str
     Each bad row (missing image, unreadable image, unknown label) is reported and skipped;
     rows already imported (same crop, label and time) are skipped too, so a re-run is safe.
     """
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     folder = Path(folder)
     log = folder / "feedback_log.csv"

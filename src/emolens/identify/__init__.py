@@ -11,7 +11,7 @@ Attributes are imported lazily: ``import emolens.identify`` loads neither dlib n
 
 from __future__ import annotations
 
-from emolens._lazy import lazy_exports
+from emolens.core.lazy import lazy_exports
 
 _LAZY = {
     "People": "emolens.identify.gallery",

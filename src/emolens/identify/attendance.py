@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from emolens.errors import EmoLensError, RefusedError
+from emolens.core.errors import EmoLensError, RefusedError
 from emolens.identify.gallery import Match, People
-from emolens.io import ImageInput, iter_image_paths, load_image
+from emolens.image.io import ImageInput, iter_image_paths, load_image
 from emolens.store.people import PeopleRows, PersonRow, RecordRow, SessionRow, as_utc
 
 log = logging.getLogger("emolens.identify")
@@ -208,7 +208,7 @@ class AttendanceSession:
     @property
     def analyzer(self):
         if self._analyzer is None:
-            from emolens.analyzer import Analyzer
+            from emolens.pipeline.analyzer import Analyzer
 
             self._analyzer = Analyzer(detector=self.people.detector, workspace=self.people.workspace)
         return self._analyzer

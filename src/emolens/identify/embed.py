@@ -21,11 +21,15 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emolens.core.errors import EmoLensError, ModelError, require
+
+if TYPE_CHECKING:
+    from emolens.core.settings import Settings
 from emolens.detect import Face
-from emolens.errors import EmoLensError, ModelError, require
 
 # ArcFace's 5-point template for 112x112 crops (insightface), in the detector's landmark order:
 # image-left eye, image-right eye, nose tip, mouth left, mouth right.
@@ -206,7 +210,7 @@ class OnnxEmbedder(Embedder):
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         import cv2
 
-        from emolens.align import box_matrix, similarity_matrix
+        from emolens.image.align import box_matrix, similarity_matrix
 
         try:
             if face.landmarks is None:
@@ -232,6 +236,15 @@ class OnnxEmbedder(Embedder):
         out = np.asarray(out, dtype=np.float32).reshape(len(chips), -1)
         self.dim = out.shape[1]
         return l2_normalize(out)
+
+
+def settings_embedder(settings: Settings, name: str | None = None) -> Embedder:
+    """The embedder ``name`` (default: the ``embedder`` setting) with the ``embedder_*`` settings
+    and threads of ``settings`` (a workspace's)."""
+    s = settings
+    return create_embedder(
+        name or s.embedder, threads=s.threads, size=s.embedder_size, mean=s.embedder_mean, std=s.embedder_std
+    )
 
 
 def create_embedder(

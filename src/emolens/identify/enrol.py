@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from emolens.core.errors import BadImageError, EmoLensError, MissingExtraError
 from emolens.detect import Detector, Face
-from emolens.errors import BadImageError, EmoLensError, MissingExtraError
-from emolens.io import ImageInput, iter_image_paths, load_image
+from emolens.image.io import ImageInput, iter_image_paths, load_image
 from emolens.store.people import check_key
 
 if TYPE_CHECKING:

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emolens.detect import Detector, Face
-from emolens.identify.embed import Embedder
+from emolens.identify.embed import Embedder, settings_embedder
 from emolens.identify.enrol import EnrollReport, Enrolment, Progress
 from emolens.identify.versions import TrainResult, VersionInfo, Versions, clear_cache
-from emolens.io import ImageInput, load_image
+from emolens.image.io import ImageInput, load_image
 from emolens.store.people import PeopleStore, as_utc
 
 if TYPE_CHECKING:
-    from emolens.settings import Settings
+    from emolens.core.settings import Settings
     from emolens.workspace import Workspace
 
 log = logging.getLogger("emolens.identify")
@@ -126,7 +126,7 @@ class People:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = self.workspace.embedder(self._embedder_name)
+            self._embedder = settings_embedder(self.settings, self._embedder_name)
         return self._embedder
 
     @property

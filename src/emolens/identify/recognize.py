@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emolens.errors import EmoLensError, RefusedError, require
+from emolens.core.errors import EmoLensError, RefusedError, require
 
 KINDS = ("centroid", "knn", "svm")  # ties in cross-validation go to the earlier, cheaper one
 SIMILARITY_KINDS = ("centroid", "knn")  # their confidence is a calibrated cosine similarity

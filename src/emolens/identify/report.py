@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from emolens.fileio import atomic_write
+from emolens.core.fileio import atomic_write
 
 REMOVED = "[removed]"
 MAX_PLOT_PEOPLE = 60  # a confusion matrix of more people is unreadable as a picture; the JSON has it

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emolens.errors import EmoLensError, NotFoundError
+from emolens.core.errors import EmoLensError, NotFoundError
 from emolens.identify.enrol import enrollment_face
-from emolens.io import iter_image_paths, load_image
+from emolens.image.io import iter_image_paths, load_image
 from emolens.store.people import PeopleRows, VersionRow, as_utc
 
 if TYPE_CHECKING:

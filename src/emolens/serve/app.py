@@ -17,12 +17,12 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from emolens.core.settings import Settings
 from emolens.serve import logs
 from emolens.serve.deps import InferenceGate, ServerState
 from emolens.serve.errors import install_handlers
 from emolens.serve.metrics import worker_stopped
 from emolens.serve.middleware import BodyLimitMiddleware, MetricsMiddleware, TimeoutMiddleware
-from emolens.settings import Settings
 from emolens.workspace import Workspace
 
 STATIC = Path(__file__).parent / "static"

@@ -17,9 +17,9 @@ from typing import Any
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 
-from emolens.errors import EmoLensError, NotFoundError
+from emolens.core.errors import EmoLensError, NotFoundError
+from emolens.core.settings import Settings
 from emolens.serve.errors import BusyError, ForbiddenError, UnauthorizedError
-from emolens.settings import Settings
 from emolens.store.keys import SCOPES, ApiKey
 from emolens.workspace import Workspace
 
@@ -82,8 +82,8 @@ class AnalysisCache:
 
     def get(self, key: str):
         """The analysis ``key`` with its image (decoded now: call it off the event loop)."""
-        from emolens.io import load_image
-        from emolens.results import Results
+        from emolens.image.io import load_image
+        from emolens.pipeline.results import Results
 
         item = self.store.get(key)
         if item is None:
@@ -186,7 +186,7 @@ class ServerState:
         if self._analyzer is None:
             with self._analyzer_lock:
                 if self._analyzer is None:
-                    from emolens.analyzer import Analyzer
+                    from emolens.pipeline.analyzer import Analyzer
 
                     self._analyzer = Analyzer(threads=self.analysis_threads, workspace=self.workspace)
         return self._analyzer
@@ -200,7 +200,7 @@ class ServerState:
         if self._live_analyzer is None:
             with self._analyzer_lock:
                 if self._live_analyzer is None:
-                    from emolens.analyzer import Analyzer
+                    from emolens.pipeline.analyzer import Analyzer
 
                     self._live_analyzer = Analyzer(
                         base.spec,
@@ -218,7 +218,7 @@ class ServerState:
             active = self.analyzer  # outside the lock, which the analyzer takes too
             with self._analyzer_lock:
                 if self._shadow is None and self.shadow_error is None:
-                    from emolens.serve.shadow import ShadowRunner
+                    from emolens.shadow.runner import ShadowRunner
 
                     s = self.settings
                     try:

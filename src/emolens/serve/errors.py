@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 from emolens.serve.logs import redact
 
 log = logging.getLogger("emolens.serve")

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from emolens.results import FaceRecord
+from emolens.pipeline.results import FaceRecord
 
 
 class ErrorDetail(BaseModel):

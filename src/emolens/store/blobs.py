@@ -11,8 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from emolens.errors import StorageError
-from emolens.fileio import atomic_write
+from emolens.core.errors import StorageError
+from emolens.core.fileio import atomic_write
 
 
 class BlobStore:

@@ -26,8 +26,8 @@ import numpy as np
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from emolens.core.errors import BadLabelError, NotFoundError
 from emolens.data.schemas import FERPLUS8, canonical
-from emolens.errors import BadLabelError, NotFoundError
 from emolens.store.blobs import BlobStore
 from emolens.store.db import Base, session
 

@@ -17,7 +17,7 @@ from sqlalchemy import JSON, DateTime, String, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from emolens.errors import NotFoundError, RefusedError
+from emolens.core.errors import NotFoundError, RefusedError
 from emolens.store.db import Base, session
 
 SLOT = "jobs"  # one slot: fine-tuning jobs never run side by side

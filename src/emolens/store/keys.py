@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import DateTime, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from emolens.errors import EmoLensError, NotFoundError
+from emolens.core.errors import EmoLensError, NotFoundError
 from emolens.store.db import Base, session
 
 SCOPES = ("read", "write", "admin")

@@ -23,7 +23,7 @@ import numpy as np
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, delete, func, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from emolens.errors import EmoLensError, NotFoundError
+from emolens.core.errors import EmoLensError, NotFoundError
 from emolens.store.db import Base, get_engine, session
 
 ACTIVE_SLOT = "default"

@@ -85,7 +85,7 @@ class ShadowStore:
     ) -> int:
         """Store the comparison of every face both models classified; returns how many were stored.
         Crops of disagreements are written (atomically) before the rows are committed."""
-        from emolens.align import align_face
+        from emolens.image.align import align_face
 
         rows = []
         for i, (a, s) in enumerate(zip(active_faces, shadow_faces, strict=True)):

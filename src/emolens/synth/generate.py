@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emolens.errors import EmoLensError, ModelNotFoundError, require
+from emolens.core.errors import EmoLensError, ModelNotFoundError, require
 from emolens.synth.prompts import Prompt, prompts_for, prompts_hash
 
 EXTRA = "generate"

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from emolens.errors import BadLabelError
+from emolens.core.errors import BadLabelError
 
 CUES = {
     "angry": "an angry face, furrowed brows pulled down, glaring eyes, lips pressed together",

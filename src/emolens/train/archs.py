@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from emolens.errors import MissingExtraError
+from emolens.core.errors import MissingExtraError
 
 _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 _PREFIXES: dict[str, Callable[..., nn.Module]] = {}  # "timm:" → factory(name, num_classes, in_channels, ...)

@@ -9,8 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emolens.degrade import kind_odds
-from emolens.errors import EmoLensError, require
+from emolens.core.errors import EmoLensError, require
+from emolens.image.degrade import kind_odds
 from emolens.train.pretrained import SOURCES as PRETRAINED_SOURCES
 
 
@@ -24,7 +24,7 @@ class AugmentConfig:
     contrast: float = 0.25
     erase_p: float = 0.25
     erase_area: tuple[float, float] = (0.02, 0.12)
-    degrade: float = 0.0  # share of crops given camera degradations (emolens.degrade.random_degrade)
+    degrade: float = 0.0  # share of crops given camera degradations (emolens.image.degrade.random_degrade)
     degrade_weights: dict[str, float] = field(default_factory=dict)  # relative odds of each kind; missing: 1
 
 

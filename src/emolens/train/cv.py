@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from emolens.errors import BadLabelError, require
+from emolens.core.errors import BadLabelError, require
 from emolens.train.loop import TrainConfig, fit
 from emolens.train.prepare import Crops
 

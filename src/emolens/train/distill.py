@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -33,7 +33,7 @@ INFERENCE_KEYS = (
 def save_weights(state: dict, out: str | Path) -> Path:
     """A checkpoint without its optimizer, scheduler, EMA and RNG state: what explanations and
     fine-tuning (``--init``) start from, at a quarter of the size. Written atomically."""
-    from emolens.fileio import atomic_write
+    from emolens.core.fileio import atomic_write
 
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
     buf = io.BytesIO()

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from emolens.degrade import random_degrade
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
+from emolens.image.degrade import random_degrade
 from emolens.train.archs import create_arch, layer_blocks
 from emolens.train.augment import augment_batch, mixup_cutmix
 from emolens.train.config import AugmentConfig, TrainConfig, check_config
@@ -284,11 +284,11 @@ def final_weights(last: str | Path, images: np.ndarray, out: str | Path) -> Path
 
 
 def _save(state: dict, path: Path) -> None:
-    """``torch.save`` whole or not at all (``emolens.fileio.atomic_write``): a run stopped while
+    """``torch.save`` whole or not at all (``emolens.core.fileio.atomic_write``): a run stopped while
     saving (a time limit, Ctrl-C) keeps the previous checkpoint rather than a truncated one."""
     import io
 
-    from emolens.fileio import atomic_write
+    from emolens.core.fileio import atomic_write
 
     buf = io.BytesIO()
     torch.save(state, buf)

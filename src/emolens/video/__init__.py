@@ -9,7 +9,7 @@ Names are imported lazily: ``import emolens.video`` loads neither OpenCV nor a m
 
 from __future__ import annotations
 
-from emolens._lazy import lazy_exports
+from emolens.core.lazy import lazy_exports
 
 _LAZY = {
     "VideoAnalyzer": "emolens.video.pipeline",

@@ -23,9 +23,9 @@ from __future__ import annotations
 import threading
 import time
 
-from emolens.analyzer import Analyzer
-from emolens.io import ImageInput, load_image
-from emolens.results import Results
+from emolens.image.io import ImageInput, load_image
+from emolens.pipeline.analyzer import Analyzer
+from emolens.pipeline.results import Results
 from emolens.video.pipeline import VideoAnalyzer
 
 

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emolens.analyzer import Analyzer
-from emolens.results import FaceResult, Results
+from emolens.pipeline.analyzer import Analyzer
+from emolens.pipeline.results import FaceResult, Results
 from emolens.video.smooth import Smoother, make_smoother
 from emolens.video.source import VideoSource
 from emolens.video.track import Tracker
 
 if TYPE_CHECKING:
-    from emolens.settings import Settings
+    from emolens.core.settings import Settings
     from emolens.workspace import Workspace
 
 
@@ -146,7 +146,7 @@ class VideoAnalyzer:
     # -- one frame -------------------------------------------------------------------------
     def process(self, image: np.ndarray, index: int | None = None, timestamp: float | None = None) -> Results:
         """Analyse the next frame (RGB uint8) of this video; ``index`` defaults to a running count."""
-        from emolens.io import load_image
+        from emolens.image.io import load_image
 
         image = load_image(image, self.analyzer.max_pixels)
         index = self._next_index if index is None else int(index)
@@ -206,7 +206,7 @@ class VideoAnalyzer:
 
     def _classify(self, image: np.ndarray, index: int, detected: bool) -> list[FaceResult]:
         """Classify the faces due for a reading in one batch; smooth; report the visible ones."""
-        from emolens.align import align_face
+        from emolens.image.align import align_face
 
         model = self.model
         spec, labels = model.meta.input, model.labels

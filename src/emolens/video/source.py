@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 # FFmpeg prints every concealed decoding error to stderr; a garbled file would bury the progress
 # display. Quiet unless the user asked for a level (read by OpenCV once, at its first capture).

@@ -30,7 +30,7 @@ def face_patch(image: np.ndarray, square: tuple[int, int, int, int] | None, side
 
 
 def astronaut_patch(side: int = 140, mirror: bool = False) -> np.ndarray:
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     patch = face_patch(load_image(ASTRONAUT), ASTRONAUT_FACE, side)
     return patch[:, ::-1].copy() if mirror else patch

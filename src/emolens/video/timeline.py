@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.results import COLORS, Results
+from emolens.pipeline.results import COLORS, Results
 
 MAX_PLOTTED_TRACKS = 8  # the longest ones; a crowd would make the figure unreadable
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.errors import EmoLensError
-from emolens.results import Results
+from emolens.core.errors import EmoLensError
+from emolens.pipeline.results import Results
 
 DEFAULT_FPS = 25.0  # for cameras and streams that do not say
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
-from emolens.results import FaceRecord
+from emolens.pipeline.results import FaceRecord
 from emolens.serve.deps import ServerState, get_state, read_access
 from emolens.serve.schemas import BODY, AnalysisOut, AnnotatedImage, errors
 from emolens.serve.uploads import MultipartRoute, check_image_part, safe_name

@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 from emolens.serve.deps import ServerState, get_state, personal_read_access, read_access, require
 from emolens.serve.schemas import BODY, COMMON, FeedbackIn, FeedbackList, FeedbackOut, FeedbackStats, errors
 from emolens.serve.uploads import JsonRoute, MultipartRoute, check_image_part

@@ -40,7 +40,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 from emolens.serve.deps import ServerState, _check
 from emolens.serve.errors import ForbiddenError, UnauthorizedError, error_type
 from emolens.serve.schemas import LiveConfigIn
@@ -243,7 +243,7 @@ class LiveConnection:
 
     def process(self, data: bytes):
         """In a worker thread: decode with the server's limits, then the session's next frame."""
-        from emolens.io import load_image
+        from emolens.image.io import load_image
         from emolens.video.live import LiveSession
 
         t0 = time.perf_counter()

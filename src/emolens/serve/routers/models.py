@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Body, Depends
 
-from emolens.errors import MissingExtraError, RefusedError
+from emolens.core.errors import MissingExtraError, RefusedError
 from emolens.serve.deps import ServerState, get_state, read_access, require
 from emolens.serve.errors import ForbiddenError
 from emolens.serve.schemas import BODY, COMMON, FinetuneIn, JobOut, ModelsOut, ModelVersionOut, errors
@@ -17,7 +17,7 @@ json_router = APIRouter(prefix="/api/v1", tags=["models"], route_class=JsonRoute
 
 @router.get("/models", response_model=ModelsOut, summary="Model versions and their metrics")
 def list_models(state: ServerState = Depends(get_state), _key=Depends(read_access)) -> ModelsOut:
-    from emolens.registry import BASE_MODEL
+    from emolens.models.registry import BASE_MODEL
 
     reg = state.registry()
     return ModelsOut(
@@ -61,7 +61,7 @@ def check_train_extra() -> None:
 
 
 def _finetune_job(state: ServerState, epochs: int | None):
-    from emolens.learn import FinetuneOptions, finetune_from_feedback
+    from emolens.feedback.learn import FinetuneOptions, finetune_from_feedback
 
     options = FinetuneOptions(epochs=epochs) if epochs else FinetuneOptions()
     return finetune_from_feedback(

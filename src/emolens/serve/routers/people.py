@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
-from emolens.errors import RefusedError
+from emolens.core.errors import RefusedError
 from emolens.identify.recognize import KINDS
 from emolens.serve.deps import ServerState, get_state, personal_read_access, require
 from emolens.serve.schemas import BODY, COMMON, errors
@@ -57,7 +57,7 @@ def _models(people) -> None:
 
 
 def _decode(state: ServerState, data: bytes):
-    from emolens.io import load_image
+    from emolens.image.io import load_image
 
     return load_image(data, max_pixels=state.settings.max_pixels)
 

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Query, Response
 from pydantic import BaseModel, Field
 
-from emolens.errors import NotFoundError, RefusedError
+from emolens.core.errors import NotFoundError, RefusedError
 from emolens.serve.deps import ServerState, get_state, read_access, require
 from emolens.serve.schemas import COMMON, JobOut, errors
 from emolens.store.keys import ApiKey
@@ -101,7 +101,7 @@ def promote_shadow(
     confidence = body.confidence if body else 0.95
 
     def job():
-        from emolens.shadow import promote_shadow as run
+        from emolens.shadow.promote import promote_shadow as run
 
         return run(state.workspace, s.shadow_model, base_val=s.base_val_data, confidence=confidence, promote=True)
 

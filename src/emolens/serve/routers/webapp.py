@@ -19,7 +19,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from emolens.errors import ModelNotFoundError, NotFoundError
+from emolens.core.errors import ModelNotFoundError, NotFoundError
 from emolens.serve.deps import ServerState, get_state
 from emolens.webapp import BUILD_COMMAND, SHELL, STATIC, VENDOR, VENDOR_WASM, build_id, build_info
 

@@ -20,7 +20,7 @@ function setStatus(text, kind = "") {
 // Images
 
 function toRgb(rgba, width, height) {
-  // Transparent pixels are composited on white, as emolens.io does.
+  // Transparent pixels are composited on white, as emolens.image.io does.
   const data = new Uint8Array(width * height * 3);
   for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
     const a = rgba[i + 3];

@@ -3,7 +3,7 @@
 //
 // Each step mirrors the Python code named beside it, down to OpenCV's arithmetic where it matters
 // (float32 rounding, the LMedS sampling order): the same image gives the same alignment matrix and
-// the same model input as `emolens.align` and `emolens.classify.emotion.to_input`.
+// the same model input as `emolens.image.align` and `emolens.classify.emotion.to_input`.
 //
 // Images are {width, height, data}: RGB uint8, row-major, 3 bytes a pixel.
 
@@ -368,7 +368,7 @@ export function decodeDetections(input, loc, conf, ldm, opts) {
 }
 
 // -------------------------------------------------------------------------------------------------
-// Alignment (emolens/align.py): cv2.estimateAffinePartial2D(method=LMEDS) and cv2.warpAffine
+// Alignment (emolens/image/align.py): cv2.estimateAffinePartial2D(method=LMEDS) and cv2.warpAffine
 
 export const FER_TEMPLATE = [[15.4, 18.5], [32.6, 18.5], [24.0, 28.5], [17.0, 36.5], [31.0, 36.5]].map(
   ([x, y]) => [f32(f32(x) / 48), f32(f32(y) / 48)],

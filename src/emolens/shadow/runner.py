@@ -14,13 +14,13 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
 
 
 class ShadowRunner:
     def __init__(self, spec: str, share: float, queue: int, store, active_analyzer, seed: int | None = None):
-        from emolens.analyzer import Analyzer
         from emolens.models import ModelSpec
+        from emolens.pipeline.analyzer import Analyzer
 
         self.spec = str(ModelSpec.parse(spec))
         self.share = min(1.0, max(0.0, share))

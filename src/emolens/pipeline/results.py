@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from emolens.classify.modelfile import UNCERTAIN, decide
 from emolens.classify.rules import answer as rules_answer
-from emolens.quality import MIN_QUALITY
+from emolens.image.quality import MIN_QUALITY
 
 # One colour per emotion (RGB), so a glance at an annotated image reads the mood of a room.
 COLORS = {
@@ -30,7 +30,7 @@ COLORS = {
 }
 
 
-# Why a face is "uncertain" when its quality is too low: the weakest factor of ``emolens.quality``, in words.
+# Why a face is "uncertain" when its quality is too low: the weakest factor of ``emolens.image.quality``, in words.
 QUALITY_REASONS = {
     "size": "too small",
     "sharpness": "blurry",
@@ -80,14 +80,14 @@ class FaceResult:
     raw_probs: dict[str, float] | None = None  # video: this frame's reading, before smoothing over time
     thresholds: dict[str, float] | None = field(default=None, repr=False)  # the model's per-class thresholds
     rules: list | None = field(default=None, repr=False)  # the model's post-processing rules
-    quality: dict[str, float] | None = None  # how readable the face is (emolens.quality): "score" and its factors
+    quality: dict[str, float] | None = None  # how readable the face is (emolens.image.quality): "score" and its factors
     index: int | None = None  # its number in its image (Results numbers its faces from 0)
 
     @property
     def label(self) -> str | None:
         """The top emotion, or "uncertain" when the model has per-class thresholds and the top
         probability is below its class's threshold, or when the face's quality score is below
-        ``emolens.quality.MIN_QUALITY`` (``probs`` and ``confidence`` stay as they are); a
+        ``emolens.image.quality.MIN_QUALITY`` (``probs`` and ``confidence`` stay as they are); a
         post-processing rule of the model may answer another label (see ``rule``)."""
         if self.probs and self.quality is not None and self.quality["score"] < MIN_QUALITY:
             return UNCERTAIN
@@ -342,7 +342,7 @@ class Results:
         return rows_to_csv(self.to_rows())
 
     def to_pandas(self):
-        from emolens.errors import require
+        from emolens.core.errors import require
 
         return require("pandas", "pandas").DataFrame(self.to_rows())
 

@@ -15,7 +15,7 @@ canonical text (what ``--model``, ``EMOLENS_MODEL`` and results show). ``ModelRe
 place specs are resolved, for one ``$EMOLENS_HOME``: ``versions`` replaces ``active`` by the version
 that runs now, ``path`` gives the file of one model, and ``load`` loads a spec, an
 ``EnsembleModel`` when it has several members or mirror TTA. The model registry only stores
-versions; the table of named models is ``emolens.catalog``.
+versions; the table of named models is ``emolens.models.catalog``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emolens.catalog import ASSETS, ROUTED, NamedModels, shipped_models
-from emolens.errors import ModelError, ModelNotFoundError
+from emolens.core.errors import ModelError, ModelNotFoundError
+from emolens.models.catalog import ROUTED, NamedModels
 
 if TYPE_CHECKING:
-    from emolens.registry import Registry
+    from emolens.models.registry import Registry
 
-__all__ = ["ASSETS", "ModelResolver", "ModelSpec", "shipped_models"]
+__all__ = ["ModelResolver", "ModelSpec", "clear_model_cache"]
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class ModelResolver:
     @cached_property
     def registry(self) -> Registry:
         """The model registry of this home, which registers named models from this resolver's table."""
-        from emolens.registry import Registry
+        from emolens.models.registry import Registry
 
         return Registry(self.home / "registry", models=self.named)
 
@@ -160,7 +160,7 @@ class ModelResolver:
 
     def active(self) -> str:
         """The registry's active version, or the shipped default while the registry is empty."""
-        from emolens.registry import BASE_MODEL
+        from emolens.models.registry import BASE_MODEL
 
         return self.registry.active_name() or BASE_MODEL
 
@@ -188,8 +188,8 @@ class ModelResolver:
             if not p.is_file():
                 raise ModelNotFoundError(f"model file not found: {p}")
             return p
-        from emolens.errors import NotFoundError
-        from emolens.registry import BASE_MODEL, is_version_name
+        from emolens.core.errors import NotFoundError
+        from emolens.models.registry import BASE_MODEL, is_version_name
 
         if name == "active" or is_version_name(name):
             version = self.registry.active_name() if name == "active" else name

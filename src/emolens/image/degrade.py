@@ -2,7 +2,7 @@
 
 Real cameras deliver faces that are small, soft, compressed, noisy, dark or flat. Each
 degradation here works on uint8 crops (N, H, W) or (N, H, W, 3) and returns crops of the same
-shape, brought back to the crop size the way the analyzer's alignment would (``emolens.align.ENLARGE``,
+shape, brought back to the crop size the way the analyzer's alignment would (``emolens.image.align.ENLARGE``,
 bicubic), so a model sees what it would see in use.
 
 - ``FAMILY``: the fixed evaluation family (several strengths of each kind, plus webcam and CCTV
@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from emolens.align import ENLARGE
-from emolens.errors import EmoLensError
+from emolens.core.errors import EmoLensError
+from emolens.image.align import ENLARGE
 
 Op = tuple[str, float]  # (kind, strength)
 

@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from emolens.catalog import NamedModels
-from emolens.errors import ModelNotFoundError, NotFoundError, RefusedError, StorageError
+from emolens.core.errors import ModelNotFoundError, NotFoundError, RefusedError, StorageError
+from emolens.models.catalog import NamedModels
 
 BASE_MODEL = "fast"  # what an empty registry starts from
 
@@ -64,7 +64,7 @@ class ModelVersion:
 
 
 def _atomic_write_json(path: Path, data: dict) -> None:
-    from emolens.fileio import atomic_write
+    from emolens.core.fileio import atomic_write
 
     atomic_write(path, json.dumps(data, indent=2).encode())
 
@@ -264,7 +264,7 @@ def check_contract(onnx: Path, name: str) -> None:
     import numpy as np
 
     from emolens.classify import EmotionModel
-    from emolens.errors import EmoLensError
+    from emolens.core.errors import EmoLensError
 
     try:
         model = EmotionModel(onnx)

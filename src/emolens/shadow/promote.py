@@ -1,6 +1,6 @@
 """Promoting a shadow model: the candidate that ran beside the active one in serving.
 
-It passes the same gates as a fine-tuned model (``emolens.learn.Gates``: accuracy on the held-out
+It passes the same gates as a fine-tuned model (``emolens.feedback.learn.Gates``: accuracy on the held-out
 feedback rises, base validation accuracy drops by at most ``max_base_drop``) and, since it is a
 different model rather than a small change, one more: on the fixed base validation set it must be
 more accurate than the active model with confidence (``emolens.evaluate.compare``: the bootstrap
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emolens.errors import EmoLensError, RefusedError
+from emolens.core.errors import EmoLensError, RefusedError
 
 if TYPE_CHECKING:
     from emolens.workspace import Workspace
@@ -53,7 +53,7 @@ def promote_shadow(
     from emolens.data.datasets import load_dataset, to_crops
     from emolens.evaluate import classification_metrics, compare_predictions
     from emolens.evaluate.compare import model_probs
-    from emolens.learn import Gates, paired_change
+    from emolens.feedback.learn import Gates, paired_change
     from emolens.models import ModelSpec
 
     s = workspace.settings
@@ -87,7 +87,7 @@ def promote_shadow(
     for name in ("active", "shadow"):
         base = classification_metrics(yb, answers[name], labels)
         metrics[name] = {"base": {k: base[k] for k in ("accuracy", "macro_f1", "n")}}
-    # The same gates as fine-tuning (emolens.learn.Gates): paired changes with intervals, the
+    # The same gates as fine-tuning (emolens.feedback.learn.Gates): paired changes with intervals, the
     # held-out feedback resampled by group (faces of one person or photo are not independent).
     changes = {"base": paired_change(answers["active"] == yb, answers["shadow"] == yb, np.arange(len(yb)),
                                      gates.confidence, gates.bootstrap)}  # fmt: skip

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emolens.align import align_face
+from emolens.core.errors import EmoLensError
 from emolens.detect import Detector
-from emolens.errors import EmoLensError
-from emolens.io import ImageInput, load_image
-from emolens.quality import face_qualities
-from emolens.results import FaceResult, Results
+from emolens.image.align import align_face
+from emolens.image.io import ImageInput, load_image
+from emolens.image.quality import face_qualities
+from emolens.pipeline.results import FaceResult, Results
 
 if TYPE_CHECKING:
+    from emolens.core.settings import Settings
     from emolens.models import ModelSpec
-    from emolens.settings import Settings
     from emolens.workspace import Workspace
 
 

@@ -12,7 +12,7 @@ The score is the smallest of five factors, each a ramp from 0 (unreadable) to 1 
 
 Below ``MIN_QUALITY`` the analyzer answers "uncertain" rather than guess (the probabilities stay in
 the result). The ramps were set on FER2013 PublicTest crops under the degradations of
-``emolens.degrade``: clean crops have a median sharpness of 0.73 (10th percentile 0.39), a face
+``emolens.image.degrade``: clean crops have a median sharpness of 0.73 (10th percentile 0.39), a face
 seen at 24 px 0.08, blur sigma 1.5 px 0.023. Sensor noise raises the sharpness figure, so noise has a
 factor of its own: the estimate is 3.5 grey levels on the median clean FER2013 Training crop and 6 or
 less on 96% of them (face texture counts a little), 8 / 13 / 20 under added noise of sigma 6 / 12 / 20.

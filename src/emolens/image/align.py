@@ -19,7 +19,7 @@ FER_TEMPLATE = np.array([[15.4, 18.5], [32.6, 18.5], [24.0, 28.5], [17.0, 36.5],
 BOX_CROP_SCALE = 1.25
 
 # How a face smaller than the crop is enlarged. Bicubic keeps more of a 16-24 px face's edges than
-# bilinear (benchmarks/results/upscaling.md); the camera degradations of `emolens.degrade` enlarge
+# bilinear (benchmarks/results/upscaling.md); the camera degradations of `emolens.image.degrade` enlarge
 # the same way, so models train and are measured on what the analyzer hands them.
 ENLARGE = cv2.INTER_CUBIC
 

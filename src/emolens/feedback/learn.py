@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emolens.errors import ModelError, RefusedError, require
+from emolens.core.errors import ModelError, RefusedError, require
 
 if TYPE_CHECKING:
-    from emolens.settings import Settings
+    from emolens.core.settings import Settings
 
 
 @dataclass
@@ -199,11 +199,11 @@ def finetune_from_feedback(
     ``settings`` (default: the process's) give the defaults and the stores not given."""
     from emolens.data.datasets import load_dataset
     from emolens.feedback import FeedbackService
-    from emolens.registry import Registry
+    from emolens.models.registry import Registry
 
     require("torch", "train")
     if settings is None:
-        from emolens.settings import get_settings
+        from emolens.core.settings import get_settings
 
         settings = get_settings()
     s = settings

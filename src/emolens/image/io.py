@@ -25,8 +25,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from emolens.errors import BadImageError, ImageTooLargeError
-from emolens.settings import Settings
+from emolens.core.errors import BadImageError, ImageTooLargeError
+from emolens.core.settings import Settings
 
 ImageInput = Union[str, Path, bytes, bytearray, Image.Image, np.ndarray]
 

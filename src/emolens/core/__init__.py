@@ -1,0 +1,2 @@
+"""What every layer stands on: settings, errors, file writing, threads, lazy imports. Imports
+nothing else of EmoLens."""
