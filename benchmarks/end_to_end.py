@@ -68,8 +68,7 @@ class Worker:
         import cv2
 
         cv2.setNumThreads(threads)
-        from emolens import Analyzer
-        from emolens.image.io import load_image
+        from emolens import Analyzer, load_image
 
         self.cv2, self.load_image = cv2, load_image
         self.analyzer = Analyzer(model="fast", detector="retinaface", threads=threads)
@@ -87,7 +86,10 @@ class Worker:
         return getattr(self, "do_" + req["op"])(**req.get("args", {}))
 
     def do_case(self, case: str, calls: int) -> dict:
-        from emolens.image.align import align_face
+        try:
+            from emolens.image.align import align_face
+        except ImportError:  # the code before the layers' folders
+            from emolens.align import align_face
 
         image, an = self.images[case], self.analyzer
         e2e, det, ali, cls = [], [], [], []

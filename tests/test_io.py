@@ -165,10 +165,13 @@ def test_small_pixel_limit_on_a_normal_image(kind):
 def test_pixel_limit_from_the_environment(emolens_home, monkeypatch):
     from emolens.core.settings import get_settings
 
+    """The setting reaches the decoder through the analyzer of the process's workspace."""
+    from emolens import Analyzer
+
     monkeypatch.setenv("EMOLENS_MAX_PIXELS", "1000")
     get_settings.cache_clear()
     with pytest.raises(ImageTooLargeError, match="above the limit of 1,000"):
-        load_image(EXAMPLE)
+        Analyzer().analyze(EXAMPLE)
 
 
 # --- formats and modes ----------------------------------------------------------------------

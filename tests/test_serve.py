@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from emolens.workspace import Workspace
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "emolens" / "assets" / "examples" / "astronaut.jpg"
 ASTRONAUT = EXAMPLE.read_bytes()
 
@@ -503,10 +505,11 @@ class SlowAnalyzer:
         return self
 
     def __call__(self, image):
+        from emolens.image.io import load_image
         from emolens.pipeline.results import Results
 
         self.release.wait(20)
-        return Results(faces=[], image=image, model="slow", detector="none")
+        return Results(faces=[], image=load_image(image), model="slow", detector="none")
 
 
 def test_strict_server_read_keys_timeout_and_busy(tmp_path):
@@ -572,16 +575,15 @@ def test_cli_keys_commands(tmp_path, monkeypatch):
         token = r.stdout.strip().splitlines()[-1]
         assert token.startswith("emk_")
         key_id = token.split("_")[1]
-        from emolens.store.keys import KeyStore
 
-        assert KeyStore().verify(token).scope == "admin"
+        assert Workspace.default().keys.verify(token).scope == "admin"
         stored = b"".join(p.read_bytes() for p in (tmp_path / "h").glob("emolens.db*"))
         assert stored and token.encode() not in stored and key_id.encode() in stored  # only a hash
         r = runner.invoke(app, ["keys", "list"])
         assert r.exit_code == 0 and key_id in r.stdout and "ci-bot" in r.stdout
         assert runner.invoke(app, ["keys", "create", "x", "--scope", "root"]).exit_code == 2
         assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
-        assert not KeyStore().verify(token).active
+        assert not Workspace.default().keys.verify(token).active
         assert key_id not in runner.invoke(app, ["keys", "list"]).stdout
         assert key_id in runner.invoke(app, ["keys", "list", "--all"]).stdout
         assert runner.invoke(app, ["keys", "revoke", "ffffffff"]).exit_code == 2

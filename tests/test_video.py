@@ -392,7 +392,7 @@ def test_results_carry_track_fields():
     assert res.to_rows()[0]["track_id"] == 4 and res.to_rows()[0]["frame"] == 7
     assert res.plot().shape == (100, 100, 3)
     plain = Results([FaceResult(np.array([1, 1, 5, 5.0]), 0.9, None)]).to_dict()
-    assert "frame_index" not in plain and "track_id" not in plain["faces"][0]
+    assert "frame_index" not in plain and plain["faces"][0]["track_id"] is None
 
 
 def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:

@@ -29,10 +29,9 @@ def report(
 ) -> None:
     """Agreement between the active and the shadow model on served faces, the confusion between
     their answers, and, where users corrected faces they disagreed on, which was right more often."""
-    from emolens.store.shadow import ShadowStore
 
     try:
-        rep = ShadowStore().report(active=active, shadow=model)
+        rep = workspace().shadow_store.report(active=active, shadow=model)
     except EmoLensError as exc:
         fail(exc)
     if as_json:

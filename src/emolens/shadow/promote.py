@@ -61,9 +61,9 @@ def promote_shadow(
     shadow = shadow or s.shadow_model
     if not shadow:
         raise RefusedError("no shadow model: give one, or set EMOLENS_SHADOW_MODEL (the server's shadow_model)")
-    spec = ModelSpec.parse(shadow)
-    shadow = str(spec)
-    if spec.is_ensemble:
+    shadow_spec = ModelSpec.parse(shadow)
+    shadow = str(shadow_spec)
+    if shadow_spec.is_ensemble:
         raise RefusedError(f"{shadow!r} is an ensemble: only a single model can become the active version")
     base_val = base_val or s.base_val_data
     if not base_val:
@@ -75,10 +75,10 @@ def promote_shadow(
     gates = gates or Gates()
     active = registry.ensure_base()
     labels = models.load(str(active.path)).labels
-    if sorted(models.load(spec).labels) != sorted(labels):
+    if sorted(models.load(shadow_spec).labels) != sorted(labels):
         raise RefusedError(f"the shadow {shadow} does not have the active model's labels ({', '.join(labels)})")
     spec = models.load(str(active.path)).meta.input
-    files = {"active": str(active.path), "shadow": str(models.path(spec))}  # resolved here, in this home
+    files = {"active": str(active.path), "shadow": str(models.path(shadow_spec))}  # resolved here, in this home
     base_ds = load_dataset(base_val).remap(labels)
     xb, yb, _ = to_crops(base_ds, spec.size, spec.channels, detect=False)
     # Each model answers the base set once: its accuracy for the gates and the paired test come from it.

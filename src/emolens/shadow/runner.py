@@ -73,8 +73,13 @@ class ShadowRunner:
 
     def _run(self, analysis_id: str, image, faces, active_model: str) -> None:
         try:
+            from emolens.feedback.crops import analysis_crop
+
             shadow = self.analyzer.classify_faces(image, faces)
-            n = self.store.record(analysis_id, image, faces, shadow, active_model, self.analyzer.model_version)
+            # A disagreement keeps its face cropped as feedback crops it, so a later correction finds it.
+            crops = {i: analysis_crop(image, a) for i, (a, s) in enumerate(zip(faces, shadow, strict=True))
+                     if a.probs and s.probs and a.label != s.label}  # fmt: skip
+            n = self.store.record(analysis_id, faces, shadow, active_model, self.analyzer.model_version, crops)
         except EmoLensError as exc:
             self.last_error = str(exc)
             self._finish("failed")

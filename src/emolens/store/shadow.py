@@ -1,8 +1,8 @@
 """What a shadow model said beside the active one: one row per face it classified in serving.
 
 Every compared face is a row (so agreement and the confusion between the two models can be
-counted); a disagreement also keeps the face crop, aligned and stored exactly as feedback stores
-it (``CROP_SIZE``, RGB, PNG, named by its SHA-256), in ``$EMOLENS_HOME/shadow``, apart from the
+counted); a disagreement also keeps the face crop, made by the shadow runner exactly as feedback
+makes it (``emolens.feedback.crops``: RGB, PNG, named by its SHA-256), in ``$EMOLENS_HOME/shadow``, apart from the
 feedback crops so that feedback upkeep (``feedback check --repair``) never removes them. Because
 the names match, a later correction of that face (``POST /api/v1/feedback`` on the analysis, or
 ``emolens feedback add`` on the photo) is found by the crop's key: the report then says which of
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from emolens.store.blobs import BlobStore
 from emolens.store.db import Base, session
-from emolens.store.feedback import CROP_SIZE, FeedbackRow, _png
+from emolens.store.feedback import FeedbackRow, _png
 
 
 class ShadowRow(Base):
@@ -77,16 +77,16 @@ class ShadowStore:
     def record(
         self,
         analysis_id: str,
-        image,
         active_faces: Sequence,
         shadow_faces: Sequence,
         active_model: str,
         shadow_model: str,
+        crops: dict[int, Any],
     ) -> int:
         """Store the comparison of every face both models classified; returns how many were stored.
-        Crops of disagreements are written (atomically) before the rows are committed."""
-        from emolens.image.align import align_face
-
+        ``crops``: the face crop of each disagreement by face number, as feedback stores it
+        (``emolens.feedback.crops.analysis_crop``); they are written (atomically) before the rows
+        are committed."""
         rows = []
         for i, (a, s) in enumerate(zip(active_faces, shadow_faces, strict=True)):
             if not (a.probs and s.probs):  # a face one of them could not classify: nothing to compare
@@ -94,8 +94,7 @@ class ShadowStore:
             agree = a.label == s.label
             key = None
             if not agree:
-                crop = align_face(image, a.box, a.landmarks, CROP_SIZE, channels=3)  # as feedback stores it
-                key = self._blobs().put(_png(crop))
+                key = self._blobs().put(_png(crops[i]))
             rows.append(
                 ShadowRow(
                     created_at=datetime.now(UTC),
