@@ -39,8 +39,12 @@ def default_url() -> str:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets readers work beside one writer; busy_timeout makes concurrent writers queue
     # instead of failing; synchronous=FULL makes a committed row survive a power cut.
+    # secure_delete zeroes what is deleted (uploads, people); auto_vacuum=INCREMENTAL (taken by a
+    # new file, or an old one at its next VACUUM) lets ``reclaim`` give freed space back.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    cur.execute("PRAGMA secure_delete=ON")
     _retry_busy(cur, "PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -131,6 +135,23 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 
     with FileLock(f"{engine.url.database}.migrate.lock", timeout=60):
         yield
+
+
+def reclaim(engine: Engine) -> None:
+    """SQLite: give the pages freed by deletions back to the file system and truncate the
+    write-ahead log, so neither keeps a copy of deleted rows. A file made before auto_vacuum was set
+    is vacuumed once, which switches it to incremental vacuum. A no-op on other databases (their
+    own vacuum reclaims space)."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if conn.exec_driver_sql("PRAGMA freelist_count").scalar():
+            if conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() != 2:
+                conn.exec_driver_sql("VACUUM")
+            else:
+                # sqlite3's execute steps a statement once (one page); a script runs it to the end
+                conn.connection.driver_connection.executescript("PRAGMA incremental_vacuum;")
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 @contextmanager

@@ -70,7 +70,8 @@ async def analyze(
     m.analysis_seconds.observe(time.perf_counter() - t0)
     m.analyses.inc()
     m.faces.inc(len(results))
-    analysis_id = state.analyses.put(results, data)
+    analysis_id = await state.db(state.analyses.put, results, data)  # never on the event loop
+    state.storage_error = None  # a write went through: the disk has room again
     if state.settings.shadow_model and state.shadow is not None:  # off the response path: returns at once
         state.shadow.offer(analysis_id, results)
     d = results.to_dict()
