@@ -104,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from routers/docs.py: assets from this server, a CSP
+        redoc_url=None,
         openapi_tags=[
             {"name": "analyze", "description": "Faces and emotions in an image"},
             {"name": "feedback", "description": "What people said about faces: stored for fine-tuning"},
@@ -117,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     logs.install()
 
-    from emolens.serve.routers import analyze, feedback, health, live, models, people, shadow, webapp
+    from emolens.serve.routers import analyze, docs, feedback, health, live, models, people, shadow, webapp
 
     for r in (
         analyze.router,
@@ -132,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.api,
         health.router,
         webapp.router,  # /app/: the on-device web app (PWA)
+        docs.router,
     ):
         app.include_router(r)
 
