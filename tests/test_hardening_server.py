@@ -294,3 +294,13 @@ def test_api_docs_load_only_same_origin_assets(tmp_path, page):
             assert asset.status_code == 200 and asset.content, ref
         own = " ".join(c.get(ref).text for ref in refs if ref.startswith("/static/"))
         assert "/openapi.json" in r.text + own
+
+
+# -- 8. keys in a query are redacted by their decoded name -----------------------------------------
+
+
+def test_the_access_log_redacts_a_key_whose_name_is_percent_encoded():
+    from emolens.serve.logs import redact
+
+    for target in ("/api/v1/feedback?k%65y=emk_secret", "/api/v1/live?a=1&%6Bey=emk_secret", "/x?API_KEY=emk_secret"):
+        assert "emk_secret" not in redact(target) and "REDACTED" in redact(target), target
