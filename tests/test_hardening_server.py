@@ -304,3 +304,51 @@ def test_the_access_log_redacts_a_key_whose_name_is_percent_encoded():
 
     for target in ("/api/v1/feedback?k%65y=emk_secret", "/api/v1/live?a=1&%6Bey=emk_secret", "/x?API_KEY=emk_secret"):
         assert "emk_secret" not in redact(target) and "REDACTED" in redact(target), target
+
+
+# -- issue 35: every route declares the key it needs ---------------------------------------------
+
+PERSONAL = re.compile(
+    r"^/api/v1/(feedback(/\{uid\}.*|/export)?$|people|identify|attendance|shadow/(disagreements|crops))"
+)
+OPEN = {"/healthz", "/readyz", "/metrics", "/", "/docs", "/redoc", "/docs-assets/{filename}", "/app", "/app/"}
+OPEN |= {"/app/sw.js", "/app/{filename}", "/app/vendor/{build}/{filename}"}  # code, no data
+
+
+def test_every_route_declares_the_key_it_needs(tmp_path):
+    """Each route names one key dependency (``deps.ReadKey``, ``PersonalReadKey``, ``WriteKey``...):
+    writes need write or admin, personal data the personal-read key, the rest the read rule; only
+    probes, pages and code are open."""
+    from fastapi.routing import APIRoute, APIWebSocketRoute
+
+    from emolens.serve import create_app
+    from emolens.settings import Settings
+
+    def flat(routes, prefix: str = ""):
+        for r in routes:
+            if hasattr(r, "original_router"):  # FastAPI's included routers
+                yield from flat(r.original_router.routes, prefix + r.include_context.prefix)
+            elif isinstance(r, APIRoute) and not isinstance(r, APIWebSocketRoute):
+                yield prefix, r
+
+    app = create_app(Settings(home=tmp_path / "home"))
+    strong = {"require_write", "require_admin"}
+    personal = {"personal_read_access", "require_read"} | strong
+    checked = 0
+    for prefix, route in flat(app.routes):
+        checked += 1
+        assert not prefix, prefix  # paths below carry their routers' prefixes already
+        keys = {d.call.__name__ for d in route.dependant.dependencies if d.call is not None}
+        keys &= {"read_access", "personal_read_access", "require_read"} | strong
+        where = f"{sorted(route.methods)} {route.path}"
+        if route.path in OPEN:
+            assert not keys, where
+            continue
+        assert len(keys) == 1, (where, keys)
+        if route.path in ("/api/v1/analyze", "/api/v1/identify"):  # reads, by upload
+            assert keys == ({"personal_read_access"} if "identify" in route.path else {"read_access"}), where
+        elif route.methods & {"POST", "DELETE", "PUT", "PATCH"}:
+            assert keys <= strong, (where, keys)
+        elif PERSONAL.match(route.path) and route.path != "/api/v1/feedback/stats":
+            assert keys <= personal, (where, keys)
+    assert checked >= 40
