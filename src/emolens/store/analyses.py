@@ -40,12 +40,14 @@ class AnalysisStore:
         self.size = max(1, size)
         self.ttl = timedelta(seconds=ttl_s)
         self.max_bytes = max_bytes
+        self._trimmed = False
 
     def put(self, key: str, results: dict[str, Any], upload: bytes) -> None:
         with session(self.url) as s:
             s.add(AnalysisRow(key=key, created_at=datetime.now(UTC), results=results, upload=upload))
             s.flush()
-            _trim(s, self)
+            if _trim(s, self):
+                self._trimmed = True  # the next sweep truncates the log, where older copies may stay
 
     def get(self, key: str) -> tuple[dict[str, Any], bytes] | None:
         """The results and upload of analysis ``key``; None when unknown or expired."""
@@ -64,7 +66,8 @@ class AnalysisStore:
         Returns how many analyses went."""
         with session(self.url) as s:
             gone = _trim(s, self)
-        reclaim(get_engine(self.url))  # also space freed since the last turn (puts, erasures)
+        deleted, self._trimmed = bool(gone or self._trimmed), False
+        reclaim(get_engine(self.url), deleted)  # also space freed since the last turn (puts, erasures)
         return gone
 
     def clear(self) -> int:

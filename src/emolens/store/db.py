@@ -139,7 +139,7 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         yield
 
 
-def reclaim(engine: Engine) -> None:
+def reclaim(engine: Engine, deleted: bool = False) -> None:
     """SQLite: give the pages freed by deletions back to the file system and truncate the
     write-ahead log, so neither keeps a copy of deleted rows. A file made before auto_vacuum was set
     is vacuumed once, which switches it to incremental vacuum. A no-op on other databases (their
@@ -147,13 +147,19 @@ def reclaim(engine: Engine) -> None:
     if engine.dialect.name != "sqlite":
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        if conn.exec_driver_sql("PRAGMA freelist_count").scalar():
+        if not deleted and not conn.exec_driver_sql("PRAGMA freelist_count").scalar():
+            return  # nothing deleted since the last time
+        # A truncating checkpoint holds new writers back while it waits for readers: not for long.
+        conn.exec_driver_sql("PRAGMA busy_timeout=2000")
+        try:
             if conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() != 2:
                 conn.exec_driver_sql("VACUUM")
             else:
                 # sqlite3's execute steps a statement once (one page); a script runs it to the end
                 conn.connection.driver_connection.executescript("PRAGMA incremental_vacuum;")
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.exec_driver_sql("PRAGMA busy_timeout=30000")
 
 
 @contextmanager
