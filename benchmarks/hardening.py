@@ -151,7 +151,9 @@ def extract(ref: str, into: Path) -> Path:
 
 
 def env_for(src: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT / 'tests'}", **extra}
+    inherited = os.environ.get("PYTHONPATH", "")  # e.g. packages installed beside the environment
+    path = os.pathsep.join(p for p in (str(src), str(ROOT / "tests"), inherited) if p)
+    env = {**os.environ, "PYTHONPATH": path, **extra}
     env.pop("EMOLENS_MODEL", None)
     return env
 
