@@ -13,6 +13,11 @@ working tree as "after") are run in fresh processes with ``PYTHONPATH`` pointing
   files it sends); a failure is the test failing on that tree.
 
 Writes ``benchmarks/results/hardening.md``. Run: ``python benchmarks/hardening.py``.
+
+``--server-review`` repeats only the server attacks of the second review (issue 36: ``tests/
+test_hardening_server.py``, the live socket's key tests, and the random-seed fuzz run with
+``--fuzz-requests`` requests after the fixes, 1,500 before) on ``--before`` (default ``3a4579e``) and
+the working tree, and replaces that section of the results file.
 """
 
 from __future__ import annotations
@@ -63,6 +68,81 @@ ATTACKS = {
 }
 
 
+SECOND_REVIEW = "3a4579e"  # main before issue 36
+# tests/test_hardening_server.py and test_live.py test (prefix) -> (attack or fault, tries per run)
+SERVER_ATTACKS = {
+    "test_app_serves_registered_model_names_only": (
+        "`/app/config.json?model=emolens.db` and other names (21 requests)",
+        21,
+    ),
+    "test_app_data_needs_the_read_key": ("`/app` settings and model files without a key where reads need one", 2),
+    "test_host_header_must_name_the_server": ("foreign Host headers (DNS rebinding)", 6),
+    "test_app_config_of_a_routed_or_ensemble": ("`/app/config.json` with `adaptive` or an ensemble as the model", 2),
+    "test_shadow_disagreements_and_crops": ("shadow disagreements and face crops without a key", 2),
+    "test_uploads_are_swept_on_a_timer": ("uploads past their expiry with no new request; their bytes in the files", 3),
+    "test_uploads_are_capped_in_bytes": ("uploads beyond the byte cap", 4),
+    "test_erasing_a_person_erases": ("uploads left after erasing a person", 1),
+    "test_a_locked_database_answers_503": ("write lock held elsewhere: /healthz unanswered, no 503", 11),
+    "test_a_full_database_is_507": ("full database: 500 instead of 507, /readyz ready", 2),
+    "test_a_database_that_is_down": ("PostgreSQL down: 500s; /readyz shows host and port", 3),
+    "test_an_ambiguous_session_prefix": ("ambiguous attendance-session prefix (report, stop, images)", 3),
+    "test_api_docs_load_only_same_origin": ("`/docs`, `/redoc` load assets from third parties", 2),
+    "test_the_access_log_redacts_a_key_whose": ("`?k%65y=` and other encoded key names in the log", 3),
+    "test_every_route_declares_the_key": ("routes without the key their data needs", 1),
+    "test_an_encoded_key_name_is_redacted": ("WebSocket: `?k%65y=` logged in clear; a revoked key keeps its socket", 2),
+}
+
+
+def server_review(args) -> None:
+    """The second review's server rows (see the module's docstring), written into their section."""
+    t0 = time.time()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="emolens-hardening-") as tmp:
+        trees = {"before": extract(args.before or SECOND_REVIEW, Path(tmp) / "before"), "after": ROOT / "src"}
+        for name, src in trees.items():
+            print(f"[{name}] attacks", flush=True)
+            tests, _ = pytest_outcomes(src, "tests/test_hardening_server.py")
+            live, _ = pytest_outcomes(src, "tests/test_live.py", PYTEST_ADDOPTS='-k "encoded_key"')
+            n = args.fuzz_requests if name == "after" else 1500
+            print(f"[{name}] random fuzz, {n} requests", flush=True)
+            _, text = pytest_outcomes(src, "tests/test_fuzz.py", PYTEST_ADDOPTS="-s -k random", FUZZ_REQUESTS=str(n))
+            m = re.search(r"fuzz seed (\d+): (\d+) requests, (\d+) answered 5xx", text)
+            results[name] = {"tests": {**tests, **live}, "fuzz": m.groups() if m else ("?", "0", "-1")}
+    b, a = results["before"], results["after"]
+
+    def failed(tests: dict[str, str], prefix: str) -> int:
+        hits = [o for t, o in tests.items() if t.startswith(prefix)]
+        return sum(o != "PASSED" for o in hits) if hits else -1
+
+    rows = [(w, t, failed(b["tests"], p), failed(a["tests"], p)) for p, (w, t) in SERVER_ATTACKS.items()]
+    rows.append(
+        (
+            f"random-seed fuzz: requests answered 5xx (before {b['fuzz'][1]} requests, seed {b['fuzz'][0]}; "
+            f"after {a['fuzz'][1]} requests, seed {a['fuzz'][0]})",
+            int(a["fuzz"][1]),
+            int(b["fuzz"][2]),
+            int(a["fuzz"][2]),
+        )
+    )
+    title = "## Second review (issue 36): the server"
+    section = [
+        title,
+        "",
+        f"`python benchmarks/hardening.py --server-review` (before: `{args.before or SECOND_REVIEW}`, after: the "
+        f"working tree), load average {os.getloadavg()[0]:.0f} at the end; run time {time.time() - t0:.0f} s. "
+        "Per-test rows: 1 when the test of that attack failed on that tree; the fuzz row counts 5xx answers.",
+        "",
+        "| attack or fault | tries | failures before | failures after |",
+        "|---|---:|---:|---:|",
+        *(f"| {w} | {t} | {fb} | {fa} |" for w, t, fb, fa in rows),
+        "",
+    ]
+    text = args.out.read_text() if args.out.exists() else ""
+    head = text.split(title)[0].rstrip("\n")
+    args.out.write_text((head + "\n\n" if head else "") + "\n".join(section))
+    print("\n".join(section))
+
+
 def extract(ref: str, into: Path) -> Path:
     into.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", ref, "src"], cwd=ROOT, capture_output=True, check=True).stdout
@@ -71,7 +151,9 @@ def extract(ref: str, into: Path) -> Path:
 
 
 def env_for(src: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT / 'tests'}", **extra}
+    inherited = os.environ.get("PYTHONPATH", "")  # e.g. packages installed beside the environment
+    path = os.pathsep.join(p for p in (str(src), str(ROOT / "tests"), inherited) if p)
+    env = {**os.environ, "PYTHONPATH": path, **extra}
     env.pop("EMOLENS_MODEL", None)
     return env
 
@@ -119,11 +201,18 @@ def fuzz(src: Path, examples: int) -> tuple[int, int, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--before", default=BASELINE, help="git ref of the code before the fixes")
+    ap.add_argument(
+        "--before", default=None, help=f"git ref before the fixes ({BASELINE}; server review: {SECOND_REVIEW})"
+    )
+    ap.add_argument("--server-review", action="store_true", help="only the second review's server attacks")
+    ap.add_argument("--fuzz-requests", type=int, default=10_000, help="random fuzz requests after the fixes")
     ap.add_argument("--race", type=int, default=7, help="trials of the promotion race")
     ap.add_argument("--examples", type=int, default=50, help="fuzz examples per operation")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "hardening.md")
     args = ap.parse_args()
+    if args.server_review:
+        return server_review(args)
+    args.before = args.before or BASELINE
     from test_hardening import write_png
 
     t0 = time.time()

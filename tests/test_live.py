@@ -222,6 +222,36 @@ def _check_access(server) -> None:
     assert "emolens_live_sessions" in metrics
 
 
+def test_an_encoded_key_name_is_redacted_and_revoking_the_key_closes_its_socket(server):
+    """``?k%65y=`` is ``?key=`` once decoded: it is read as the key, so it must be kept out of the log
+    too. A key revoked while its socket is open stops it at the next message (4403)."""
+    from emolens.store.keys import KeyStore
+
+    store = KeyStore(server["app"].state.emolens.db_url)
+    row, secret = store.create("short-lived", "read")
+    logged: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: logged.append(record.getMessage())
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    level = uvicorn_log.level
+    uvicorn_log.setLevel(logging.INFO)
+    uvicorn_log.addHandler(handler)
+    try:
+        with ws_client.connect(server["ws"] + f"?k%65y={secret}", open_timeout=30) as ws:
+            assert recv(ws)["type"] == "ready"
+            assert len(send_frame(ws, FRAMES[0])["faces"]) == 1
+            store.revoke(row.key_id)
+            ws.send(FRAMES[1])
+            with pytest.raises(ConnectionClosed) as exc:
+                recv(ws)
+            assert exc.value.rcvd.code == 4403 and "revoked" in exc.value.rcvd.reason, exc.value
+    finally:
+        uvicorn_log.removeHandler(handler)
+        uvicorn_log.setLevel(level)
+    assert any("/api/v1/live" in m and "REDACTED" in m for m in logged), logged
+    assert not any(secret in m for m in logged), logged
+
+
 def test_a_client_that_leaves_mid_frame_leaves_nothing_behind(server):
     state = server["app"].state.emolens
     with open_live(server) as (ws, _):

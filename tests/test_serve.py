@@ -137,7 +137,7 @@ def feedback_count(server) -> int:
 def test_health_ready_openapi_and_page(client):
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz").json()
-    assert ready == {"status": "ready", "checks": {"model_and_detector": "ok", "database": "ok"}}
+    assert ready == {"status": "ready", "checks": {"model_and_detector": "ok", "database": "ok", "storage": "ok"}}
     schema = client.get("/openapi.json").json()
     for path in ("/api/v1/analyze", "/api/v1/feedback", "/api/v1/feedback/crop", "/api/v1/models", "/readyz"):
         assert path in schema["paths"], path
@@ -621,7 +621,7 @@ def test_create_app_uses_the_home_it_is_given_not_the_process_one(tmp_path, monk
         state = app.state.emolens
         assert state.db_url == f"sqlite:///{home / 'emolens.db'}"
         _, admin = KeyStore(state.db_url).create("admin", "admin")
-        with TestClient(app) as c:
+        with TestClient(app, base_url="http://localhost") as c:  # a Host the server answers
             listing = c.get("/api/v1/models").json()
             assert "mine" in listing["available"] and listing["serving"] == "fast", listing
             r = c.post("/api/v1/models/mine/promote", headers={"X-API-Key": admin})

@@ -119,11 +119,14 @@ def test_report_and_a_correction_of_a_disagreement(shadowed):
     assert sum(n for row in body["confusion"].values() for n in row.values()) == body["faces"]
     assert body["corrections"]["corrected"] == 0
 
-    d = client.get("/api/v1/shadow/disagreements", params={"active": "fast", "shadow": "accurate"}).json()
+    read = {"X-API-Key": shadowed["key"]}  # faces: the personal-read rule
+    query = {"active": "fast", "shadow": "accurate"}
+    d = client.get("/api/v1/shadow/disagreements", params=query, headers=read).json()
     assert d and all(x["active_label"] != x["shadow_label"] and x["corrected"] is None for x in d)
-    crop = client.get(f"/api/v1/shadow/crops/{d[0]['crop_key']}")
+    crop = client.get(f"/api/v1/shadow/crops/{d[0]['crop_key']}", headers=read)
     assert crop.status_code == 200 and crop.headers["content-type"] == "image/png"
-    assert client.get("/api/v1/shadow/crops/../../emolens.db").status_code == 404
+    assert client.get(f"/api/v1/shadow/crops/{d[0]['crop_key']}").status_code == 401
+    assert client.get("/api/v1/shadow/crops/../../emolens.db", headers=read).status_code == 404
 
     # A user says the shadow was right on that face: the feedback crop has the same key.
     target = d[0]

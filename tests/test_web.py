@@ -271,3 +271,25 @@ def test_camera_live_mode_over_a_websocket(playwright, tmp_path):
         assert state.metrics.analyses._value.get() >= 2  # the frozen frame, and the HTTP fallback's frames
         text = httpx.get(url + "/metrics").text
         assert 'emolens_live_frames_total{outcome="analysed"}' in text
+
+
+@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".opblock"), ("/redoc", "[data-section-id]")])
+def test_api_docs_render_offline_under_their_csp(browser, tmp_path, path, rendered):
+    """Swagger UI and ReDoc draw the API from this server alone. ReDoc's sidebar asks for Redocly's
+    logo from their CDN: the page's CSP refuses it, so it never leaves the browser; nothing else
+    goes elsewhere and nothing of this server's is refused."""
+    with running_server(tmp_path / "home") as (url, _):
+        page = browser.new_page()
+        outside: list[str] = []
+        refused: dict[str, str] = {}
+        csp: list[str] = []
+        local = (url, "data:", f"blob:{url}")
+        page.on("request", lambda req: None if req.url.startswith(local) else outside.append(req.url))
+        page.on("requestfailed", lambda req: refused.__setitem__(req.url, req.failure or ""))
+        page.on("console", lambda msg: csp.append(msg.text) if "Content Security Policy" in msg.text else None)
+        page.goto(url + path)
+        page.wait_for_selector(rendered, timeout=60_000)
+        assert page.locator(rendered).count() >= 10
+        page.close()
+    assert all("csp" in refused.get(u, "").lower() for u in outside), (outside, refused)  # blocked, not sent
+    assert all("cdn.redoc.ly" in m for m in csp), csp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Annotated
 
@@ -38,6 +39,13 @@ def serve(
     import uvicorn
 
     ws = workspace()
+    if not ws.settings.allowed_hosts:  # the loopback names and what the server binds (every worker reads it)
+        import json
+
+        from emolens.workspace import Workspace
+
+        os.environ["EMOLENS_ALLOWED_HOSTS"] = json.dumps(bound_names(host))
+        ws = Workspace(ws.settings.model_copy(update={"allowed_hosts": bound_names(host)}))
     s = ws.settings
     try:
         n_keys = ws.keys.count()
@@ -69,6 +77,21 @@ def serve(
         from emolens.serve import create_app
 
         uvicorn.run(create_app(ws), **options)
+
+
+def bound_names(host: str) -> list[str]:
+    """The Host names a server bound to ``host`` answers by default: the loopback names, ``host``,
+    and for every interface (0.0.0.0, ::) this machine's name and addresses."""
+    import socket
+
+    from emolens.serve.app import LOOPBACK
+
+    names = [*LOOPBACK, host]
+    if host in ("0.0.0.0", "::", ""):
+        names += [socket.gethostname(), socket.getfqdn()]
+        with contextlib.suppress(OSError):
+            names += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)]
+    return list(dict.fromkeys(n for n in names if n and n not in ("0.0.0.0", "::")))
 
 
 def _share_metrics() -> None:

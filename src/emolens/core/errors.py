@@ -44,6 +44,12 @@ class NotFoundError(EmoLensError):
     http_status = 404
 
 
+class AmbiguousError(EmoLensError):
+    """A short id or prefix that matches several things; the message lists them."""
+
+    http_status = 409
+
+
 class StorageError(EmoLensError):
     """Something could not be stored (full disk, read-only folder, unreachable database)."""
 

@@ -66,7 +66,11 @@ class Settings(BaseSettings):
     serve_threads: int = 2  # analyses at once per server process (the rest queue); threads=0 splits the cores
     serve_queue: int = 64  # analyses allowed to wait; beyond that 503 "busy"
     analysis_cache: int = 256  # recent analyses kept (in the database) so feedback can point at their faces
-    analysis_ttl_s: float = 3600.0  # ... for at most this long
+    analysis_ttl_s: float = 3600.0  # ... for at most this long (swept on a timer)
+    analysis_cache_mb: float = 200.0  # ... and at most this many megabytes of uploads (the oldest go first)
+    database_timeout_s: float = 10.0  # a request waits this long for the database, then 503
+    # Host header names the server answers (DNS rebinding); [] = loopback names and `serve --host`'s
+    allowed_hosts: list[str] = []
     shadow_model: str | None = None  # a candidate run beside the active model on a share of requests
     shadow_share: float = 0.1  # the share of analyses the shadow model also classifies (0..1)
     shadow_queue: int = 32  # shadow classifications allowed to wait; beyond that a sample is skipped

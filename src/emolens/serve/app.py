@@ -22,7 +22,7 @@ from emolens.serve import logs
 from emolens.serve.deps import InferenceGate, ServerState
 from emolens.serve.errors import install_handlers
 from emolens.serve.metrics import worker_stopped
-from emolens.serve.middleware import BodyLimitMiddleware, MetricsMiddleware, TimeoutMiddleware
+from emolens.serve.middleware import BodyLimitMiddleware, HostMiddleware, MetricsMiddleware, TimeoutMiddleware
 from emolens.workspace import Workspace
 
 STATIC = Path(__file__).parent / "static"
@@ -52,6 +52,15 @@ reads are open unless it sets `EMOLENS_API_READ_KEY_REQUIRED=true`.
 """
 
 
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """The names a request's Host header may carry: ``allowed_hosts``, else the loopback names
+    (``emolens serve --host`` adds the address it binds). ``*`` allows any."""
+    return list(settings.allowed_hosts) or list(LOOPBACK)
+
+
 def create_app(settings: Settings | Workspace | None = None) -> FastAPI:
     """A new app, an entry point: its composition root (``emolens.workspace``) is made from
     ``settings`` (default: the process's: defaults < config file < environment), or given whole;
@@ -77,9 +86,13 @@ def create_app(settings: Settings | Workspace | None = None) -> FastAPI:
             state.warmup()
 
         threading.Thread(target=warm, name="emolens-warmup", daemon=True).start()
+        sweeping = threading.Event()
+        threading.Thread(target=state.sweep_analyses, args=(sweeping,), name="emolens-sweep", daemon=True).start()
         try:
             yield
         finally:
+            sweeping.set()
+            state.db_pool.shutdown(wait=False, cancel_futures=True)
             state.gate.shutdown()
             state.jobs.shutdown()
             if state._shadow is not None:
@@ -91,6 +104,8 @@ def create_app(settings: Settings | Workspace | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from routers/docs.py: assets from this server, a CSP
+        redoc_url=None,
         openapi_tags=[
             {"name": "analyze", "description": "Faces and emotions in an image"},
             {"name": "feedback", "description": "What people said about faces: stored for fine-tuning"},
@@ -104,7 +119,7 @@ def create_app(settings: Settings | Workspace | None = None) -> FastAPI:
     install_handlers(app)
     logs.install()
 
-    from emolens.serve.routers import analyze, feedback, health, live, models, people, shadow, webapp
+    from emolens.serve.routers import analyze, docs, feedback, health, live, models, people, shadow, webapp
 
     for r in (
         analyze.router,
@@ -119,6 +134,7 @@ def create_app(settings: Settings | Workspace | None = None) -> FastAPI:
         health.api,
         health.router,
         webapp.router,  # /app/: the on-device web app (PWA)
+        docs.router,
     ):
         app.include_router(r)
 
@@ -132,6 +148,7 @@ def create_app(settings: Settings | Workspace | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_upload_mb * 1_000_000))
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(HostMiddleware, allowed=allowed_hosts(settings))
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

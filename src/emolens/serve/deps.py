@@ -1,5 +1,9 @@
-"""What the routes depend on: the server's state (settings, analyzer, stores), inference off the
-event loop, recent analyses, background jobs, and API-key checks."""
+"""What the routes depend on: the server's state (settings, analyzer, stores), inference and
+database work off the event loop, recent analyses, background jobs, and API-key checks.
+
+Routes declare what they need with the typed aliases at the end (``State``, ``ReadKey``,
+``PersonalReadKey``, ``WriteKey``, ``AdminKey``, ``AnalyzerDep``, ``FeedbackDep``...), so the key a
+route needs is part of its signature."""
 
 from __future__ import annotations
 
@@ -12,14 +16,14 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 
 from emolens.core.errors import EmoLensError, NotFoundError
 from emolens.core.settings import Settings
-from emolens.serve.errors import BusyError, ForbiddenError, UnauthorizedError
+from emolens.serve.errors import BusyError, DatabaseUnavailableError, ForbiddenError, UnauthorizedError
 from emolens.store.keys import SCOPES, ApiKey
 from emolens.workspace import Workspace
 
@@ -69,10 +73,10 @@ class AnalysisCache:
     """Recent analyses, so feedback can name a face by analysis id and index, whichever server
     worker answered the analysis: kept in the database (``store.analyses``) with an expiry."""
 
-    def __init__(self, url: str, size: int, max_pixels: int, ttl_s: float):
+    def __init__(self, url: str, size: int, max_pixels: int, ttl_s: float, max_bytes: int | None = None):
         from emolens.store.analyses import AnalysisStore
 
-        self.store = AnalysisStore(url, size, ttl_s)
+        self.store = AnalysisStore(url, size, ttl_s, max_bytes=max_bytes)
         self.max_pixels = max_pixels
 
     def put(self, results, data: bytes) -> str:
@@ -161,8 +165,16 @@ class ServerState:
         self.keys = workspace.keys
         self.metrics = Metrics()
         self.analyses = AnalysisCache(
-            self.db_url, settings.analysis_cache, settings.max_pixels, settings.analysis_ttl_s
+            self.db_url,
+            settings.analysis_cache,
+            settings.max_pixels,
+            settings.analysis_ttl_s,
+            max_bytes=int(settings.analysis_cache_mb * 1_000_000),
         )
+        # Database work of async routes runs here, never on the event loop; a hung database
+        # holds at most these threads, and callers stop waiting after database_timeout_s.
+        self.db_pool = ThreadPoolExecutor(8, thread_name_prefix="emolens-db")
+        self.storage_error: tuple[float, str] | None = None  # the last write that failed for lack of space
         self.jobs = JobRunner(self.db_url)
         self.gate = InferenceGate(settings.serve_threads, settings.serve_queue)  # renewed at each startup
         self._analyzer = None
@@ -247,6 +259,30 @@ class ServerState:
         finally:
             self.warm.set()
 
+    def sweep_analyses(self, stop: threading.Event) -> None:
+        """Forget expired uploads on a timer (in a thread from startup to shutdown), so none stays
+        past its expiry while no new photo comes."""
+        import logging
+
+        every = min(60.0, max(0.5, self.settings.analysis_ttl_s / 4))
+        while not stop.wait(every):
+            try:
+                self.analyses.store.sweep()
+            except Exception as exc:  # a database that is down now may be back at the next turn
+                logging.getLogger("emolens.serve").warning("sweeping expired analyses failed: %s", exc)
+
+    async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a database thread; DatabaseUnavailableError (503) when it has not
+        answered within ``database_timeout_s`` (it finishes in its thread; its answer is dropped)."""
+        timeout = self.settings.database_timeout_s
+        future = self.db_pool.submit(fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            raise DatabaseUnavailableError(
+                f"the database did not answer within {timeout:g} s (EMOLENS_DATABASE_TIMEOUT_S); try again shortly"
+            ) from None
+
     def feedback_store(self):
         return self.workspace.feedback_store
 
@@ -310,3 +346,46 @@ def personal_read_access(
     if s.api_read_key_required or not s.api_personal_reads_open or token:
         return _check(state, token, "read")
     return None
+
+
+def get_analyzer(state: ServerState = Depends(get_state)):
+    return state.analyzer
+
+
+def get_feedback_store(state: ServerState = Depends(get_state)):
+    return state.feedback_store()
+
+
+def get_shadow_store(state: ServerState = Depends(get_state)):
+    return state.shadow_store()
+
+
+def get_people(request: Request):
+    """The app's ``People`` (made on first use; cheap: its models load when first needed)."""
+    app_state = request.app.state
+    people = getattr(app_state, "people", None)
+    if people is None:
+        with _people_lock:
+            people = getattr(app_state, "people", None)
+            if people is None:
+                from emolens.identify.gallery import People
+
+                state: ServerState = app_state.emolens
+                people = People(workspace=state.workspace)
+                app_state.people = people
+    return people
+
+
+_people_lock = threading.Lock()
+
+# -- what a route declares ---------------------------------------------------------------------
+State = Annotated[ServerState, Depends(get_state)]
+AnalyzerDep = Annotated[Any, Depends(get_analyzer)]  # emolens.pipeline.analyzer.Analyzer
+FeedbackDep = Annotated[Any, Depends(get_feedback_store)]  # emolens.store.feedback.FeedbackStore
+ShadowStoreDep = Annotated[Any, Depends(get_shadow_store)]  # emolens.store.shadow.ShadowStore
+PeopleDep = Annotated[Any, Depends(get_people)]  # emolens.identify.gallery.People
+ReadKey = Annotated[ApiKey | None, Depends(read_access)]  # open reads unless the server requires keys
+PersonalReadKey = Annotated[ApiKey | None, Depends(personal_read_access)]  # faces, names, attendance
+AnyKey = Annotated[ApiKey, Depends(require("read"))]  # a valid key of any scope
+WriteKey = Annotated[ApiKey, Depends(require("write"))]
+AdminKey = Annotated[ApiKey, Depends(require("admin"))]

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import parse_qsl, urlencode
 
-_KEY_PARAM = re.compile(r"(?i)([?&](?:key|api_key|x-api-key)=)[^&#]*")
+SECRET_PARAMS = {"key", "api_key", "x-api-key"}  # query names that carry a key, compared decoded
 _PERSON = re.compile(r"^(/api/v1/people/)(?!versions(?:/|$|\?)|train(?:$|\?))[^/?]+")
 
 
 def redact(target: str) -> str:
-    """``/api/v1/people/P001/images?key=emk_x`` → ``/api/v1/people/{key}/images?key=REDACTED``."""
-    return _PERSON.sub(r"\1{key}", _KEY_PARAM.sub(r"\1REDACTED", target))
+    """``/api/v1/people/P001/images?key=emk_x`` → ``/api/v1/people/{key}/images?key=REDACTED``.
+    Query names are decoded first, as a server reads them (``?k%65y=`` is ``?key=``)."""
+    path, sep, query = target.partition("?")
+    if sep:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+            query = urlencode([(k, "REDACTED") if k.lower() in SECRET_PARAMS else (k, v) for k, v in pairs])
+    return _PERSON.sub(r"\1{key}", path) + sep + query
 
 
 class AccessLogFilter(logging.Filter):

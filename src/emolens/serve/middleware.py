@@ -3,10 +3,9 @@ body size limit, request timeout, and per-route metrics."""
 
 from __future__ import annotations
 
-import math
+import asyncio
 import time
 
-import anyio
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -104,8 +103,9 @@ class BodyLimitMiddleware:
 
 class TimeoutMiddleware:
     """Answer 504 when no response has started within ``seconds``. Once the response starts, the
-    deadline is lifted (a large download is not cut off). Analyses run in worker threads, which
-    cannot be interrupted: a timed-out analysis finishes in the background and its result is dropped."""
+    deadline is lifted (a large download is not cut off). Work that cannot be interrupted (an
+    analysis, or a database call in a worker thread) is left behind: it is cancelled, finishes in its
+    thread, and its answer is dropped, so a hung database or a long analysis never holds the reply."""
 
     def __init__(self, app: ASGIApp, seconds: float):
         self.app = app
@@ -114,25 +114,37 @@ class TimeoutMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.seconds or self.seconds <= 0:
             return await self.app(scope, receive, send)
-        started = False
-        with anyio.CancelScope(deadline=anyio.current_time() + self.seconds) as cancel:
+        started = asyncio.Event()
+        abandoned = False
 
-            async def send_lifting_deadline(message: Message) -> None:
-                nonlocal started
-                if message["type"] == "http.response.start":
-                    started = True
-                    cancel.deadline = math.inf
-                await send(message)
+        async def guarded_send(message: Message) -> None:
+            if abandoned:
+                return  # the client already has its 504
+            if message["type"] == "http.response.start":
+                started.set()
+            await send(message)
 
-            await self.app(scope, receive, send_lifting_deadline)
-        if cancel.cancelled_caught and not started:
-            response = error_response(
-                504,
-                "request_timeout",
-                f"the request was not answered within {self.seconds:g} s (EMOLENS_REQUEST_TIMEOUT_S); "
-                "try a smaller image or try again when the server is less busy",
-            )
-            await response(scope, receive, send)
+        task = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        waiter = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait({task, waiter}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED)
+            if task.done() or started.is_set():
+                return await task
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            waiter.cancel()
+        abandoned = True
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # consumed: no "never retrieved"
+        response = error_response(
+            504,
+            "request_timeout",
+            f"the request was not answered within {self.seconds:g} s (EMOLENS_REQUEST_TIMEOUT_S); "
+            "try a smaller image or try again when the server is less busy",
+        )
+        await response(scope, receive, send)
 
 
 class MetricsMiddleware:
@@ -162,3 +174,46 @@ class MetricsMiddleware:
             method = scope.get("method", "")
             self.metrics.requests.labels(method, path, str(status)).inc()
             self.metrics.latency.labels(method, path).observe(time.perf_counter() - t0)
+
+
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapers address a pod by its IP
+
+
+def host_name(header: str) -> str:
+    """``example.com:8000`` → ``example.com``; ``[::1]:8000`` → ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostMiddleware:
+    """Answer only requests whose Host header names this server (``allowed_hosts``): a web page
+    elsewhere that points its own name at 127.0.0.1 (DNS rebinding) is refused with 400, before any
+    route runs. Entries are names or addresses; ``*.example.com`` allows subdomains, ``*`` any host.
+    Health, readiness and metrics stay open to probes that use an address."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str]):
+        self.app = app
+        self.any = "*" in allowed
+        self.names = {host_name(a) for a in allowed if not a.startswith("*.")}
+        self.suffixes = tuple(a[1:].lower() for a in allowed if a.startswith("*."))
+
+    def allows(self, header: str) -> bool:
+        name = host_name(header)
+        return self.any or name in self.names or (bool(self.suffixes) and name.endswith(self.suffixes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.any or scope.get("path") in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
+        if self.allows(header):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 4403, "reason": "host not allowed"})
+            return
+        message = (
+            f"host {header[:100]!r} is not one of this server's names; "
+            "add it to EMOLENS_ALLOWED_HOSTS if it should answer to it"
+        )
+        await error_response(400, "host_not_allowed", message)(scope, receive, send)

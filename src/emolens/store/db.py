@@ -31,8 +31,12 @@ class Base(DeclarativeBase):
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets readers work beside one writer; busy_timeout makes concurrent writers queue
     # instead of failing; synchronous=FULL makes a committed row survive a power cut.
+    # secure_delete zeroes what is deleted (uploads, people); auto_vacuum=INCREMENTAL (taken by a
+    # new file, or an old one at its next VACUUM) lets ``reclaim`` give freed space back.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    cur.execute("PRAGMA secure_delete=ON")
     _retry_busy(cur, "PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -85,7 +89,9 @@ def _engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        # A server that does not answer fails the connection after 10 s instead of the OS's minutes.
+        args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
+        engine = create_engine(url, pool_pre_ping=True, connect_args=args)
     migrate(engine)
     return engine
 
@@ -123,6 +129,29 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 
     with FileLock(f"{engine.url.database}.migrate.lock", timeout=60):
         yield
+
+
+def reclaim(engine: Engine, deleted: bool = False) -> None:
+    """SQLite: give the pages freed by deletions back to the file system and truncate the
+    write-ahead log, so neither keeps a copy of deleted rows. A file made before auto_vacuum was set
+    is vacuumed once, which switches it to incremental vacuum. A no-op on other databases (their
+    own vacuum reclaims space)."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if not deleted and not conn.exec_driver_sql("PRAGMA freelist_count").scalar():
+            return  # nothing deleted since the last time
+        # A truncating checkpoint holds new writers back while it waits for readers: not for long.
+        conn.exec_driver_sql("PRAGMA busy_timeout=2000")
+        try:
+            if conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() != 2:
+                conn.exec_driver_sql("VACUUM")
+            else:
+                # sqlite3's execute steps a statement once (one page); a script runs it to the end
+                conn.connection.driver_connection.executescript("PRAGMA incremental_vacuum;")
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.exec_driver_sql("PRAGMA busy_timeout=30000")
 
 
 @contextmanager

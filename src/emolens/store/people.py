@@ -23,7 +23,8 @@ import numpy as np
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, delete, func, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from emolens.core.errors import EmoLensError, NotFoundError
+from emolens.core.errors import AmbiguousError, EmoLensError, NotFoundError
+from emolens.store.analyses import clear_analyses
 from emolens.store.db import Base, get_engine, session
 
 ACTIVE_SLOT = "default"
@@ -152,7 +153,8 @@ def delete_person_rows(s: Session, person_id: int) -> dict[str, int]:
     """Delete a person and every row about them; returns the number of rows deleted per table.
 
     On SQLite, ``secure_delete`` makes the freed pages zeroed rather than left holding the deleted
-    names and vectors until reused; ``checkpoint`` afterwards moves them out of the WAL file."""
+    names and vectors until reused; ``checkpoint`` afterwards moves them out of the WAL file.
+    Every recent upload goes too (``store.analyses``): which of them show the person is unknown."""
     if s.get_bind().dialect.name == "sqlite":
         s.execute(text("PRAGMA secure_delete=ON"))
     face_ids = select(FaceRow.id).where(FaceRow.person_id == person_id)
@@ -163,6 +165,8 @@ def delete_person_rows(s: Session, person_id: int) -> dict[str, int]:
         ).rowcount,
         "face_embeddings": s.execute(delete(FaceRow).where(FaceRow.person_id == person_id)).rowcount,
         "people": s.execute(delete(PersonRow).where(PersonRow.id == person_id)).rowcount,
+        # the server's recent uploads (kept for feedback) may show them: none is kept past an erasure
+        "recent_uploads": clear_analyses(s),
     }
     return counts
 
@@ -362,12 +366,15 @@ class PeopleRows:
                     else "no attendance session yet; start one with `emolens attendance start`"
                 )
             return row
-        q = select(SessionRow).where(SessionRow.uid.startswith(str(uid), autoescape=True))
+        q = select(SessionRow).where(SessionRow.uid.startswith(str(uid), autoescape=True)).limit(11)
         rows = self._s.scalars(q).all()
         if not rows:
             raise NotFoundError(f"no attendance session {uid!r}; see `emolens attendance list`")
         if len(rows) > 1:
-            raise EmoLensError(f"attendance session id {uid!r} is ambiguous; give more characters")
+            shown = ", ".join(r.uid for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+            raise AmbiguousError(
+                f"attendance session id {uid!r} matches several sessions ({shown}); give more characters"
+            )
         return rows[0]
 
     def sessions(self) -> list[tuple[SessionRow, int]]:

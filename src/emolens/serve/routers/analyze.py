@@ -7,10 +7,10 @@ import io
 import time
 from typing import Literal
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 
 from emolens.pipeline.results import FaceRecord
-from emolens.serve.deps import ServerState, get_state, read_access
+from emolens.serve.deps import ReadKey, ServerState, State
 from emolens.serve.schemas import BODY, AnalysisOut, AnnotatedImage, errors
 from emolens.serve.uploads import MultipartRoute, check_image_part, safe_name
 
@@ -45,11 +45,11 @@ def run_analysis(state: ServerState, data: bytes, name: str, annotate: bool, fmt
     responses=errors(401, 403, 413, 415, 422, 503, 504),
 )
 async def analyze(
+    state: State,
+    _key: ReadKey,
     image: UploadFile = File(..., description="The photo: JPEG, PNG, WebP, BMP, TIFF or GIF"),
     annotate: bool = Query(False, description="Also return the image with boxes and labels drawn, base64-encoded"),
     annotate_format: Literal["jpeg", "png"] = Query("jpeg"),
-    state: ServerState = Depends(get_state),
-    _key=Depends(read_access),
 ) -> AnalysisOut:
     """Find every face and read its emotion. The answer's ``analysis_id`` lets feedback refer to
     a face by its ``index`` (``POST /api/v1/feedback``) while the server remembers the analysis.
@@ -66,7 +66,8 @@ async def analyze(
     m.analysis_seconds.observe(time.perf_counter() - t0)
     m.analyses.inc()
     m.faces.inc(len(results))
-    analysis_id = state.analyses.put(results, data)
+    analysis_id = await state.db(state.analyses.put, results, data)  # never on the event loop
+    state.storage_error = None  # a write went through: the disk has room again
     if state.settings.shadow_model and state.shadow is not None:  # off the response path: returns at once
         state.shadow.offer(analysis_id, results)
     d = results.to_dict()

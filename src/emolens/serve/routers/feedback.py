@@ -8,11 +8,11 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from emolens.core.errors import EmoLensError
-from emolens.serve.deps import ServerState, get_state, personal_read_access, read_access, require
+from emolens.serve.deps import AdminKey, AnyKey, PersonalReadKey, ReadKey, ServerState, State, WriteKey
 from emolens.serve.schemas import BODY, COMMON, FeedbackIn, FeedbackList, FeedbackOut, FeedbackStats, errors
 from emolens.serve.uploads import JsonRoute, MultipartRoute, check_image_part
 from emolens.store.keys import ApiKey
@@ -46,9 +46,7 @@ def _count(state: ServerState, record) -> None:
     summary="Feedback on a face of an earlier analysis",
     responses=errors(401, 403, 404, 415, 422, 503, 504, 507),
 )
-async def feedback_on_analysis(
-    body: FeedbackIn, state: ServerState = Depends(get_state), key: ApiKey = Depends(require("write"))
-) -> FeedbackOut:
+async def feedback_on_analysis(state: State, key: WriteKey, body: FeedbackIn) -> FeedbackOut:
     """Say what face ``face`` of analysis ``analysis_id`` really shows (``label``), or that the
     model was right (``correct: true``). 404 for an analysis the server no longer remembers or a
     face index it did not find; 422 for an unknown label. Needs a key with the ``write`` scope."""
@@ -93,11 +91,11 @@ def _store_crop(state: ServerState, data: bytes, label: str, predicted: str | No
     responses=errors(401, 403, 413, 415, 422, 503, 504, 507),
 )
 async def feedback_on_crop(
+    state: State,
+    key: WriteKey,
     image: UploadFile = File(..., description="A face crop (aligned or not)"),
     label: str = Form(..., description="The true emotion"),
     predicted: str | None = Form(None, description="What a model said, when known"),
-    state: ServerState = Depends(get_state),
-    key: ApiKey = Depends(require("write")),
 ) -> FeedbackOut:
     """Store a labelled face crop (fitted to 96 x 96 px when larger, as fine-tuning reads it). Needs ``write``."""
     check_image_part(image)
@@ -111,12 +109,12 @@ async def feedback_on_crop(
     "/feedback", response_model=FeedbackList, summary="List feedback, newest first", responses=errors(401, 403, 422)
 )
 def list_feedback(
+    state: State,
+    _key: PersonalReadKey,
     limit: int = Query(50, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
     label: str | None = Query(None, max_length=32, description="Only records with this true label"),
     corrections_only: bool = Query(False),
-    state: ServerState = Depends(get_state),
-    _key=Depends(personal_read_access),
 ) -> FeedbackList:
     """Needs a key with the ``read`` scope (records are personal data) unless the server sets
     ``EMOLENS_API_PERSONAL_READS_OPEN=true``."""
@@ -127,7 +125,7 @@ def list_feedback(
 
 
 @router.get("/feedback/stats", response_model=FeedbackStats, summary="Feedback counts")
-def feedback_stats(state: ServerState = Depends(get_state), _key=Depends(read_access)) -> FeedbackStats:
+def feedback_stats(state: State, _key: ReadKey) -> FeedbackStats:
     stats = _feedback(state).stats()
     state.metrics.feedback_stored.set(stats["total"])
     return FeedbackStats(**stats, min_feedback=state.settings.min_feedback)
@@ -169,7 +167,7 @@ def _chunks(f, size: int = 2**20) -> Iterator[bytes]:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/zip": {}}}, **errors(401, 403)},
 )
-def export_feedback(state: ServerState = Depends(get_state), _key: ApiKey = Depends(require("read"))):
+def export_feedback(state: State, _key: AnyKey):
     """Every stored face crop, as an image-folder dataset (``feedback/images/<label>/<uid>.png``),
     and ``feedback/feedback.csv`` with every field. Faces are personal data: this always needs a
     key (any scope), even where reads are open."""
@@ -181,7 +179,7 @@ def export_feedback(state: ServerState = Depends(get_state), _key: ApiKey = Depe
 @router.get(
     "/feedback/{uid}", response_model=FeedbackOut, summary="One feedback record", responses=errors(401, 403, 404)
 )
-def get_feedback(uid: str, state: ServerState = Depends(get_state), _key=Depends(personal_read_access)) -> FeedbackOut:
+def get_feedback(state: State, _key: PersonalReadKey, uid: str) -> FeedbackOut:
     return FeedbackOut.of(_feedback(state).get(uid))
 
 
@@ -191,9 +189,7 @@ def get_feedback(uid: str, state: ServerState = Depends(get_state), _key=Depends
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **errors(401, 403, 404)},
 )
-def get_feedback_crop(
-    uid: str, state: ServerState = Depends(get_state), _key=Depends(personal_read_access)
-) -> Response:
+def get_feedback_crop(state: State, _key: PersonalReadKey, uid: str) -> Response:
     store = _feedback(state)
     record = store.get(uid)
     try:
@@ -206,8 +202,6 @@ def get_feedback_crop(
 
 
 @router.delete("/feedback/{uid}", status_code=204, summary="Delete a feedback record", responses=errors(401, 403, 404))
-def delete_feedback(
-    uid: str, state: ServerState = Depends(get_state), _key: ApiKey = Depends(require("admin"))
-) -> Response:
+def delete_feedback(state: State, _key: AdminKey, uid: str) -> Response:
     _feedback(state).delete(uid)
     return Response(status_code=204)

@@ -20,7 +20,8 @@ newest frame waits: a client sending faster than the server reads is answered ab
 frames, never a growing backlog; ``dropped`` counts the frames skipped so.
 
 Access: when reads need a key, send it as ``?key=`` (a browser cannot set headers on a WebSocket)
-or in ``X-API-Key``; without one the socket is closed with code 4401, with a bad one 4403. A
+or in ``X-API-Key``; without one the socket is closed with code 4401, with a bad one 4403. The
+key is checked again before each message is handled: revoking it closes the socket with 4403. A
 browser page from another origin (not this host, not in ``cors_origins``) is closed with 4403.
 """
 
@@ -43,6 +44,7 @@ from pydantic import ValidationError
 from emolens.core.errors import EmoLensError
 from emolens.serve.deps import ServerState, _check
 from emolens.serve.errors import ForbiddenError, UnauthorizedError, error_type
+from emolens.serve.logs import SECRET_PARAMS
 from emolens.serve.schemas import LiveConfigIn
 
 log = logging.getLogger("emolens.serve")
@@ -96,26 +98,33 @@ def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
 
 def _redact_key(websocket: WebSocket) -> None:
     """Blank ``?key=`` in the scope, in place: the server logs the handshake's path and query string,
-    and a key must not end up in a log."""
+    and a key must not end up in a log. Names are compared decoded, as the key is read: ``?k%65y=``
+    is ``?key=``."""
     raw = websocket.scope.get("query_string", b"")
-    if b"key=" in raw:
-        pairs = [("key", "REDACTED") if k == "key" else (k, v) for k, v in parse_qsl(raw.decode("latin-1"), True)]
+    pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+    if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+        pairs = [(k, "REDACTED") if k.lower() in SECRET_PARAMS else (k, v) for k, v in pairs]
         websocket.scope["query_string"] = urlencode(pairs).encode("latin-1")
 
 
 async def _refuse(websocket: WebSocket, code: int, message: str) -> None:
     """Accept, then close with ``code``: a close before accepting reaches the client as a bare HTTP 403."""
     await websocket.accept()
+    await _close(websocket, code, message)
+
+
+async def _close(websocket: WebSocket, code: int, message: str) -> None:
     reason = message.encode()[:123].decode(errors="ignore")  # a close reason is at most 123 bytes
     await websocket.close(code=code, reason=reason)
 
 
 # -- one connection ----------------------------------------------------------------------------
 class LiveConnection:
-    def __init__(self, websocket: WebSocket, state: ServerState):
+    def __init__(self, websocket: WebSocket, state: ServerState, token: str | None = None):
         s = state.settings
         self.ws = websocket
         self.state = state
+        self.token = token  # checked again before each message is handled: a revoked key stops here
         self.metrics = live_metrics(state)
         self.max_bytes = int(s.max_upload_mb * 1_000_000)
         self.max_pixels = s.max_pixels
@@ -207,11 +216,27 @@ class LiveConnection:
         self.wake.set()
 
     # -- analysing, in order ---------------------------------------------------------------
+    async def key_still_valid(self) -> bool:
+        """The key the socket was opened with is still valid (not revoked meanwhile); if not, the
+        socket is closed with 4403. A database that cannot answer now does not close it."""
+        if not self.token:
+            return True
+        try:
+            await self.state.db(_check, self.state, self.token, "read")
+        except (ForbiddenError, UnauthorizedError) as exc:
+            await _close(self.ws, CLOSE_FORBIDDEN, str(exc))
+            return False
+        except EmoLensError:
+            pass
+        return True
+
     async def work_loop(self) -> None:
         while True:
             while not self.queue:
                 self.wake.clear()
                 await self.wake.wait()
+            if not await self.key_still_valid():
+                return
             item = self.queue.popleft()
             if item[0] == "frame":
                 await self.analyse(*item[1:])
@@ -316,7 +341,7 @@ async def live(websocket: WebSocket) -> None:
             return await _refuse(websocket, CLOSE_FORBIDDEN, str(exc))
 
     await websocket.accept()
-    conn = LiveConnection(websocket, state)
+    conn = LiveConnection(websocket, state, token)
     conn.metrics.sessions.inc()
     tasks: list[asyncio.Task] = []
     try:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body
 
 from emolens.core.errors import MissingExtraError, RefusedError
-from emolens.serve.deps import ServerState, get_state, read_access, require
+from emolens.serve.deps import AdminKey, ReadKey, ServerState, State
 from emolens.serve.errors import ForbiddenError
 from emolens.serve.schemas import BODY, COMMON, FinetuneIn, JobOut, ModelsOut, ModelVersionOut, errors
 from emolens.serve.uploads import JsonRoute
-from emolens.store.keys import ApiKey
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=COMMON)
 json_router = APIRouter(prefix="/api/v1", tags=["models"], route_class=JsonRoute, responses=BODY)
 
 
 @router.get("/models", response_model=ModelsOut, summary="Model versions and their metrics")
-def list_models(state: ServerState = Depends(get_state), _key=Depends(read_access)) -> ModelsOut:
+def list_models(state: State, _key: ReadKey) -> ModelsOut:
     from emolens.models.registry import BASE_MODEL
 
     reg = state.registry()
@@ -35,7 +34,7 @@ def list_models(state: ServerState = Depends(get_state), _key=Depends(read_acces
     summary="Make a version the active model",
     responses=errors(401, 403, 404, 409),
 )
-def promote(name: str, state: ServerState = Depends(get_state), _key: ApiKey = Depends(require("admin"))):
+def promote(state: State, _key: AdminKey, name: str):
     """``name`` is a registered version (``v3``) or a model by name (``accurate``), never a path.
     The model must load and run before it becomes active (409 otherwise); the analyzer switches
     to it at its next analysis, without a restart. Needs ``admin``."""
@@ -48,7 +47,7 @@ def promote(name: str, state: ServerState = Depends(get_state), _key: ApiKey = D
     summary="Make the previously active version active again",
     responses=errors(401, 403, 409),
 )
-def rollback(state: ServerState = Depends(get_state), _key: ApiKey = Depends(require("admin"))):
+def rollback(state: State, _key: AdminKey):
     return ModelVersionOut.of(state.registry().rollback())
 
 
@@ -81,11 +80,7 @@ def _finetune_job(state: ServerState, epochs: int | None):
     summary="Fine-tune the active model on the feedback (a background job)",
     responses=errors(401, 403, 409, 415, 422, 501),
 )
-def finetune(
-    body: FinetuneIn | None = Body(None),
-    state: ServerState = Depends(get_state),
-    _key: ApiKey = Depends(require("admin")),
-) -> JobOut:
+def finetune(state: State, _key: AdminKey, body: FinetuneIn | None = Body(None)) -> JobOut:
     """Starts fine-tuning in the background and answers at once with the job to poll
     (``GET /api/v1/jobs/{id}``). The new version is registered, and promoted only when it passes
     the promotion gates; the analyzer then switches to it. 409 with too few corrections, without
@@ -108,10 +103,10 @@ def finetune(
 
 
 @router.get("/jobs", response_model=list[JobOut], summary="Recent background jobs")
-def list_jobs(state: ServerState = Depends(get_state), _key=Depends(read_access)) -> list[JobOut]:
+def list_jobs(state: State, _key: ReadKey) -> list[JobOut]:
     return [JobOut(**vars(j)) for j in state.jobs.list()]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="A background job's status", responses=errors(404))
-def get_job(job_id: str, state: ServerState = Depends(get_state), _key=Depends(read_access)) -> JobOut:
+def get_job(state: State, _key: ReadKey, job_id: str) -> JobOut:
     return JobOut(**vars(state.jobs.get(job_id)))

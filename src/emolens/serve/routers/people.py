@@ -1,7 +1,7 @@
 """Identity and attendance: enroll people, train and restore recognizer versions, identify faces,
 and run attendance sessions.
 
-One ``People`` per app, made on first use and kept on ``app.state`` (dlib and the detector load
+One ``People`` per app, made on first use and kept on ``app.state`` (``deps.get_people``; dlib and the detector load
 on the first enrollment or identification, in a worker thread, never at server start). Names and
 embeddings are personal data: nothing here logs them.
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from emolens.core.errors import RefusedError
 from emolens.identify.recognize import KINDS
-from emolens.serve.deps import ServerState, get_state, personal_read_access, require
+from emolens.serve.deps import AdminKey, PeopleDep, PersonalReadKey, ServerState, State, WriteKey
 from emolens.serve.schemas import BODY, COMMON, errors
 from emolens.serve.uploads import JsonRoute, MultipartRoute, check_image_part, safe_name
 
@@ -26,27 +26,10 @@ json_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=JsonRoute, resp
 upload_router = APIRouter(prefix="/api/v1", tags=TAGS, route_class=MultipartRoute, responses=BODY)
 ROUTERS = (upload_router, json_router, router)
 
-_people_lock = threading.Lock()
 _models_lock = threading.Lock()
 _train_lock = threading.Lock()
 
 ALREADY_ENROLLED = "already enrolled for this person"
-
-
-def get_people(request: Request):
-    """The app's ``People`` (made on first use; cheap: its models load when first needed)."""
-    app_state = request.app.state
-    people = getattr(app_state, "people", None)
-    if people is None:
-        with _people_lock:
-            people = getattr(app_state, "people", None)
-            if people is None:
-                from emolens.identify.gallery import People
-
-                state: ServerState = app_state.emolens
-                people = People(workspace=state.workspace)
-                app_state.people = people
-    return people
 
 
 def _models(people) -> None:
@@ -72,7 +55,7 @@ def _version(info) -> dict[str, Any]:
 
 
 @router.get("/people", summary="Enrolled people", responses=errors(401, 403))
-def list_people(people=Depends(get_people), _key=Depends(personal_read_access)) -> dict[str, Any]:
+def list_people(people: PeopleDep, _key: PersonalReadKey) -> dict[str, Any]:
     """Every enrolled person: ``key`` (id), ``name`` and ``faces`` (enrolled photos), and the
     active recognizer version (null before the first training)."""
     active = people.active_version()
@@ -81,7 +64,7 @@ def list_people(people=Depends(get_people), _key=Depends(personal_read_access)) 
 
 
 @router.get("/people/versions", summary="Recognizer versions", responses=errors(401, 403))
-def list_versions(people=Depends(get_people), _key=Depends(personal_read_access)) -> dict[str, Any]:
+def list_versions(people: PeopleDep, _key: PersonalReadKey) -> dict[str, Any]:
     versions = [_version(v) for v in people.versions()]
     active = next((v["version"] for v in versions if v["active"]), None)
     return {"versions": versions, "active": active}
@@ -107,13 +90,13 @@ def _enroll(state: ServerState, people, data: bytes, key: str, name: str | None,
     responses=errors(401, 403, 413, 415, 422, 501, 503, 504),
 )
 async def enroll_image(
+    state: State,
+    people: PeopleDep,
+    _key: WriteKey,
     key: str,
     response: Response,
     image: UploadFile = File(..., description="A photo of the person: the largest face is enrolled"),
     name: str | None = Form(None, description="Display name (creates or renames the person)"),
-    state: ServerState = Depends(get_state),
-    people=Depends(get_people),
-    _key=Depends(require("write")),
 ) -> dict[str, Any]:
     """Enroll the largest face of the photo as person ``key`` (created if new). 422 when the photo
     has no usable face (none, or too small): then nothing is stored. A photo already enrolled for
@@ -127,7 +110,7 @@ async def enroll_image(
 
 
 @router.delete("/people/{key}", summary="Erase a person", responses=errors(401, 403, 404))
-def delete_person(key: str, people=Depends(get_people), _key=Depends(require("admin"))) -> dict[str, Any]:
+def delete_person(people: PeopleDep, _key: AdminKey, key: str) -> dict[str, Any]:
     """Erase a person: embeddings, face crops, attendance records, and their name in training
     reports. Returns what was deleted. Needs ``admin``."""
     return {"key": key, "deleted": people.remove(key)}
@@ -155,10 +138,10 @@ def _train(people, classifier: str):
     "/people/train", summary="Train a new recognizer version", responses=errors(401, 403, 409, 415, 422, 501, 503, 504)
 )
 async def train(
+    state: State,
+    people: PeopleDep,
+    _key: AdminKey,
     body: TrainIn | None = None,
-    state: ServerState = Depends(get_state),
-    people=Depends(get_people),
-    _key=Depends(require("admin")),
 ) -> dict[str, Any]:
     """Train on every enrolled face, measure the threshold, and make the new version active.
     Seconds for a small group. Needs ``admin``."""
@@ -172,7 +155,9 @@ async def train(
     responses=errors(401, 403, 404, 422),
 )
 def restore_version(
-    version: int = Path(ge=1, le=2**31 - 1), people=Depends(get_people), _key=Depends(require("admin"))
+    people: PeopleDep,
+    _key: AdminKey,
+    version: int = Path(ge=1, le=2**31 - 1),
 ) -> dict[str, Any]:
     return {"version": _version(people.restore(version))}
 
@@ -192,11 +177,11 @@ def _identify(state: ServerState, people, data: bytes, threshold: float | None):
     responses=errors(401, 403, 409, 413, 415, 422, 501, 503, 504),
 )
 async def identify(
+    state: State,
+    people: PeopleDep,
+    _key: PersonalReadKey,
     image: UploadFile = File(..., description="The photo: JPEG, PNG, WebP, BMP, TIFF or GIF"),
     threshold: float | None = Query(None, ge=0, le=1, description="Confidence threshold (default: the version's)"),
-    state: ServerState = Depends(get_state),
-    people=Depends(get_people),
-    _key=Depends(personal_read_access),
 ) -> dict[str, Any]:
     """Every face with its box, and who it is: ``key``/``name`` of an enrolled person, or
     ``label: "unknown"``, with the classifier ``confidence`` and cosine ``similarity``. 409 before
@@ -226,10 +211,10 @@ def _start(people, name: str | None, emotions: bool):
     "/attendance/sessions", status_code=201, summary="Start an attendance session", responses=errors(401, 403, 409)
 )
 async def start_session(
+    state: State,
+    people: PeopleDep,
+    _key: WriteKey,
     body: SessionIn | None = None,
-    state: ServerState = Depends(get_state),
-    people=Depends(get_people),
-    _key=Depends(require("write")),
 ) -> dict[str, Any]:
     """Start a session with the active recognizer version (409 when none is trained). Needs ``write``."""
     body = body or SessionIn()
@@ -259,11 +244,11 @@ def _add_image(state: ServerState, people, uid: str, data: bytes, source: str):
     responses=errors(401, 403, 404, 409, 413, 415, 422, 501, 503, 504),
 )
 async def add_session_image(
+    state: State,
+    people: PeopleDep,
+    _key: WriteKey,
     uid: str,
     image: UploadFile = File(..., description="A photo of the room or the door"),
-    state: ServerState = Depends(get_state),
-    people=Depends(get_people),
-    _key=Depends(require("write")),
 ) -> dict[str, Any]:
     """Recognise every face and mark people present; ``newly_present`` lists the keys marked by
     this photo. 404 for an unknown session, 409 for a stopped one. Needs ``write``."""
@@ -274,13 +259,13 @@ async def add_session_image(
 
 
 @router.post("/attendance/sessions/{uid}/stop", summary="Stop a session", responses=errors(401, 403, 404))
-def stop_session(uid: str, people=Depends(get_people), _key=Depends(require("write"))) -> dict[str, Any]:
+def stop_session(people: PeopleDep, _key: WriteKey, uid: str) -> dict[str, Any]:
     """Close the session (stopping twice is harmless) and return its report. Needs ``write``."""
     return _session(people, uid).stop().to_dict()
 
 
 @router.get("/attendance/sessions", summary="Attendance sessions, newest first", responses=errors(401, 403))
-def list_attendance_sessions(people=Depends(get_people), _key=Depends(personal_read_access)) -> dict[str, Any]:
+def list_attendance_sessions(people: PeopleDep, _key: PersonalReadKey) -> dict[str, Any]:
     from emolens.identify.attendance import list_sessions
 
     return {"sessions": list_sessions(people)}
@@ -292,10 +277,10 @@ def list_attendance_sessions(people=Depends(get_people), _key=Depends(personal_r
     responses={200: {"content": {"application/json": {}, "text/csv": {}}}, **errors(401, 403, 404)},
 )
 def session_report(
+    people: PeopleDep,
+    _key: PersonalReadKey,
     uid: str,
     format: Literal["json", "csv"] = Query("json"),  # noqa: A002 - the query parameter's name
-    people=Depends(get_people),
-    _key=Depends(personal_read_access),
 ):
     """One row per enrolled person: present or not, first seen (when, in which photo, confidence),
     sightings and emotion. ``?format=csv`` for a spreadsheet."""

@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, Field
 
 from emolens.core.errors import NotFoundError, RefusedError
-from emolens.serve.deps import ServerState, get_state, read_access, require
+from emolens.serve.deps import AdminKey, PersonalReadKey, ReadKey, State
 from emolens.serve.schemas import COMMON, JobOut, errors
-from emolens.store.keys import ApiKey
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=COMMON)
 
@@ -37,10 +36,10 @@ class ShadowPromoteIn(BaseModel):
 
 @router.get("/shadow", response_model=ShadowOut, summary="The shadow model and how it compares with the active one")
 def shadow_report(
+    state: State,
+    _key: ReadKey,
     active: str | None = Query(None, description="Active model version of the pair (default: the latest pair)"),
     shadow: str | None = Query(None, description="Shadow model of the pair"),
-    state: ServerState = Depends(get_state),
-    _key=Depends(read_access),
 ) -> ShadowOut:
     runner = state.shadow if state.settings.shadow_model else None
     if shadow is None and runner is not None:
@@ -55,13 +54,15 @@ def shadow_report(
 
 @router.get("/shadow/disagreements", summary="Faces the two models answered differently, newest first")
 def shadow_disagreements(
+    state: State,
+    _key: PersonalReadKey,
     active: str = Query(..., description="Active model version"),
     shadow: str = Query(..., description="Shadow model"),
     limit: int = Query(50, ge=1, le=1000),
-    state: ServerState = Depends(get_state),
-    _key=Depends(read_access),
 ) -> list[dict[str, Any]]:
-    """Each with both answers, the crop's key (``GET /api/v1/shadow/crops/{key}``) and any later correction."""
+    """Each with both answers, the crop's key (``GET /api/v1/shadow/crops/{key}``) and any later
+    correction. Faces are personal data: needs a key with the ``read`` scope unless the server
+    sets ``EMOLENS_API_PERSONAL_READS_OPEN=true``."""
     return [vars(d) for d in state.shadow_store().disagreements(active, shadow, limit)]
 
 
@@ -71,7 +72,8 @@ def shadow_disagreements(
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **errors(404)},
 )
-def shadow_crop(key: str, state: ServerState = Depends(get_state), _key=Depends(read_access)) -> Response:
+def shadow_crop(key: str, state: State, _key: PersonalReadKey) -> Response:
+    """A face: needs a key with the ``read`` scope, as the disagreements do."""
     blobs = state.shadow_store().blobs
     if not CROP_KEY.match(key) or not blobs.path(key).is_file():
         raise NotFoundError(f"no stored shadow crop {key!r}")
@@ -86,9 +88,9 @@ def shadow_crop(key: str, state: ServerState = Depends(get_state), _key=Depends(
     responses=errors(401, 403, 409),
 )
 def promote_shadow(
+    state: State,
+    _key: AdminKey,
     body: ShadowPromoteIn | None = Body(None),
-    state: ServerState = Depends(get_state),
-    _key: ApiKey = Depends(require("admin")),
 ) -> JobOut:
     """Judges the shadow against the active model (the fine-tuning gates, and a gain with confidence
     on the base validation set) and makes it active only when every gate passes. Needs ``admin``,

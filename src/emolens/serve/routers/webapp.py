@@ -16,11 +16,12 @@ import json
 import threading
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from emolens.core.errors import ModelNotFoundError, NotFoundError
-from emolens.serve.deps import ServerState, get_state
+from emolens.core.errors import EmoLensError, ModelNotFoundError, NotFoundError
+from emolens.models.catalog import ROUTED
+from emolens.serve.deps import ReadKey, ServerState, State
 from emolens.webapp import BUILD_COMMAND, SHELL, STATIC, VENDOR, VENDOR_WASM, build_id, build_info
 
 router = APIRouter(include_in_schema=False)
@@ -81,13 +82,55 @@ def _detector_sha() -> str:
     return _DETECTOR_SHA
 
 
+MAX_NAME = 100  # model names are short; anything longer is not one
+
+
+class SingleModelError(EmoLensError):
+    """The app runs one ONNX file: an ensemble or a routed model cannot be sent to it."""
+
+    http_status = 422
+
+
+def _server_model(state: ServerState) -> tuple[str, Path, str, str | None]:
+    """The one model the app runs by default: the server's own, or for a routed model (``adaptive``)
+    the one it uses for clear faces, for an ensemble its first member. Returns the name, the file,
+    the server's model and a note when the two differ."""
+    parsed = state.models.versions(state.analyzer.spec)  # the spec parsed once, ``active`` resolved
+    spec, name, note = str(parsed), parsed.names[0], None
+    if parsed.routed:
+        name = ROUTED[name].clear
+        note = f"the server runs {spec!r}, which routes faces by quality; the app runs its model for clear faces"
+    elif parsed.is_ensemble:
+        note = f"the server runs the ensemble {spec!r}; the app runs one model, its first member"
+    path = state.models.path(name)
+    if Path(name).suffix == ".onnx" or Path(name).is_file():  # a file the server was started with
+        name = Path(name).stem
+    return name, path, spec, note
+
+
 def _model(state: ServerState, name: str | None) -> tuple[str, Path]:
-    """The model the app runs: the server's own (the active version) unless a name is asked for.
-    Only names (shipped, user, registry versions): never a path on the server."""
-    name = name or state.analyzer.model_version
-    if "/" in name or "\\" in name or name.endswith(".onnx"):
-        raise NotFoundError(f"model {name!r}: ask for a model by name (see GET /api/v1/models)")
-    return name, state.models.path(name)
+    """The file of a model the app may run: by name only (shipped, the user's in ``home/models``,
+    ``active`` and registry versions), never a path; ``None``: the server's own (``_server_model``)."""
+    from emolens.models.registry import is_version_name
+
+    if name is None:
+        return _server_model(state)[:2]
+    if not name or len(name) > MAX_NAME:
+        raise NotFoundError("no such model: ask for a model by name (see GET /api/v1/models)")
+    if name in ROUTED or "+" in name or "," in name or "*" in name:
+        raise SingleModelError(
+            f"model {name!r} is not one model file: the app runs one model; ask for one by name "
+            "(see GET /api/v1/models)"
+        )
+    own, path, _, _ = _server_model(state)
+    if name == own:
+        return name, path
+    known = state.models.available()
+    if name in known:
+        return name, known[name]
+    if name == "active" or is_version_name(name):
+        return name, state.models.path(name)
+    raise NotFoundError(f"no model named {name!r}; available: {', '.join(known)} or a registry version")
 
 
 def _config(state: ServerState, model: str | None) -> dict:
@@ -95,7 +138,7 @@ def _config(state: ServerState, model: str | None) -> dict:
     name, path = _model(state, model)
     sha = _sha(path)
     info = build_info()
-    return {
+    out = {
         "built": info is not None,
         "build_command": BUILD_COMMAND,
         "onnxruntime_web": info and info.get("version"),
@@ -112,6 +155,10 @@ def _config(state: ServerState, model: str | None) -> dict:
         "detector": {"name": "retinaface", "url": f"/app/models/retinaface-{_detector_sha()[:16]}.onnx"},
         "model": {"name": name, "url": f"/app/models/{name}-{sha[:16]}.onnx", "sha256": sha},
     }
+    if model is None:
+        _, _, spec, note = _server_model(state)
+        out["model"].update(server_model=spec, note=note)
+    return out
 
 
 @router.get("/app")
@@ -125,13 +172,13 @@ def app_page() -> FileResponse:
 
 
 @router.get("/app/config.json")
-def app_config(state: ServerState = Depends(get_state), model: str | None = Query(None)) -> JSONResponse:
+def app_config(state: State, _key: ReadKey, model: str | None = Query(None)) -> JSONResponse:
     """Settings the browser pipeline shares with the server's, and where its two models are."""
     return JSONResponse(_config(state, model), headers=NO_CACHE)
 
 
 @router.get("/app/sw.js")
-def service_worker(state: ServerState = Depends(get_state)) -> Response:
+def service_worker(state: State) -> Response:
     config = _config(state, None)
     files = ["/app/", "/app/config.json", *(f"/app/{f}" for f in SHELL if f != "index.html")]
     if config["built"]:
@@ -148,7 +195,7 @@ def service_worker(state: ServerState = Depends(get_state)) -> Response:
 
 
 @router.get("/app/models/{filename}")
-def model_file(filename: str, state: ServerState = Depends(get_state)) -> Response:
+def model_file(filename: str, state: State, _key: ReadKey) -> Response:
     """``retinaface-<sha>.onnx`` or ``<model name>-<sha>.onnx``: content-addressed, so cached for good."""
     stem, _, suffix = filename.rpartition(".")
     name, _, digest = stem.rpartition("-")

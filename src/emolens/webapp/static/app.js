@@ -315,15 +315,18 @@ async function boot() {
   }
   const params = new URLSearchParams(location.search);
   const query = params.get("model") ? `?model=${encodeURIComponent(params.get("model"))}` : "";
+  // Where the server requires a key for reads: the key saved by the page at / (same origin).
+  const saved = localStorage.getItem("emolens.key");
+  const headers = saved ? { "X-API-Key": saved } : {};
   try {
-    const res = await fetch(`/app/config.json${query}`);
+    const res = await fetch(`/app/config.json${query}`, { headers });
     state.config = await res.json();
     if (!res.ok) throw new Error(state.config?.error?.message || `HTTP ${res.status}`);
     if (!state.config.built) throw new Error(`this server's copy of the app has no ONNX Runtime: run \`${state.config.build_command}\``);
     const runtime = await loadRuntime({
       vendor: state.config.vendor, backend: params.get("backend") || "auto", threads: Number(params.get("threads")) || 0,
     });
-    state.engine = await Engine.create(state.config, runtime);
+    state.engine = await Engine.create(state.config, runtime, headers);
     const how = runtime.providers[0] === "webgpu" ? "WebGPU" : `WASM, ${runtime.threads} thread${runtime.threads > 1 ? "s" : ""}`;
     $("engine").textContent = `Model ${state.config.model.name} · ${how} · ONNX Runtime Web ${state.config.onnxruntime_web}`;
     document.body.dataset.backend = runtime.providers[0];

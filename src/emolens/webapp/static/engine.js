@@ -22,16 +22,19 @@ export async function loadRuntime({ vendor, backend = "auto", threads = 0 }) {
   return { ort, providers: useGpu ? ["webgpu", "wasm"] : ["wasm"], threads: ort.env.wasm.numThreads };
 }
 
-async function fetchBytes(url) {
-  const res = await fetch(url);
+async function fetchBytes(url, headers = {}) {
+  const res = await fetch(url, { headers });
   if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
   return new Uint8Array(await res.arrayBuffer());
 }
 
 export class Engine {
-  // config: /app/config.json (settings and model URLs); runtime: loadRuntime()'s answer.
-  static async create(config, runtime) {
-    const [detBytes, emoBytes] = await Promise.all([fetchBytes(config.detector.url), fetchBytes(config.model.url)]);
+  // config: /app/config.json (settings and model URLs); runtime: loadRuntime()'s answer; headers:
+  // sent with the model requests (an X-API-Key where the server requires one for reads).
+  static async create(config, runtime, headers = {}) {
+    const [detBytes, emoBytes] = await Promise.all([
+      fetchBytes(config.detector.url, headers), fetchBytes(config.model.url, headers),
+    ]);
     const meta = P.modelMeta(P.readOnnxMetadata(emoBytes), config.model.name);
     const opts = { executionProviders: runtime.providers, graphOptimizationLevel: "all" };
     const [detector, classifier] = await Promise.all([

@@ -8,7 +8,13 @@ const CACHE = `emolens-app-${VERSION}`;
 const FRESH = new Set(["/app/", "/app/config.json"]);
 
 self.addEventListener("install", (event) => {
-  event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(PRECACHE)).then(() => self.skipWaiting()));
+  // Each file on its own: where reads need a key, config.json and the models are refused here and
+  // kept instead when the page fetches them with its key (cacheFirst below).
+  event.waitUntil(
+    caches.open(CACHE)
+      .then((cache) => Promise.all(PRECACHE.map((url) => cache.add(url).catch(() => null))))
+      .then(() => self.skipWaiting()),
+  );
 });
 
 self.addEventListener("activate", (event) => {
