@@ -454,7 +454,7 @@ def test_feedback_cli_add_list_stats_export_import_check(emolens_home, analysed,
     rows = [json.loads(line) for line in r.output.splitlines()]
     assert [row["label"] for row in rows] == [analysed[0].label, "sad"] and rows[1]["user_id"] == "ann"
     # One face of one photo: the same side of the split, whatever ties were given.
-    assert rows[1]["person"] == "p1" and rows[0]["origin"].startswith("photo:") and len(rows[0]["phash"]) == 16
+    assert rows[1]["person"] == "p1" and rows[0]["origin"].startswith("photo:") and len(rows[0]["phash"]) == 64
     assert rows[0]["holdout"] == rows[1]["holdout"]
     r = runner.invoke(app, ["feedback", "stats", "--json"])
     assert json.loads(r.output)["total"] == 2
