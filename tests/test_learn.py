@@ -84,7 +84,8 @@ def test_a_hash_tie_never_puts_two_people_in_one_group(emolens_home):
     dist = (int(crop_phash(a), 16) ^ int(crop_phash(b), 16)).bit_count()
     assert 0 < dist <= SAME_PHOTO_BITS  # a hash alone would tie the two people
     store = FeedbackService()
-    ra, rb, rc = store.add(a, "sad", person="ann"), store.add(b, "happy", person="bob"), store.add(c, "sad", person="cy")
+    ra, rb = store.add(a, "sad", person="ann"), store.add(b, "happy", person="bob")
+    rc = store.add(c, "sad", person="cy")
     copy_a, copy_c = store.add(jpeg(a, 90), "sad"), store.add(cv2.resize(c, (48, 48)), "sad", upload_session="x")
     split = store.split()
     g = split.group
@@ -201,3 +202,106 @@ def test_temperature_is_stored_in_the_model_file_and_applied(tmp_path):
     assert EmotionModel(annotate(warm, meta, tmp_path / "plain.onnx")).meta.temperature is None
     with pytest.raises(ModelError, match="temperature"):
         ModelMeta(labels=["a", "b"], input=meta.input, temperature=0.0)
+
+
+def test_one_temperature_keeps_both_domains_calibrated():
+    """The held-out feedback wants a sharper model (T = 0.66) while the base set is calibrated as it
+    is: fitted on the feedback alone (the earlier rule) the temperature sharpened every answer and
+    the base set's ECE tripled; fitted on both, neither domain's calibration gets worse."""
+    from emolens.classify.emotion import scale_probabilities, softmax
+    from emolens.evaluate.calibrate import expected_calibration_error as ece
+    from emolens.learn import Gates, calibrate, fit_temperature
+
+    rng = np.random.default_rng(0)
+
+    def domain(n: int, sharpen: float):
+        logits = rng.normal(0, 2, (n, 7))
+        y = np.array([rng.choice(7, p=p) for p in softmax(logits)])
+        return softmax(logits / sharpen), y
+
+    base, feedback = domain(3000, 1.0), domain(400, 1.5)  # feedback: underconfident by 1.5
+    alone = fit_temperature(*feedback)
+    assert alone == pytest.approx(1 / 1.5, rel=0.15)
+    assert ece(scale_probabilities(base[0], "probabilities", alone), base[1]) > 2 * ece(*base)  # the old harm
+    both = calibrate(*feedback, np.arange(400) // 4, base=base)
+    t = both["temperature"]
+    assert ece(scale_probabilities(base[0], "probabilities", t), base[1]) <= ece(*base) + 0.005
+    assert both["ece_after"] <= both["ece_before"] + 0.005
+    # Both overconfident (base by 1.3, feedback by 2.5): one temperature improves both.
+    base, feedback = domain(3000, 1 / 1.3), domain(400, 1 / 2.5)
+    t = fit_temperature(*feedback, base)
+    assert t == pytest.approx(1.3, rel=0.1)  # as far as the nearer domain's best, no further
+    for p, y in (base, feedback):
+        assert ece(scale_probabilities(p, "probabilities", t), y) < ece(p, y) * 0.75
+    # And the gate on the base set's calibration, as on its accuracy.
+    change = {"change": 0.0, "low": -0.01, "high": 0.01, "groups": 20, "n": 100}
+    verdict = Gates().check({"feedback": change, "base": change}, {"base_ece_parent": 0.043, "base_ece_after": 0.132})
+    gate = verdict["base_calibration_holds"]
+    assert not gate["passed"] and "0.043 → 0.132" in gate["why"]
+
+
+def test_an_uncertain_answer_can_be_corrected(emolens_home, tmp_path):
+    """A face the analyzer calls "uncertain" (a blurred photo) is stored with its top class and
+    the flag, through the CLI and the service; "uncertain" itself is no correction label."""
+    from typer.testing import CliRunner
+
+    from emolens import Analyzer
+    from emolens.cli import app
+    from emolens.errors import BadLabelError
+    from emolens.feedback import FeedbackService
+
+    blurred = tmp_path / "blurred.jpg"
+    cv2.imwrite(str(blurred), cv2.GaussianBlur(cv2.imread(str(FAST.parent / "examples" / "astronaut.jpg")), (0, 0), 6))
+    face = Analyzer(model="fast")(blurred)[0]
+    assert face.label == "uncertain"
+    r = CliRunner().invoke(app, ["feedback", "add", str(blurred), "--face", "0", "--label", "sad", "--model", "fast"])
+    assert r.exit_code == 0, r.output
+    assert f"corrected uncertain ({face.top_label}) → sad" in r.output and "held out for judging" in r.output
+    store = FeedbackService()
+    rec = store.list()[0]
+    assert (rec.predicted, rec.uncertain, rec.label, rec.is_correction) == (face.top_label, True, "sad", True)
+    assert rec.model_version == "fast"
+    crop = store.crop(rec)
+    other = store.add(crop, "angry", predicted="uncertain", probs={"happy": 0.4, "sad": 0.35, "angry": 0.25})
+    assert (other.predicted, other.uncertain, other.is_correction) == ("happy", True, True)
+    confirmed = store.add(crop, correct=True, predicted="uncertain", probs={"happy": 0.4, "sad": 0.6})
+    assert (confirmed.label, confirmed.uncertain, confirmed.is_correction) == ("sad", True, False)
+    with pytest.raises(BadLabelError, match="unknown emotion 'uncertain'"):
+        store.add(crop, "uncertain", predicted="happy")
+
+
+def test_the_base_model_is_the_one_the_corrections_were_made_against(emolens_home):
+    from emolens.errors import RefusedError
+    from emolens.learn import choose_base
+    from emolens.registry import Registry
+
+    reg = Registry()
+    version, named, why = choose_base({"accurate": 5, "v1": 2, "": 1}, reg)
+    assert named == "accurate" and "5 of 8 correction(s)" in why and "(the active one: fast)" in why
+    assert version.name == "v2" and version.source == "shipped:accurate" and reg.active_name() == "v1"
+    # Corrections made against the active version, or what it came from, count for it.
+    version, named, why = choose_base({"fast": 3, "v1": 2, "accurate": 4}, reg)
+    assert (version.name, named) == ("v1", "v1") and "the active model: 5 of 9 correction(s)" in why
+    assert choose_base({"fast": 3}, reg, base="v2")[0].name == "v2"
+    assert choose_base({}, reg, base="accurate")[0].name == "v2"  # registered once, not again
+    with pytest.raises(RefusedError, match="one named model"):
+        choose_base({"fast+accurate": 9}, reg)
+
+
+def test_too_few_held_out_groups_are_refused_before_training(emolens_home, faces):
+    from emolens.errors import RefusedError
+    from emolens.feedback import FeedbackService
+    from emolens.learn import finetune_from_feedback
+    from emolens.registry import Registry
+
+    images, labels, classes = faces
+    store = FeedbackService()
+    for n, img in enumerate(images[:30]):
+        store.add(img, classes[labels[n]], predicted="happy", person=f"p{n % 6}", origin=None)
+    stats = store.stats(labels=list(classes))
+    assert stats["holdout_groups"] < 10
+    with pytest.raises(RefusedError, match=f"from {stats['holdout_groups']} independent group.*before training"):
+        finetune_from_feedback(
+            store, Registry(), replay="never-read.npz", base_val="never-read.npz", min_feedback=10, progress=False
+        )
+    assert [v.name for v in Registry().versions()] == ["v1"]  # the base only: nothing was trained

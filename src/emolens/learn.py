@@ -195,11 +195,10 @@ def _metrics(probs: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, A
 def choose_base(by_model: dict[str, int], registry, base: str | None = None) -> tuple[Any, str, str]:
     """The registry version to fine-tune, the name the corrections know it by, and why.
 
-    ``base`` when given (a version such as ``v3``, or a model by name such as ``accurate``, which
-    is registered first); else the model most corrections (``by_model``: corrections per model
-    that answered) were made against, where corrections made against the active version, a
-    version it descends from or the model it was registered from count for the active version,
-    as do those whose model is not known; a tie goes to the active version."""
+    ``base`` when given (``v3``, or a model by name such as ``accurate``, registered first); else
+    the model most corrections (``by_model``: corrections per model that answered) were made
+    against, where those made against the active version, a version it descends from or the model
+    it was registered from, or with no model known, count for the active version, as does a tie."""
     from emolens.registry import BASE_MODEL, is_version_name
 
     active = registry.active()
@@ -216,12 +215,13 @@ def choose_base(by_model: dict[str, int], registry, base: str | None = None) -> 
             key = active_named if not model or model in family else model
             counts[key] = counts.get(key, 0) + n
         base = max(counts, key=lambda m: (counts[m], m == active_named)) if counts else active_named
-        total = sum(counts.values())
+        total, unknown = sum(counts.values()), by_model.get("", 0)
         why = (
-            f"the model {counts.get(base, 0)} of {total} correction(s) were made against"
-            + (" (the active one)" if base == active_named else f"; the active one is {active_named}")
-            + "; choose another with --base"
-        )
+            f"the active model: {counts.get(base, 0) - unknown} of {total} correction(s) were made against it "
+            "or a model it descends from" + (f", {unknown} with no model recorded" if unknown else "")
+            if base == active_named
+            else f"the model {counts[base]} of {total} correction(s) were made against (the active one: {active_named})"
+        ) + "; choose another with --base"
     if any(ch in base for ch in "+,/\\") or base.endswith(".onnx"):
         raise RefusedError(
             f"fine-tuning starts from one named model or registry version, not {base!r}: choose it with --base"

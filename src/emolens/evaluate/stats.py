@@ -125,12 +125,15 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray, *others: tuple[np.ndarray,
     """The temperature T (0.1 to 10) of ``softmax(log p / T)`` for ``probs`` with true classes
     ``y``, and for ``others`` domains (each ``(probs, y)``) at once: it minimises the domains' mean
     negative log-likelihood, each domain weighing the same whatever its size, among the
-    temperatures that make no domain's likelihood worse than leaving its probabilities as they
-    are (T = 1). With one domain that is simply its best T."""
+    temperatures that move no domain past its own best one, going from T = 1 towards it: so no
+    domain gets worse than leaving its probabilities as they are (when two domains pull opposite
+    ways, T stays 1). With one domain that is simply its best T."""
     domains = [(probs, y), *others]
     nll = np.stack([_nll(p, np.asarray(t)) for p, t in domains])  # (domains, T)
-    at_one = nll[:, np.argmin(np.abs(np.log(TEMPERATURES)))]
-    allowed = (nll <= at_one[:, None] + 1e-12).all(0)
+    log_t, best = np.log(TEMPERATURES), np.log(TEMPERATURES[nll.argmin(1)])
+    # between 1 and each domain's best (log T of the same sign, no further out)
+    allowed = ((log_t[None] * best[:, None] >= 0) & (np.abs(log_t)[None] <= np.abs(best)[:, None] + 1e-12)).all(0)
+    allowed[np.argmin(np.abs(log_t))] = True  # T = 1 always
     joint = np.where(allowed, nll.mean(0), np.inf)
     return float(TEMPERATURES[int(np.argmin(joint))])
 
