@@ -68,8 +68,8 @@ def _finetune_job(state: ServerState, epochs: int | None):
 
     s = state.settings
     return finetune_from_feedback(
-        FeedbackService(state.feedback_store()),
-        state.registry(),
+        feedback=FeedbackService(state.feedback_store()),
+        registry=state.registry(),
         replay=s.replay_data,
         base_val=s.base_val_data,
         min_feedback=s.min_feedback,
