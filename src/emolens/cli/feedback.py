@@ -98,6 +98,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
     Corrections and confirmations, per label, the commonest mistakes, per source."""
     from emolens.feedback import FeedbackService
+    from emolens.learn import Gates
 
     try:
         st = FeedbackService().stats()
@@ -109,7 +110,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     console.print(
         f"{st['total']} record(s): {st['corrections']} correction(s), {st['confirmations']} confirmation(s); "
         f"held out for judging fine-tuned models: {st['holdout']} in {st['holdout_groups']} independent "
-        f"group(s) (the gate needs at least 10), {st['train']} to train on"
+        f"group(s) (the gate needs at least {Gates().min_holdout_groups}), {st['train']} to train on"
     )
     for title, key in (
         ("true label", "by_label"),
