@@ -20,7 +20,7 @@ from emolens.train.loop import normalize, to_tensor
 
 def step_seconds(cfg, x: np.ndarray) -> tuple[float, float]:
     """Seconds per crop of one training step and of inference, timed on this machine now (the
-    faster of two steps after a warm-up): what the time estimate is made of."""
+    median of three steps after two warm-up steps): what the time estimate is made of."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
@@ -30,7 +30,7 @@ def step_seconds(cfg, x: np.ndarray) -> tuple[float, float]:
     raw = to_tensor(x[: cfg.batch_size])
     y = torch.zeros(len(raw), dtype=torch.long, device=dev)
     steps = []
-    for _ in range(3):  # a step as train.loop.fit takes it: augment, forward, backward, update
+    for _ in range(5):  # a step as train.loop.fit takes it: augment, forward, backward, update
         t = time.perf_counter()
         xb = normalize(augment_batch(raw.to(dev).float() / 255, cfg.augment))
         F.cross_entropy(model(xb.contiguous(memory_format=torch.channels_last)), y).backward()
@@ -38,11 +38,13 @@ def step_seconds(cfg, x: np.ndarray) -> tuple[float, float]:
         opt.zero_grad(set_to_none=True)
         steps.append(time.perf_counter() - t)
     model.eval()
+    clean = normalize(raw.to(dev).float() / 255).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        t = time.perf_counter()
-        model(normalize(raw.to(dev).float() / 255).contiguous(memory_format=torch.channels_last))
-        infer = time.perf_counter() - t
-    return min(steps[1:]) / len(raw), infer / len(raw)
+        for _ in range(2):  # the second pass: the first sets up the inference kernels
+            t = time.perf_counter()
+            model(clean)
+            infer = time.perf_counter() - t
+    return float(np.median(steps[2:])) / len(raw), infer / len(raw)
 
 
 def estimate_seconds(cfg, x_train: np.ndarray, n_judged: int) -> float:
