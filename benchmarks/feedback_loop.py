@@ -14,10 +14,11 @@ Method
 - With ``--burst K`` (default 4) each feedback face arrives as K near-identical frames, as a video
   or a photo series gives them: the same degraded face moved by up to 1 px, turned by up to 2
   degrees, scaled by up to 2%, brightness within 5%, fresh sensor noise (sigma 3), JPEG 35.
-  The frames carry no person or source id, so only their perceptual hashes can tie them.
+  The frames of a burst carry its source (``origin``), as a caller that knows it passes it: the
+  perceptual hash ties only copies of one photo, not frames.
 - ``emolens.feedback.learn.finetune_from_feedback`` fine-tunes the active model on the feedback mixed with
   a replay sample of FER2013 Training, gates it on base-val and the feedback's held-out part, and
-  fits a temperature on the held-out part. It runs twice from the same parent and feedback:
+  fits one temperature on both. It runs twice from the same parent and feedback:
   once with the store's grouped hold-out, once with the earlier hold-out by crop hash (a
   subclass of the store that splits each record by its own crop), so the gate's estimate can be
   set beside the gain on never-seen faces for each.
@@ -98,15 +99,16 @@ def main() -> None:
     class CropHashStore(FeedbackService):
         """The earlier rule: each record held out by the hash of its own crop."""
 
-        def split(self) -> FeedbackSplit:
+        def split(self, labels=None) -> FeedbackSplit:
             records = self.list(limit=None)[::-1]
             held = [is_holdout(r.crop_key) for r in records]
-            return FeedbackSplit(
+            split = FeedbackSplit(
                 train=[r for r, h in zip(records, held, strict=True) if not h],
                 holdout=[r for r, h in zip(records, held, strict=True) if h],
                 group={r.uid: i for i, r in enumerate(records)},
                 moved=0,
             )
+            return split if labels is None else split.only(labels)
 
     val = np.load(DATA / "val.npz")
     images, labels, classes = val["images"], val["labels"], [str(c) for c in val["classes"]]
@@ -151,6 +153,7 @@ def main() -> None:
                     predicted=model.labels[int(p.argmax())],
                     confidence=float(p.max()),
                     source="benchmark",
+                    origin=f"burst-{f}",  # the frames' source: the grouped split keeps a burst together
                 )
                 face_of[rec.uid] = f
         split = store.split()
@@ -164,7 +167,9 @@ def main() -> None:
         st = store.stats()
         t0 = time.time()
         outcome = finetune_from_feedback(
-            store=store,
+            store,
+            Workspace.default().registry,
+            min_feedback=get_settings().min_feedback,
             replay=DATA / "train.npz",
             base_val=root / "base_val.npz",
             options=FinetuneOptions(

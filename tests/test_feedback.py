@@ -378,11 +378,12 @@ def test_finetune_refuses_below_the_minimum_and_without_data(sqlite_store, emole
     from emolens.feedback.learn import finetune_from_feedback
 
     replay, base, x, y, classes = fer_sets
+
     fill(store, x[:5], y[:5], classes)
     with pytest.raises(RefusedError, match="only 5 correction"):
-        finetune_from_feedback(min_feedback=20, replay=replay, base_val=base)
+        finetune_from_feedback(store, Workspace.default().registry, min_feedback=20, replay=replay, base_val=base)
     with pytest.raises(RefusedError, match="--replay"):
-        finetune_from_feedback(min_feedback=1)
+        finetune_from_feedback(store, Workspace.default().registry, min_feedback=1, replay=None, base_val=None)
     from emolens.cli import app
 
     r = CliRunner().invoke(
@@ -403,25 +404,41 @@ def test_failed_gate_keeps_the_active_model_and_passing_gate_promotes(sqlite_sto
     fill(store, x, y, classes)
     opts = FinetuneOptions(epochs=1, replay_size=400, batch_size=64, threads=2)
     reg = Workspace.default().registry
-    # An impossible gate (base accuracy must rise 100 points) must fail: v1 stays active. So must
-    # a gain judged on fewer independent held-out groups than the gate asks for.
+    # Fewer independent held-out groups than the gate asks for: refused before any training.
+    with pytest.raises(RefusedError, match="at least 1000 are needed.*refused before training"):
+        finetune_from_feedback(
+            store, reg, replay=replay, base_val=base, min_feedback=10, options=opts,
+            gates=Gates(min_holdout_groups=1000), progress=False,
+        )  # fmt: skip
+    assert [v.name for v in reg.versions()] == ["v1"]
+    # An impossible gate (base accuracy must rise 100 points) must fail: v1 stays active.
+    plans = []
     failed = finetune_from_feedback(
-        replay=replay, base_val=base, min_feedback=10, options=opts,
-        gates=Gates(max_base_drop=-1.0, min_holdout_groups=1000), promote=True, progress=False,
+        store, reg, replay=replay, base_val=base, min_feedback=10, options=opts,
+        gates=Gates(max_base_drop=-1.0), promote=True, progress=False, on_plan=plans.append,
     )  # fmt: skip
     assert not failed.passed and not failed.promoted and not failed.gates["base_holds"]["passed"]
     fb_gate = failed.gates["feedback_improves"]
-    assert not fb_gate["passed"] and "at least 1000 are needed" in fb_gate["why"]
     assert (
         fb_gate["low"] <= fb_gate["change"] <= fb_gate["high"] and fb_gate["groups"] == failed.counts["holdout_groups"]
     )
+    # The held-out part it was judged on is the one `feedback stats` shows.
+    stats = store.stats()
+    assert (failed.counts["feedback_holdout"], failed.counts["holdout_groups"]) == (
+        stats["holdout"],
+        stats["holdout_groups"],
+    )
+    # The plan came first, with the base and an estimate of the time; the time taken is recorded.
+    assert plans[0].base == "v1" and plans[0].counts == failed.counts and plans[0].estimate_s > 0
+    assert failed.timing["estimated_s"] > 0 and failed.timing["taken_s"] > 0
     assert reg.active_name() == "v1" and failed.candidate == "v2"
     v2 = reg.get("v2")
     assert not v2.promoted and v2.parent == "v1" and v2.checkpoint and v2.report
     report = v2.report.read_text()
     assert "gates failed" in report and "95% CI" in report and "Recall per class" in report and "ECE" in report
+    assert "base_calibration_holds" in report and "estimated" in report
     assert failed.counts["feedback_holdout"] > 0 and failed.counts["replay"] == 400
-    # The temperature fitted on the held-out feedback is in the candidate's model file.
+    # The temperature fitted on the held-out feedback and the base set is in the candidate's model file.
     cal = failed.calibration
     assert EmotionModel(v2.path).meta.temperature == cal["temperature"] and 0.1 <= cal["temperature"] <= 10
     assert {"ece_parent", "ece_before", "ece_after", "base_ece_after"} <= set(cal)
@@ -434,6 +451,8 @@ def test_failed_gate_keeps_the_active_model_and_passing_gate_promotes(sqlite_sto
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     question = r.output.index("make v3 the active model?")
+    assert -1 < r.output.find("base model: v1, the active model: 0 of 100 correction(s)") < question
+    assert -1 < r.output.find("expected time: about") < r.output.find("held-out feedback")
     for part in ("held-out feedback", "feedback_improves", "Recall per class", "Calibration", "surprise"):
         assert -1 < r.output.find(part) < question, part
     assert "v3 is now active" in r.output[question:]
@@ -457,7 +476,7 @@ def test_feedback_cli_add_list_stats_export_import_check(emolens_home, analysed,
     rows = [json.loads(line) for line in r.output.splitlines()]
     assert [row["label"] for row in rows] == [analysed[0].label, "sad"] and rows[1]["user_id"] == "ann"
     # One face of one photo: the same side of the split, whatever ties were given.
-    assert rows[1]["person"] == "p1" and rows[0]["origin"].startswith("photo:") and len(rows[0]["phash"]) == 16
+    assert rows[1]["person"] == "p1" and rows[0]["origin"].startswith("photo:") and len(rows[0]["phash"]) == 64
     assert rows[0]["holdout"] == rows[1]["holdout"]
     r = runner.invoke(app, ["feedback", "stats", "--json"])
     assert json.loads(r.output)["total"] == 2

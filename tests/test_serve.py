@@ -282,6 +282,23 @@ def test_feedback_on_analysis_correction_and_confirmation(server, client):
     assert Image.open(io.BytesIO(crop.content)).size[0] >= 48
 
 
+def test_an_uncertain_answer_is_corrected_through_the_api(server, client):
+    """A blurred photo: the model answers "uncertain"; the correction stores its top class, flagged."""
+    import cv2
+
+    blurred = cv2.GaussianBlur(np.asarray(Image.open(EXAMPLE).convert("RGB")), (0, 0), 6)
+    face = analyze(client, png(blurred), "blurred.png", "image/png").json()
+    assert face["faces"][0]["label"] == "uncertain", face
+    w = hdr(server, "write")
+    r = client.post("/api/v1/feedback", json={"analysis_id": face["analysis_id"], "face": 0, "label": "sad"}, headers=w)
+    assert r.status_code == 201, r.text
+    assert r.json()["uncertain"] is True and r.json()["predicted"] == "happy" and r.json()["label"] == "sad"
+    crop = png(np.asarray(Image.open(EXAMPLE).crop((170, 50, 280, 185))))
+    r = client.post("/api/v1/feedback/crop", files={"image": ("face.png", crop, "image/png")},
+                    data={"label": "sad", "predicted": "uncertain"}, headers=w)  # fmt: skip
+    assert r.status_code == 201 and r.json()["uncertain"] is True and r.json()["is_correction"] is True
+
+
 def test_feedback_on_uploaded_crop(server, client):
     crop = np.asarray(Image.open(EXAMPLE).crop((170, 50, 280, 185)))
     r = client.post(

@@ -50,10 +50,16 @@ def add(
             results, face, label, correct=correct, keep_image=keep_image, source="cli", user_id=user,
             person=person, upload_session=session,
         )  # fmt: skip
+        split = store.split()  # the one split fine-tuning uses
     except EmoLensError as exc:
         fail(exc)
-    verb = f"corrected {rec.predicted} → {rec.label}" if rec.is_correction else f"confirmed {rec.label}"
-    console.print(f"face {face}: {verb} (record {rec.uid}, {'held out' if rec.holdout else 'for training'})")
+    said = f"uncertain ({rec.predicted})" if rec.uncertain else rec.predicted
+    verb = f"corrected {said} → {rec.label}" if rec.is_correction else f"confirmed {rec.label}"
+    part = "held out" if any(r.uid == rec.uid for r in split.holdout) else "for training"
+    console.print(
+        f"face {face}: {verb} (record {rec.uid}, {part}); held out for judging fine-tuned models: "
+        f"{len(split.holdout)} record(s) in {split.groups('holdout')} group(s)"
+    )
 
 
 @feedback.command("list")
@@ -88,6 +94,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Count the stored feedback.
 
     Corrections and confirmations, per label, the commonest mistakes, per source."""
+    from emolens.feedback.learn import Gates
 
     try:
         st = feedback_service().stats()
@@ -97,13 +104,15 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         print(json.dumps(st, indent=2))
         return
     console.print(
-        f"{st['total']} record(s): {st['corrections']} correction(s), {st['confirmations']} confirmation(s), "
-        f"{st['holdout']} held out for judging fine-tuned models"
+        f"{st['total']} record(s): {st['corrections']} correction(s), {st['confirmations']} confirmation(s); "
+        f"held out for judging fine-tuned models: {st['holdout']} in {st['holdout_groups']} independent "
+        f"group(s) (the gate needs at least {Gates().min_holdout_groups}), {st['train']} to train on"
     )
     for title, key in (
         ("true label", "by_label"),
         ("mistake (predicted → true)", "confusions"),
         ("source", "by_source"),
+        ("corrections of model", "by_model"),
     ):
         if st[key]:
             table = Table(title, "records")
@@ -179,9 +188,13 @@ def remove(uid: Annotated[str, typer.Argument(help="Record id (from `feedback li
 
 
 def finetune(
-    from_feedback: Annotated[
-        bool, typer.Option("--from-feedback", help="Fine-tune the active model on the feedback.")
-    ] = False,
+    from_feedback: Annotated[bool, typer.Option("--from-feedback", help="Fine-tune a model on the feedback.")] = False,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base", help="Model to fine-tune (v3, accurate); default: the one most corrections were made against."
+        ),
+    ] = None,
     replay: Annotated[
         Path | None, typer.Option(help="Base training data to replay (default EMOLENS_REPLAY_DATA).")
     ] = None,
@@ -198,13 +211,16 @@ def finetune(
     ] = 0.0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
 ) -> None:
-    """Fine-tune the active model on stored corrections.
+    """Fine-tune a model on stored corrections.
 
-    The new version is promoted only if it measures better."""
-    from emolens.feedback.learn import FinetuneOptions, Gates, finetune_from_feedback
-
+    The model the corrections were made against, unless --base names another; the new version is
+    promoted only if it measures better."""
     if not from_feedback:
         fail(EmoLensError("say what to learn from: --from-feedback"))
+    from emolens.feedback.learn import FinetuneOptions, Gates, finetune_from_feedback
+
+    ws = workspace()
+    settings = ws.settings  # the settings give the defaults of the options
 
     shown = []
 
@@ -223,12 +239,16 @@ def finetune(
 
     try:
         outcome = finetune_from_feedback(
-            replay=replay,
-            base_val=base_val,
-            min_feedback=minimum,
+            feedback_service(),
+            ws.registry,
+            replay=replay or settings.replay_data,
+            base_val=base_val or settings.base_val_data,
+            min_feedback=settings.min_feedback if minimum is None else minimum,
+            base=base,
             options=FinetuneOptions(epochs=epochs, lr=lr, replay_size=replay_size),
             gates=Gates(min_feedback_gain=min_gain, max_base_drop=max_base_drop),
             promote=ask,
+            on_plan=lambda plan: console.print(plan.describe()),
         )
     except EmoLensError as exc:
         fail(exc)

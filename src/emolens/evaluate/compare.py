@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from emolens.core.errors import BadLabelError, EmoLensError
+from emolens.evaluate.stats import bootstrap_figures, class_scores, mcnemar, resampled_class_scores
 
 
 @dataclass
@@ -93,42 +94,6 @@ class Comparison:
         return "\n".join(lines)
 
 
-def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]:
-    """McNemar's test on paired right/wrong answers: exact two-sided binomial test on the
-    discordant faces (exact at any count, so no continuity correction is needed)."""
-    a_only = int(np.sum(correct_a & ~correct_b))
-    b_only = int(np.sum(~correct_a & correct_b))
-    n = a_only + b_only
-    k = min(a_only, b_only)
-    # Integer arithmetic: exact however many discordant faces there are.
-    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-    stat = 0.0 if n == 0 else (abs(a_only - b_only) - 1) ** 2 / n
-    return {"a_only": a_only, "b_only": b_only, "p_value": p, "statistic": stat, "method": "exact binomial"}
-
-
-def _interval(point: float, samples: np.ndarray, confidence: float) -> dict[str, float]:
-    lo, hi = np.quantile(samples, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return {"value": float(point), "low": float(lo), "high": float(hi)}
-
-
-def _per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Recall, F1 and support from confusion matrices (..., K, K) (rows: truth), as classification_metrics."""
-    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
-    support, predicted = cm.sum(-1), cm.sum(-2)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return recall, f1, support
-
-
-def _confusions(y: np.ndarray, p: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
-    """Confusion matrices (B, K, K) of the resamples ``idx`` (B, n), counted in one bincount."""
-    b = len(idx)
-    codes = y[idx] * k + p[idx] + (np.arange(b) * k * k)[:, None]
-    return np.bincount(codes.ravel(), minlength=b * k * k).reshape(b, k, k)
-
-
 def compare_predictions(
     y_true: np.ndarray,
     pred_a: np.ndarray,
@@ -148,35 +113,33 @@ def compare_predictions(
         raise EmoLensError(f"confidence must be in [0.5, 1), not {confidence}")
     n, k = len(y), len(labels)
     ca, cb = pa == y, pb == y
-    rng = np.random.default_rng(seed)
-    acc_a, acc_b, f1_a, f1_b, rec_a, rec_b = [], [], [], [], [], []
-    for start in range(0, n_boot, 100):  # chunks keep memory to ~100 x n indices
-        idx = rng.integers(0, n, size=(min(100, n_boot - start), n))
-        acc_a.append(ca[idx].mean(1))
-        acc_b.append(cb[idx].mean(1))
-        for p, f1s, recs in ((pa, f1_a, rec_a), (pb, f1_b, rec_b)):
-            recall, f1, support = _per_class(_confusions(y, p, idx, k))
-            present = support > 0  # macro averages over the classes each resample holds
-            f1s.append((f1 * present).sum(1) / np.maximum(present.sum(1), 1))
-            recs.append(np.where(present, recall, np.nan))
-    acc_a, acc_b, f1_a, f1_b = (np.concatenate(v) for v in (acc_a, acc_b, f1_a, f1_b))
-    rec_a, rec_b = np.concatenate(rec_a), np.concatenate(rec_b)
 
-    full_recall_a, full_f1_a, support = _per_class(np.bincount(y * k + pa, minlength=k * k).reshape(k, k))
-    full_recall_b, full_f1_b, _ = _per_class(np.bincount(y * k + pb, minlength=k * k).reshape(k, k))
-    present = support > 0
-    point_f1_a, point_f1_b = float(full_f1_a[present].mean()), float(full_f1_b[present].mean())
+    def figures(y, pa, pb, axis=-1):
+        """Accuracy, macro-F1 (over the classes a resample holds) and per-class recall (NaN where a
+        resample lacks the class) of both models and their differences, for a stack of resamples."""
+        acc_a, acc_b = (pa == y).mean(axis), (pb == y).mean(axis)
+        (rec_a, f1_a, support), (rec_b, f1_b, _) = (resampled_class_scores(y, p, k) for p in (pa, pb))
+        present = support > 0
+        f1_a, f1_b = ((f * present).sum(-1) / np.maximum(present.sum(-1), 1) for f in (f1_a, f1_b))
+        rec_a, rec_b = (np.where(present, r, np.nan) for r in (rec_a, rec_b))
+        scalars = np.stack([acc_a, acc_b, acc_b - acc_a, f1_a, f1_b, f1_b - f1_a])
+        recalls = np.moveaxis(np.stack([rec_a, rec_b, rec_b - rec_a], -1), (-2, -1), (0, 1))  # (k, 3, ...)
+        return np.concatenate([scalars, recalls.reshape(3 * k, *scalars.shape[1:])])
 
-    def iv(point: float, samples: np.ndarray) -> dict[str, float]:
-        return _interval(point, samples[~np.isnan(samples)], confidence)
+    low, high = bootstrap_figures((y, pa, pb), figures, confidence=confidence, n_boot=n_boot, seed=seed)
+    sa, sb = class_scores(y, pa, k), class_scores(y, pb, k)
+    present = sa["support"] > 0
+    f1_a, f1_b = float(sa["f1"][present].mean()), float(sb["f1"][present].mean())
+    points = [ca.mean(), cb.mean(), cb.mean() - ca.mean(), f1_a, f1_b, f1_b - f1_a]
+    for i in range(k):
+        points += [sa["recall"][i], sb["recall"][i], sb["recall"][i] - sa["recall"][i]]
 
-    per_class = {}
-    for i in np.flatnonzero(present):
-        per_class[labels[i]] = {
-            "a": iv(full_recall_a[i], rec_a[:, i]),
-            "b": iv(full_recall_b[i], rec_b[:, i]),
-            "diff": iv(full_recall_b[i] - full_recall_a[i], rec_b[:, i] - rec_a[:, i]),
-        }
+    def iv(j: int) -> dict[str, float]:
+        return {"value": float(points[j]), "low": float(low[j]), "high": float(high[j])}
+
+    per_class = {
+        labels[i]: {"a": iv(6 + 3 * i), "b": iv(7 + 3 * i), "diff": iv(8 + 3 * i)} for i in np.flatnonzero(present)
+    }
     return Comparison(
         a=names[0],
         b=names[1],
@@ -185,16 +148,8 @@ def compare_predictions(
         confidence=confidence,
         n_boot=n_boot,
         seed=seed,
-        accuracy={
-            "a": iv(ca.mean(), acc_a),
-            "b": iv(cb.mean(), acc_b),
-            "diff": iv(cb.mean() - ca.mean(), acc_b - acc_a),
-        },
-        macro_f1={
-            "a": iv(point_f1_a, f1_a),
-            "b": iv(point_f1_b, f1_b),
-            "diff": iv(point_f1_b - point_f1_a, f1_b - f1_a),
-        },
+        accuracy={"a": iv(0), "b": iv(1), "diff": iv(2)},
+        macro_f1={"a": iv(3), "b": iv(4), "diff": iv(5)},
         per_class_recall=per_class,
         mcnemar=mcnemar(ca, cb),
         disagree=np.flatnonzero(pa != pb).tolist(),

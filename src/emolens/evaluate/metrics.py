@@ -1,4 +1,4 @@
-"""Classification metrics and accuracy against coverage, from labels and probabilities (NumPy only)."""
+"""Classification metrics and accuracy against coverage, from labels and probabilities."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ COVERAGE_LEVELS = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 CONFIDENCE_LEVELS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts (n_classes, n_classes): rows are the true class, columns the prediction."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    return cm
-
-
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
     """Accuracy, macro-F1 and per-class precision, recall, F1 and support, in ``labels`` order.
 
@@ -22,13 +15,12 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[
     data lack has no recall to speak of); a class never predicted has precision 0. The confusion
     matrix covers every label.
     """
-    cm = confusion(y_true, y_pred, len(labels))
-    tp = np.diag(cm).astype(float)
-    support, predicted = cm.sum(1), cm.sum(0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    from emolens.evaluate.stats import class_scores
+
+    scores = class_scores(np.asarray(y_true), np.asarray(y_pred), len(labels))
+    cm, support = scores["confusion"], scores["support"]
+    precision, recall, f1 = scores["precision"], scores["recall"], scores["f1"]
+    tp = np.diag(cm)
     present = [i for i in range(len(labels)) if support[i] > 0]
     n = int(cm.sum())
     return {

@@ -44,10 +44,13 @@ def analysis_crop(image: np.ndarray, face) -> np.ndarray:
 
 
 def crop_phash(crop: np.ndarray) -> str:
-    """The crop's 64-bit perceptual hash as 16 hex digits (grey, so colour and grey copies match)."""
+    """The crop's 256-bit perceptual hash (``imagehash.phash``, 16 x 16 DCT coefficients) as 64
+    hex digits; of the grey crop, so colour and grey copies match."""
     import cv2
+    import imagehash
+    from PIL import Image
 
-    from emolens.data.eda import phash
+    from emolens.feedback.split import HASH_SIZE
 
     grey = crop if crop.ndim == 2 else cv2.cvtColor(crop[..., :3], cv2.COLOR_RGB2GRAY)
-    return f"{phash(grey):016x}"
+    return str(imagehash.phash(Image.fromarray(np.ascontiguousarray(grey)), hash_size=HASH_SIZE))

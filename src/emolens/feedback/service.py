@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from emolens.classify.modelfile import UNCERTAIN
 from emolens.core.errors import BadLabelError, EmoLensError, NotFoundError
+from emolens.data.schemas import canonical
 from emolens.feedback.crops import analysis_crop, crop_phash, stored_crop
-from emolens.feedback.split import FeedbackSplit, side_of_new, split_records
+from emolens.feedback.split import FeedbackSplit, is_current_hash, side_of_new, split_records
 from emolens.feedback.streamlit import ImportReport, import_streamlit
 from emolens.store.blobs import BlobStore
 from emolens.store.feedback import Feedback, FeedbackStore, group_key
@@ -74,14 +76,18 @@ class FeedbackService:
         person: str | None = None,
         origin: str | None = None,
         upload_session: str | None = None,
+        uncertain: bool = False,
     ) -> Feedback:
         """Store one statement about a face crop (uint8, grey or RGB; stored by the crop policy).
 
         Give the true ``label``, or ``correct=True`` to confirm the ``predicted`` one. ``person``
         (who it is), ``origin`` (the photo or video it came from) and ``upload_session`` keep
-        related faces on one side of the training/held-out split; near-identical crops are kept
-        together by their perceptual hash even without them.
+        related faces on one side of the training/held-out split; a copy of the same photo is kept
+        with it by its perceptual hash even without them. A model's "uncertain" answer is stored as
+        its top class (from ``probs``) with ``uncertain`` set, so such a face can be corrected too.
         """
+        if predicted is not None and canonical(predicted) == UNCERTAIN:
+            uncertain, predicted = True, max(probs, key=probs.get) if probs else None
         if correct:
             if predicted is None:
                 raise BadLabelError("a confirmation needs the predicted label it confirms")
@@ -99,7 +105,7 @@ class FeedbackService:
             crop_key=crop_key,
             image_key=image_key,
             label=label,
-            holdout=side_of_new(self.store, phash, group_key(person, origin, upload_session), crop_key),
+            holdout=side_of_new(self.store, phash, person, group_key(person, origin, upload_session), crop_key),
             phash=phash,
             predicted=predicted,
             confidence=confidence,
@@ -112,6 +118,7 @@ class FeedbackService:
             person=person,
             origin=origin,
             upload_session=upload_session,
+            uncertain=uncertain,
         )
 
     def add_from_results(
@@ -129,8 +136,9 @@ class FeedbackService:
         upload_session: str | None = None,
     ) -> Feedback:
         """Feedback on face ``face`` of an analysis (``Analyzer()(image)``): the crop is aligned
-        from the analysed photo, and the prediction, box and model are taken from the results.
-        ``origin`` defaults to the photo (its content hash); see ``add`` for the others."""
+        from the analysed photo, and the prediction (the top class, flagged when the model answered
+        "uncertain"), box and model are taken from the results. ``origin`` defaults to the photo
+        (its content hash); see ``add`` for the others."""
         if results.image is None:
             raise EmoLensError("these results do not hold their image; analyse again to give feedback")
         if not 0 <= face < len(results):
@@ -142,7 +150,8 @@ class FeedbackService:
             analysis_crop(results.image, f),
             label,
             correct=correct,
-            predicted=f.label,
+            predicted=f.top_label if f.uncertain else f.label,
+            uncertain=f.uncertain,
             confidence=f.confidence,
             probs=f.probs,
             box=f.box,
@@ -183,9 +192,12 @@ class FeedbackService:
     def count(self, label: str | None = None, corrections_only: bool = False) -> int:
         return self.store.count(label=label, corrections_only=corrections_only)
 
-    def stats(self) -> dict[str, Any]:
-        """Totals, per true label, per (predicted → true) confusion, and per source."""
-        return self.store.stats()
+    def stats(self, labels: Sequence[str] | None = None) -> dict[str, Any]:
+        """Totals, per true label, per (predicted → true) confusion, per source, corrections per
+        model, and the two parts of ``split(labels)``: ``holdout`` and ``holdout_groups`` are what
+        fine-tuning is judged on (``labels``: the model's; default every emotion of the store)."""
+        parts = self.split(labels).to_dict()
+        return {**self.store.stats(), **parts, "regrouped": parts.pop("moved")}
 
     def crop(self, record: Feedback | str) -> np.ndarray:
         """The stored face crop: grey (H, W) or RGB (H, W, 3) uint8."""
@@ -203,13 +215,18 @@ class FeedbackService:
         self.store.clear()
 
     # -- ways out --------------------------------------------------------------------------
-    def split(self) -> FeedbackSplit:
-        """Every record in its part, by group: each group goes where its earliest record went."""
+    def split(self, labels: Sequence[str] | None = None) -> FeedbackSplit:
+        """Every record in its part, by group: each group goes where its earliest record went. The
+        one split: fine-tuning, ``stats`` and ``dataset`` all use it. ``labels``: keep only records
+        of these emotions (a model's), grouped with all the others."""
         records = self.list(limit=None)[::-1]  # oldest first
-        for r in records:
-            if r.phash is None:  # stored before hashes were kept
-                r.phash = crop_phash(self.crop(r))
-        return split_records(records)
+        stale = {r.uid: crop_phash(self.crop(r)) for r in records if not is_current_hash(r.phash)}
+        if stale:  # stored before hashes were kept, or with the earlier 64-bit kind
+            self.store.set_phash(stale)
+            for r in records:
+                r.phash = stale.get(r.uid, r.phash)
+        split = split_records(records)
+        return split if labels is None else split.only(labels)
 
     def dataset(self, part: str = "all", classes: Sequence[str] | None = None):
         """The stored crops as a FaceDataset (``part``: "all", "train" or "holdout", split by

@@ -2,13 +2,18 @@
 
 Each record is put, once and for good, in the training or the held-out part: the held-out part
 is what the promotion gate measures a fine-tuned model on, so a model never trains on the
-feedback it is judged by. The split is by group, not by crop: records of one person (when
-known), else of one source photo or video, else of one upload session, and near-duplicates
-(perceptual hashes within ``NEAR_DUPLICATE_BITS``) form one group, and a group never sits on
-both sides. A burst of near-identical photos or the frames of one video would otherwise put a
-twin of almost every held-out face in the training part and flatter the gate. Hashes tie most
-bursts but not all (a frame can stray further), so a caller that knows the person or the source
-should say so.
+feedback it is judged by. The split is by group, not by crop, and a group never sits on both
+sides:
+
+- Records of one person (when known) form one group; records without a person are tied by their
+  source photo or video, else by their upload session.
+- The perceptual hash only catches the same photo stored again (re-encoded, resized, brightened):
+  crops within ``SAME_PHOTO_BITS`` of 256 bits join one group. Two different people's frontal
+  crops lie 66 bits apart or more (see ``benchmarks/feedback_grouping.py``), so the hash never
+  ties two people; and a hash tie never joins two groups of different people, so groups cannot
+  chain across people either.
+- Frames of one video or a burst of shots differ by more than a re-encoded copy does: the
+  caller that knows the source or the person says so (``origin``, ``person``).
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from emolens.store.feedback import Feedback, FeedbackStore
 
 HOLDOUT_FRACTION = 0.25
-# 64-bit DCT hashes of two frames of one face differ by up to ~10 bits on degraded webcam crops
-# (benchmarks/feedback_loop.py); crops of different faces differ by 16 or more.
-NEAR_DUPLICATE_BITS = 10
+HASH_SIZE = 16  # 16 x 16 DCT coefficients: a 256-bit hash, 64 hex digits
+HASH_HEX = HASH_SIZE * HASH_SIZE // 4
+# The same crop re-encoded as JPEG, resized or brightened stays within 14 of 256 bits; crops of
+# two different people on a frontal set differ by 66 or more (benchmarks/feedback_grouping.py).
+SAME_PHOTO_BITS = 20
 
 
 def is_holdout(key: str, fraction: float = HOLDOUT_FRACTION) -> bool:
@@ -30,17 +39,24 @@ def is_holdout(key: str, fraction: float = HOLDOUT_FRACTION) -> bool:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000 < fraction
 
 
-def side_of_new(store: FeedbackStore, phash: str, group: str | None, crop_key: str) -> bool:
-    """The part a new record goes to: that of the earliest record of its group (by what ties it,
-    else by a near-identical hash), or for a new group a hash of what ties it (its crop when
-    nothing does)."""
+def is_current_hash(phash: str | None) -> bool:
+    """Whether ``phash`` is of today's kind (records stored earlier kept a 64-bit hash)."""
+    return phash is not None and len(phash) == HASH_HEX
+
+
+def side_of_new(store: FeedbackStore, phash: str, person: str | None, group: str | None, crop_key: str) -> bool:
+    """The part a new record goes to: that of the earliest record of its group (by what ties it),
+    else that of the nearest stored copy of the same photo (never one of another person), else for
+    a new group a hash of what ties it (its crop when nothing does)."""
     if group is not None and (side := store.first_side(group)) is not None:
         return side
-    h = int(phash, 16)
-    for other, side in store.hash_sides():
-        if other and (int(other, 16) ^ h).bit_count() <= NEAR_DUPLICATE_BITS:
-            return side
-    return is_holdout(group or crop_key)
+    h, nearest = int(phash, 16), None
+    for other, other_person, side in store.hash_sides():
+        if is_current_hash(other) and (person is None or other_person in (None, person)):
+            d = (int(other, 16) ^ h).bit_count()
+            if d <= SAME_PHOTO_BITS and (nearest is None or d < nearest[0]):
+                nearest = (d, side)
+    return nearest[1] if nearest else is_holdout(group or crop_key)
 
 
 @dataclass
@@ -55,6 +71,16 @@ class FeedbackSplit:
     def groups(self, part: str) -> int:
         return len({self.group[r.uid] for r in getattr(self, part)})
 
+    def only(self, labels: Sequence[str]) -> FeedbackSplit:
+        """The records whose labels are among ``labels`` (a model's), in the same groups and parts."""
+        keep = set(labels)
+        return FeedbackSplit(
+            train=[r for r in self.train if r.label in keep],
+            holdout=[r for r in self.holdout if r.label in keep],
+            group=self.group,
+            moved=self.moved,
+        )
+
     def to_dict(self) -> dict[str, int]:
         return {
             "train": len(self.train),
@@ -65,12 +91,31 @@ class FeedbackSplit:
         }
 
 
-def group_records(records: Sequence[Feedback], max_bits: int = NEAR_DUPLICATE_BITS) -> list[int]:
-    """A group number per record: records sharing a person, source or session (see
-    ``Feedback.group_key``) or with perceptual hashes within ``max_bits`` are joined, transitively."""
-    from emolens.data.eda import near_duplicate_pairs
+def same_photo_pairs(hashes: Sequence[str | None], max_bits: int = SAME_PHOTO_BITS) -> list[tuple[int, int, int]]:
+    """(i, j, distance) for the current-kind hashes within ``max_bits``, nearest first. Bits as
+    0/1 rows: the distances of a block of rows to all others are one matrix product."""
+    valid = [i for i, h in enumerate(hashes) if is_current_hash(h)]
+    if len(valid) < 2:
+        return []
+    raw = np.frombuffer(bytes.fromhex("".join(hashes[i] for i in valid)), np.uint8).reshape(len(valid), -1)
+    bits = np.unpackbits(raw, axis=1).astype(np.float32)
+    ones = bits.sum(1)
+    pairs = []
+    for start in range(0, len(valid), 1024):
+        block = bits[start : start + 1024]
+        dist = ones[start : start + 1024, None] + ones[None] - 2 * (block @ bits.T)
+        for a, b in zip(*np.nonzero(dist <= max_bits + 0.5), strict=True):
+            if start + a < b:
+                pairs.append((valid[start + a], valid[b], int(round(dist[a, b]))))
+    return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
 
+
+def group_records(records: Sequence[Feedback], max_bits: int = SAME_PHOTO_BITS) -> list[int]:
+    """A group number per record: records sharing a person, else a source, else a session (see
+    ``Feedback.group_key``) are joined, and so are copies of the same photo (hashes within
+    ``max_bits``, nearest first) unless that would put two people in one group."""
     parent = list(range(len(records)))
+    people: list[set[str]] = [{r.person} if r.person else set() for r in records]
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -79,15 +124,18 @@ def group_records(records: Sequence[Feedback], max_bits: int = NEAR_DUPLICATE_BI
         return i
 
     def join(i: int, j: int) -> None:
-        parent[root(i)] = root(j)
+        a, b = root(i), root(j)
+        if a != b:
+            parent[a] = b
+            people[b] |= people[a]
 
     first: dict[str, int] = {}
     for i, r in enumerate(records):
         if (key := r.group_key) is not None:
             join(i, first.setdefault(key, i))
-    hashes = [int(r.phash, 16) if r.phash else None for r in records]
-    for i, j, _ in near_duplicate_pairs(hashes, max_bits):
-        join(i, j)
+    for i, j, _ in same_photo_pairs([r.phash for r in records], max_bits):
+        if len(people[root(i)] | people[root(j)]) <= 1:  # never two people in one group
+            join(i, j)
     roots = [root(i) for i in range(len(records))]
     number = {r: n for n, r in enumerate(dict.fromkeys(roots))}
     return [number[r] for r in roots]

@@ -191,6 +191,13 @@ class Registry:
                 return current
             return self._promote_version(self._register_model(BASE_MODEL).name)
 
+    def register_named(self, name: str) -> ModelVersion:
+        """The registered version of a model known by name (``accurate``), registering it (after the
+        default, when the registry is empty) unless an unchanged copy already is; not activated."""
+        with self._lock():
+            self.ensure_base()
+            return self._register_model(name)
+
     def _register_model(self, model: str) -> ModelVersion:
         """Register a model known by name (shipped, e.g. ``accurate``, or the user's), with its
         PyTorch weights when they lie beside it so that it can be fine-tuned; a model registered

@@ -91,6 +91,7 @@ class FeedbackOut(BaseModel):
     model_version: str | None
     box: list[float] | None
     probs: dict[str, float] | None
+    uncertain: bool = Field(False, description='The model answered "uncertain"; predicted is its top class')
 
     @classmethod
     def of(cls, record) -> FeedbackOut:
@@ -109,10 +110,13 @@ class FeedbackStats(BaseModel):
     total: int
     corrections: int
     confirmations: int
-    holdout: int
+    holdout: int = Field(description="Records held out for judging fine-tuned models: the split fine-tuning uses")
+    holdout_groups: int = Field(description="Independent groups (people, photos) of the held-out records")
+    train: int = Field(description="Records fine-tuning trains on")
     by_label: dict[str, int]
     confusions: dict[str, int]
     by_source: dict[str, int]
+    by_model: dict[str, int] = Field(description="Corrections per model that answered")
     min_feedback: int = Field(description="Corrections needed before fine-tuning is allowed")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, delete, func, select
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, delete, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from emolens.core.errors import BadLabelError, NotFoundError
@@ -57,7 +57,8 @@ class FeedbackRow(Base):
     person: Mapped[str | None] = mapped_column(String(128))
     origin: Mapped[str | None] = mapped_column(String(128))
     upload_session: Mapped[str | None] = mapped_column(String(128))
-    phash: Mapped[str | None] = mapped_column(String(16))
+    phash: Mapped[str | None] = mapped_column(String(64))
+    uncertain: Mapped[bool | None] = mapped_column(Boolean)
 
 
 @dataclass
@@ -81,7 +82,9 @@ class Feedback:
     person: str | None = None  # who the face is, when known
     origin: str | None = None  # the source photo or video it came from
     upload_session: str | None = None
-    phash: str | None = None  # perceptual hash of the crop (hex), for near-duplicates
+    phash: str | None = None  # perceptual hash of the crop (hex), to catch the same photo stored again
+    # the model answered "uncertain" (its top class is ``predicted``): below its threshold or a poor face
+    uncertain: bool = False
 
     @property
     def group_key(self) -> str | None:
@@ -89,7 +92,8 @@ class Feedback:
 
     @classmethod
     def from_row(cls, row: FeedbackRow) -> Feedback:
-        return cls(**{k: getattr(row, k) for k in cls.__dataclass_fields__})
+        d = {k: getattr(row, k) for k in cls.__dataclass_fields__}
+        return cls(**{**d, "uncertain": bool(d["uncertain"])})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -170,8 +174,10 @@ class FeedbackStore:
         person: str | None = None,
         origin: str | None = None,
         upload_session: str | None = None,
+        uncertain: bool = False,
     ) -> Feedback:
-        """The row of a record whose files are stored (``put_png``) and whose labels are checked."""
+        """The row of a record whose files are stored (``put_png``) and whose labels are checked.
+        ``predicted`` is the model's top class, also when it answered "uncertain" (``uncertain``)."""
         row = FeedbackRow(
             uid=uuid.uuid4().hex,
             created_at=created_at or datetime.now(UTC),
@@ -192,6 +198,7 @@ class FeedbackStore:
             origin=origin,
             upload_session=upload_session,
             phash=phash,
+            uncertain=uncertain,
         )
         with session(self.url) as s:
             s.add(row)
@@ -209,11 +216,19 @@ class FeedbackStore:
             side = s.scalar(select(FeedbackRow.holdout).where(column[kind] == value).order_by(FeedbackRow.id).limit(1))
         return None if side is None else bool(side)
 
-    def hash_sides(self) -> list[tuple[str | None, bool]]:
-        """(perceptual hash, held out) of every record, oldest first: two columns, not whole rows."""
+    def hash_sides(self) -> list[tuple[str | None, str | None, bool]]:
+        """(perceptual hash, person, held out) of every record, oldest first: three columns, not whole rows."""
         with session(self.url) as s:
-            rows = s.execute(select(FeedbackRow.phash, FeedbackRow.holdout).order_by(FeedbackRow.id)).all()
-        return [(h, bool(side)) for h, side in rows]
+            rows = s.execute(
+                select(FeedbackRow.phash, FeedbackRow.person, FeedbackRow.holdout).order_by(FeedbackRow.id)
+            ).all()
+        return [(h, person, bool(side)) for h, person, side in rows]
+
+    def set_phash(self, hashes: dict[str, str]) -> None:
+        """Store recomputed perceptual hashes (record uid -> hash) of records kept with an older kind."""
+        with session(self.url) as s:
+            for uid, h in hashes.items():
+                s.execute(update(FeedbackRow).where(FeedbackRow.uid == uid).values(phash=h))
 
     def delete(self, uid: str) -> None:
         with session(self.url) as s:
@@ -260,26 +275,32 @@ class FeedbackStore:
             return int(s.scalar(q) or 0)
 
     def stats(self) -> dict[str, Any]:
-        """Totals, per true label, per (predicted → true) confusion, and per source."""
+        """Totals, per true label, per (predicted → true) confusion, per source, and corrections per
+        model that answered. ``holdout`` counts the records stored as held out; the held-out part
+        fine-tuning uses is the feedback service's split (``FeedbackService.stats``)."""
         columns = (
             FeedbackRow.label,
             FeedbackRow.predicted,
             FeedbackRow.is_correction,
             FeedbackRow.source,
             FeedbackRow.holdout,
+            FeedbackRow.model_version,
         )
         with session(self.url) as s:  # one row per distinct combination, counted by the database
             groups = s.execute(select(*columns, func.count()).group_by(*columns)).all()
         by_label: dict[str, int] = {}
         confusions: dict[str, int] = {}
         by_source: dict[str, int] = {}
+        by_model: dict[str, int] = {}  # corrections per model that answered ("" when not known)
         total = corrections = holdout = 0
-        for label, predicted, is_corr, source, held, n in groups:
+        for label, predicted, is_corr, source, held, model, n in groups:
             by_label[label] = by_label.get(label, 0) + n
             by_source[source] = by_source.get(source, 0) + n
             total += n
             corrections += n if is_corr else 0
             holdout += n if held else 0
+            if is_corr:
+                by_model[model or ""] = by_model.get(model or "", 0) + n
             if is_corr and predicted:
                 key = f"{predicted} → {label}"
                 confusions[key] = confusions.get(key, 0) + n
@@ -291,6 +312,7 @@ class FeedbackStore:
             "by_label": dict(sorted(by_label.items())),
             "confusions": dict(sorted(confusions.items(), key=lambda kv: -kv[1])),
             "by_source": by_source,
+            "by_model": dict(sorted(by_model.items(), key=lambda kv: -kv[1])),
         }
 
     def crop(self, record: Feedback | str) -> np.ndarray:

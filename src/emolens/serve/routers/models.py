@@ -63,13 +63,18 @@ def _finetune_job(state: ServerState, epochs: int | None):
     from emolens.feedback.learn import FinetuneOptions, finetune_from_feedback
 
     options = FinetuneOptions(epochs=epochs) if epochs else FinetuneOptions()
+    from emolens.feedback import FeedbackService
+
+    s = state.settings
     return finetune_from_feedback(
-        store=state.feedback_store(),
+        feedback=FeedbackService(state.feedback_store()),
         registry=state.registry(),
+        replay=s.replay_data,
+        base_val=s.base_val_data,
+        min_feedback=s.min_feedback,
         options=options,
         promote=True,
         progress=False,
-        settings=state.settings,
     )
 
 
