@@ -201,7 +201,6 @@ def finetune_from_feedback(
     from emolens.feedback import FeedbackService
     from emolens.registry import Registry
 
-    require("torch", "train")
     if settings is None:
         from emolens.settings import get_settings
 
@@ -227,6 +226,7 @@ def finetune_from_feedback(
             f"validation set (e.g. FER2013 train.npz and val.npz): set {' and '.join(missing)}"
         )
 
+    require("torch", "train")  # after the checks above: a refusal does not wait for PyTorch to load
     parent = registry.ensure_base()
     if parent.checkpoint is None:
         raise ModelError(f"model {parent.name} has no PyTorch weights (model.pt) to fine-tune from")

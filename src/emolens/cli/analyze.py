@@ -69,9 +69,13 @@ def analyze(
     tta: Annotated[
         bool | None, typer.Option("--tta/--no-tta", help="Also average the model(s) over the mirrored face.")
     ] = None,
-    min_face_size: Annotated[int | None, typer.Option(help="Ignore faces smaller than this many pixels.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Detection score threshold.")] = None,
-    max_faces: Annotated[int | None, typer.Option(help="Keep at most this many faces per image.")] = None,
+    min_face_size: Annotated[
+        int | None, typer.Option(min=1, max=100_000, help="Ignore faces smaller than this many pixels.")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Detection score threshold.")] = None,
+    max_faces: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="Keep at most this many faces per image.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
 ) -> None:
     """Find every face in the images and tell how each one feels."""

@@ -13,9 +13,13 @@ attendance_app = typer.Typer(help="Attendance sessions: start, add, stop, report
 Inputs = Annotated[
     list[str] | None, typer.Argument(help="Images, folders, globs or video files (by suffix) to feed the session.")
 ]
-Camera = Annotated[int | None, typer.Option(help="Also read this camera (index, e.g. 0) until Ctrl-C or --frames.")]
-Every = Annotated[int, typer.Option(help="Videos and cameras: analyse every N-th frame.")]
-Frames = Annotated[int | None, typer.Option(help="Videos and cameras: stop after reading this many frames.")]
+Camera = Annotated[
+    int | None, typer.Option(min=0, max=1000, help="Also read this camera (index, e.g. 0) until Ctrl-C or --frames.")
+]
+Every = Annotated[int, typer.Option(min=1, max=10_000, help="Videos and cameras: analyse every N-th frame.")]
+Frames = Annotated[
+    int | None, typer.Option(min=1, max=10**12, help="Videos and cameras: stop after reading this many frames.")
+]
 Emotions = Annotated[bool, typer.Option(help="Also read each person's emotions (per-person summary).")]
 
 

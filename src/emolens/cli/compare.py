@@ -21,9 +21,11 @@ def compare(
         Path, typer.Argument(help="Labelled data: .npz of crops, class folders of photos, FER2013 or labels CSV.")
     ],
     tta: Annotated[bool, typer.Option("--tta", help="Both models with mirror test-time augmentation.")] = False,
-    confidence: Annotated[float, typer.Option(help="Confidence of the intervals (and 1 - alpha of McNemar).")] = 0.95,
-    boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    confidence: Annotated[
+        float, typer.Option(min=0.5, max=0.9999, help="Confidence of the intervals (and 1 - alpha of McNemar).")
+    ] = 0.95,
+    boot: Annotated[int, typer.Option(min=100, max=1_000_000, help="Bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the bootstrap.")] = 0,
     sheet: Annotated[
         Path | None, typer.Option(help="Contact sheet of the faces where they disagree (PNG); default: none.")
     ] = None,

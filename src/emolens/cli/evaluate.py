@@ -50,13 +50,18 @@ def evaluate(
         bool, typer.Option("--tta", help="Test-time augmentation: average over each crop and its mirror.")
     ] = _API["tta"],
     tta_shift: Annotated[
-        int, typer.Option(help="With --tta, also average over shifts of this many pixels (4 more views).")
+        int,
+        typer.Option(min=0, max=64, help="With --tta, also average over shifts of this many pixels (4 more views)."),
     ] = _API["tta_shift"],
     target_precision: Annotated[
-        float | None, typer.Option(help="Choose per-class thresholds: each predicted class reaches this precision.")
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Choose per-class thresholds: each predicted class reaches this precision."
+        ),
     ] = _API["target_precision"],
     target_coverage: Annotated[
-        float | None, typer.Option(help="Choose per-class thresholds: each predicted class keeps this share.")
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Choose per-class thresholds: each predicted class keeps this share."),
     ] = _API["target_coverage"],
     save_thresholds: Annotated[
         bool,

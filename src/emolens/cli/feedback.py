@@ -24,7 +24,10 @@ def add(
     image: Annotated[Path, typer.Argument(help="The photo the face is in.")],
     label: Annotated[str | None, typer.Option("--label", "-l", help="What the emotion really is.")] = None,
     correct: Annotated[bool, typer.Option("--correct", help="The prediction was right.")] = False,
-    face: Annotated[int, typer.Option("--face", "-f", help="Which face: its index in `emolens analyze` (from 0).")] = 0,
+    face: Annotated[
+        int,
+        typer.Option("--face", "-f", min=0, max=10_000, help="Which face: its index in `emolens analyze` (from 0)."),
+    ] = 0,
     keep_image: Annotated[
         bool, typer.Option("--keep-image", help="Store the whole photo too, not only the face.")
     ] = False,
@@ -196,23 +199,31 @@ def finetune(
     base_val: Annotated[
         Path | None, typer.Option(help="Fixed validation set of the gate (default EMOLENS_BASE_VAL_DATA).")
     ] = None,
-    minimum: Annotated[int | None, typer.Option("--min", help="Refuse below this many corrections.")] = None,
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 6,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (low: it starts from trained weights).")] = 2e-4,
-    replay_size: Annotated[int, typer.Option(help="Replayed faces from the base data.")] = 6000,
-    max_base_drop: Annotated[float, typer.Option(help="Gate: base accuracy may drop at most this much.")] = 0.01,
+    minimum: Annotated[
+        int | None, typer.Option("--min", min=0, max=10**9, help="Refuse below this many corrections.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, max=1000, help="Fine-tuning epochs.")] = 6,
+    lr: Annotated[
+        float, typer.Option(min=1e-9, max=1.0, help="Peak learning rate (low: it starts from trained weights).")
+    ] = 2e-4,
+    replay_size: Annotated[int, typer.Option(min=0, max=10**8, help="Replayed faces from the base data.")] = 6000,
+    max_base_drop: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Gate: base accuracy may drop at most this much.")
+    ] = 0.01,
     min_gain: Annotated[
-        float, typer.Option(help="Gate: the low end of the held-out gain's 95% interval must be above this.")
+        float,
+        typer.Option(
+            min=-1.0, max=1.0, help="Gate: the low end of the held-out gain's 95% interval must be above this."
+        ),
     ] = 0.0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
 ) -> None:
     """Fine-tune the active model on stored corrections.
 
     The new version is promoted only if it measures better."""
-    from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
-
     if not from_feedback:
         fail(EmoLensError("say what to learn from: --from-feedback"))
+    from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
 
     shown = []
 

@@ -237,7 +237,9 @@ def restore(version: Annotated[str, typer.Argument(help="A version number, e.g. 
 
 def identify(
     paths: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or globs.")],
-    threshold: Annotated[float | None, typer.Option(help="Override the version's recommended threshold.")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Override the version's recommended threshold.")
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON: one object for one photo, a list for several.")
     ] = False,

@@ -20,12 +20,14 @@ keys = typer.Typer(
 
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     workers: Annotated[
         int,
         typer.Option(
+            min=1,
+            max=256,
             help="Server processes on one port. They share the database (recent analyses, jobs), the "
-            "active model and the metrics; each loads the models once."
+            "active model and the metrics; each loads the models once.",
         ),
     ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: warning, info, debug.")] = "info",

@@ -74,8 +74,12 @@ def promote(
     base_val: Annotated[
         Path | None, typer.Option(help="Fixed validation set of the gates (default EMOLENS_BASE_VAL_DATA).")
     ] = None,
-    confidence: Annotated[float, typer.Option(help="Confidence the shadow must be more accurate with.")] = 0.95,
-    max_base_drop: Annotated[float, typer.Option(help="Gate: base accuracy may drop at most this much.")] = 0.01,
+    confidence: Annotated[
+        float, typer.Option(min=0.5, max=0.9999, help="Confidence the shadow must be more accurate with.")
+    ] = 0.95,
+    max_base_drop: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Gate: base accuracy may drop at most this much.")
+    ] = 0.01,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
 ) -> None:
     """Make the shadow model active, through the gates of fine-tuning (held-out feedback improves,
