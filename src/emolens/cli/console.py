@@ -42,6 +42,19 @@ def fail(exc: EmoLensError, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def require_inputs(**paths: Path | None) -> None:
+    """Refuse at once (one line, exit 2) an input file or folder that does not exist: before a
+    command loads heavy modules (PyTorch takes seconds) only to find out. Keys are the option names."""
+    for name, path in paths.items():
+        if path is not None and not Path(path).exists():
+            what = (
+                name.rstrip("_").replace("_", "-").upper()
+                if name.isupper()
+                else f"--{name.rstrip('_').replace('_', '-')}"
+            )
+            fail(EmoLensError(f"{what}: no such file or folder: {path}"))
+
+
 def write_output(target: Path, text: str) -> bool:
     """Write an output file whole (via a temporary file; ``-`` is stdout), or say why not; returns success."""
     if str(target) == "-":

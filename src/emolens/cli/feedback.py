@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, human_to_stderr
+from emolens.cli.console import console, err, fail, human_to_stderr, require_inputs
 from emolens.errors import EmoLensError
 
 feedback = typer.Typer(
@@ -223,6 +223,7 @@ def finetune(
     The new version is promoted only if it measures better."""
     if not from_feedback:
         fail(EmoLensError("say what to learn from: --from-feedback"))
+    require_inputs(replay=replay, base_val=base_val)
     from emolens.learn import FinetuneOptions, Gates, finetune_from_feedback
 
     shown = []

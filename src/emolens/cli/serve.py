@@ -40,10 +40,12 @@ def serve(
     import uvicorn
 
     from emolens.settings import get_settings
+    from emolens.store.db import check_writable
     from emolens.store.keys import KeyStore
 
     s = get_settings()
     try:
+        check_writable(s.db_url)  # the server writes (analyses, feedback, jobs): say so now, not at the first write
         n_keys = KeyStore(s.db_url).count()
     except EmoLensError as exc:
         fail(exc)

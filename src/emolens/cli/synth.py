@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, fail
+from emolens.cli.console import console, fail, require_inputs
 from emolens.errors import EmoLensError
 
 data = typer.Typer(help="Quality gates for image folders; merge synthetic images in.")
@@ -193,6 +193,7 @@ def tune(
     search resumes; the best settings are written as a training YAML."""
     from emolens.errors import require
 
+    require_inputs(DATA=data_, space=space, val=val, config=config)
     require("torch", "train")
     from emolens.settings import get_settings
     from emolens.train.config import load_config

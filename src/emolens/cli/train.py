@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail
+from emolens.cli.console import console, err, fail, require_inputs
 from emolens.errors import EmoLensError
 
 
@@ -85,6 +85,7 @@ def train(
     learning rates). Without --val, a stratified share of DATA is held out for validation."""
     from emolens.errors import require
 
+    require_inputs(DATA=data, val=val, config=config, resume=resume, init=init, votes=votes)
     require("torch", "train")
     from emolens.data import load_dataset, split
     from emolens.data.datasets import to_crops

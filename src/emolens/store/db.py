@@ -138,3 +138,31 @@ def session(url: str | None = None) -> Iterator[Session]:
     """A transaction: everything inside is committed together, or nothing is."""
     with Session(get_engine(url), expire_on_commit=False) as s, s.begin():
         yield s
+
+
+def check_writable(url: str | None = None) -> None:
+    """Raise StorageError when the database cannot be written (a read-only file or folder, a
+    read-only server): a program that must write (the server) says so when it starts, not at its
+    first write."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from emolens.errors import StorageError
+
+    url = url or default_url()
+    try:
+        with get_engine(url).connect() as conn:
+            if conn.dialect.name == "sqlite":
+                version = int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+                conn.exec_driver_sql(f"PRAGMA user_version = {version}")  # a write that changes nothing
+                conn.rollback()
+            elif (
+                conn.dialect.name == "postgresql"
+                and conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+            ):
+                raise StorageError("the database is read-only (transaction_read_only is on)")
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip()
+        raise StorageError(
+            f"the database cannot be written ({reason}): check the permissions of the database "
+            "file and its folder ($EMOLENS_HOME), or EMOLENS_DATABASE_URL"
+        ) from exc
