@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from emolens.cli.console import console, err, fail, human_to_stderr, write_output
+from emolens.cli.console import console, err, fail, human_to_stderr, json_text, write_output
 from emolens.errors import EmoLensError
 
 EXAMPLE = Path(__file__).parents[1] / "assets" / "examples" / "astronaut.jpg"
@@ -147,7 +146,7 @@ def analyze(
     written_ok = True
     if json_out:
         records = [r.to_dict() for r in results] + [{"source": str(p), "error": e} for p, e in failures]
-        written_ok &= write_output(json_out, json.dumps(records, indent=2))
+        written_ok &= write_output(json_out, json_text(records, indent=2))
     if csv_out:
         rows = [row for r in results for row in r.to_rows()]
         buffer = io.StringIO()

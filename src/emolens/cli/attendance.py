@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from emolens.cli.console import json_text
 
 attendance_app = typer.Typer(help="Attendance sessions: start, add, stop, report, list.", no_args_is_help=True)
 
@@ -185,7 +186,7 @@ def report(
     except EmoLensError as exc:
         fail(exc)
     if json_out:
-        typer.echo(json.dumps(rep.to_dict(), indent=2))
+        typer.echo(json_text(rep.to_dict(), indent=2))
     if csv_out:
         if str(csv_out) == "-":
             typer.echo(rep.to_csv(), nl=False)

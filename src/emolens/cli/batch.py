@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import err, fail, write_output
+from emolens.cli.console import err, fail, json_text, write_output
 from emolens.errors import EmoLensError
 
 
@@ -110,7 +109,7 @@ def batch(
     except EmoLensError as exc:
         fail(exc, 1)
     _print_summary(summary)
-    if json_out and not write_output(json_out, json.dumps(summary.to_dict(), indent=2)):
+    if json_out and not write_output(json_out, json_text(summary.to_dict(), indent=2)):
         raise typer.Exit(1)
     raise typer.Exit(0 if summary.complete else 1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, write_output
+from emolens.cli.console import console, err, fail, json_text, write_output
 from emolens.errors import EmoLensError
 
 
@@ -92,7 +91,7 @@ def compare(
         except (EmoLensError, OSError) as exc:
             err.print(f"[yellow]no contact sheet:[/yellow] {escape(str(exc))}")
     if json_out:
-        write_output(json_out, json.dumps(out, indent=2))
+        write_output(json_out, json_text(out, indent=2))
     if markdown:
         write_output(markdown, cmp.to_markdown())
 

@@ -8,6 +8,8 @@ command modules to build the app): so the command line has no import cycle.
 from __future__ import annotations
 
 import errno
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -53,6 +55,22 @@ def require_inputs(**paths: Path | None) -> None:
                 else f"--{name.rstrip('_').replace('_', '-')}"
             )
             fail(EmoLensError(f"{what}: no such file or folder: {path}"))
+
+
+def json_text(data, **options) -> str:
+    """``json.dumps`` that always writes valid JSON: a non-finite number (which Python would write
+    as the invalid ``Infinity`` or ``NaN``) becomes null."""
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(data), allow_nan=False, **options)
 
 
 def write_output(target: Path, text: str) -> bool:

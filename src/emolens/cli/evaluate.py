@@ -8,7 +8,6 @@ The measuring, the checks of the options and the saving of thresholds and rules 
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, human_to_stderr, write_output
+from emolens.cli.console import console, err, fail, human_to_stderr, json_text, write_output
 from emolens.errors import EmoLensError
 from emolens.evaluate.evaluation import EvaluationReport, check_evaluation, evaluate_dataset
 
@@ -159,7 +158,7 @@ def evaluate(
         console.print(f'thresholds saved in {escape(str(target))}: the analyzer now answers "uncertain" below them')
     data_out = report.to_dict()
     if json_out:
-        write_output(json_out, json.dumps(data_out, indent=2))
+        write_output(json_out, json_text(data_out, indent=2))
     if report_dir:
         from emolens.evaluate.report import write_report
 

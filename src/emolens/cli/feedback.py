@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, human_to_stderr, require_inputs
+from emolens.cli.console import console, err, fail, human_to_stderr, json_text, require_inputs
 from emolens.errors import EmoLensError
 
 feedback = typer.Typer(
@@ -77,7 +76,7 @@ def list_(
         fail(exc)
     if as_json:
         for r in records:
-            print(json.dumps(r.to_dict()))
+            print(json_text(r.to_dict()))
         return
     table = Table("record", "time", "predicted", "label", "confidence", "part", "source")
     for r in records:
@@ -101,7 +100,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     except EmoLensError as exc:
         fail(exc)
     if as_json:
-        print(json.dumps(st, indent=2))
+        print(json_text(st, indent=2))
         return
     console.print(
         f"{st['total']} record(s): {st['corrections']} correction(s), {st['confirmations']} confirmation(s), "
@@ -299,7 +298,7 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
              "promoted": v.promoted, "metrics": v.metrics, "path": str(v.path)}
             for v in versions
         ]  # fmt: skip
-        print(json.dumps({"models": named, "registry": registry}, indent=2, default=str))
+        print(json_text({"models": named, "registry": registry}, indent=2, default=str))
         return
     # Paths fold onto more lines rather than being cut; --json gives them on one line.
     table = Table()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from emolens.cli.console import json_text
 
 people_app = typer.Typer(help="Enrolled people: enroll, list, remove, train, versions.", no_args_is_help=True)
 
@@ -96,7 +97,7 @@ def list_people(json_out: Annotated[bool, typer.Option("--json", help="Print JSO
     except EmoLensError as exc:
         fail(exc)
     if json_out:
-        typer.echo(json.dumps([p.to_dict() for p in rows], indent=2))
+        typer.echo(json_text([p.to_dict() for p in rows], indent=2))
         return
     table = Table("id", "name", "faces", "enrolled")
     for p in rows:
@@ -294,7 +295,7 @@ def identify(
                 sim = "n/a" if m.similarity is None else f"{m.similarity:.2f}"
                 console.print(f"{head}: unknown (best confidence {m.confidence:.2f}, similarity {sim})", soft_wrap=True)
     if json_out:
-        typer.echo(json.dumps(records if several else records[0] if records else {}, indent=2))
+        typer.echo(json_text(records if several else records[0] if records else {}, indent=2))
     if failed:
         err.print(f"{len(records)} images identified, {failed} failed")
         raise typer.Exit(1)

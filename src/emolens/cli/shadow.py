@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, fail
+from emolens.cli.console import console, fail, json_text
 from emolens.errors import EmoLensError
 
 shadow = typer.Typer(
@@ -36,7 +35,7 @@ def report(
     except EmoLensError as exc:
         fail(exc)
     if as_json:
-        console.print_json(json.dumps(rep))
+        console.print_json(json_text(rep))
         return
     if not rep["faces"]:
         console.print("no shadow comparisons stored yet (serve with EMOLENS_SHADOW_MODEL set)")

@@ -148,10 +148,10 @@ def merge_cmd(
         Path | None, typer.Option(help="Only the synthetic images listed here (a filter's kept.txt).")
     ] = None,
     max_class_share: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Most a class's training images may be synthetic.")
+        float, typer.Option(min=0.0, max=0.99, help="Most a class's training images may be synthetic.")
     ] = 0.5,
     max_total_share: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Most all training images may be synthetic.")
+        float, typer.Option(min=0.0, max=0.99, help="Most all training images may be synthetic.")
     ] = 0.3,
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Share of the real images held out for validation.")
