@@ -276,6 +276,10 @@ def test_embeddings_when_the_identity_extra_is_installed(photos, home, tmp_path)
     vectors = np.stack(df.embedding.to_list())
     assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     assert df.embedder.eq("dlib-resnet-v1").all() and (df.embed_ms > 0).all()
+    # Embeddings are biometric data: the output folder it made and every shard are the owner's only.
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o700
+    shards = list((tmp_path / "out").glob("shard-*.parquet"))
+    assert shards and all(p.stat().st_mode & 0o777 == 0o600 for p in shards)
 
 
 # -- Ray ------------------------------------------------------------------------------------------

@@ -217,6 +217,10 @@ class BatchJob:
 
         state = self.job_file.parent
         try:
+            if self.spec.embedder:  # identity embeddings: a new output folder is the owner's only
+                from emolens.fileio import private_dir
+
+                private_dir(state)
             state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create {state}: {exc}") from exc

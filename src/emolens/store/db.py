@@ -20,6 +20,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session
 
+from emolens.fileio import private_dir
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x656D6F6C656E73  # "emolens": one advisory lock id for schema changes
 
@@ -71,7 +73,7 @@ def _private_file(path: Path) -> None:
     """Create the database file readable by its owner only (names, face embeddings, key hashes):
     SQLite gives its -wal and -shm files the database file's permissions. An existing file that
     others may read is made private too."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         with contextlib.suppress(FileNotFoundError, PermissionError):
