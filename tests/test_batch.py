@@ -4,6 +4,7 @@ doubled; bad files as error rows; the rows checked against `emolens analyze` on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -275,6 +276,10 @@ def test_embeddings_when_the_identity_extra_is_installed(photos, home, tmp_path)
     vectors = np.stack(df.embedding.to_list())
     assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     assert df.embedder.eq("dlib-resnet-v1").all() and (df.embed_ms > 0).all()
+    # Embeddings are biometric data: the output folder it made and every shard are the owner's only.
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o700
+    shards = list((tmp_path / "out").glob("shard-*.parquet"))
+    assert shards and all(p.stat().st_mode & 0o777 == 0o600 for p in shards)
 
 
 # -- Ray ------------------------------------------------------------------------------------------
@@ -368,3 +373,48 @@ def test_a_worker_without_the_model_file_uses_the_bytes_sent_with_the_job(tmp_pa
         _model_file(elsewhere)
     copy = _model_file(replace(elsewhere, model_bytes=fast.read_bytes()))
     assert copy != str(fast) and file_sha256(copy) == spec.model_sha256
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid`` (from /proc), with their command lines."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue  # it ended while we looked
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_die_with_a_driver_killed_with_sigkill(photos, home, tmp_path):
+    """kill -9 of `emolens batch` alone (not its process group): its worker processes, which hold
+    the models, end within seconds instead of running on unowned."""
+    out = tmp_path / "out"
+    cmd = _cli("batch", photos, out, "--workers", "2", "--shard-size", "1", "-q")
+    proc = subprocess.Popen(cmd, env=_env(home), stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        workers: dict[int, str] = {}
+        while len(workers) < 2 or not list(out.glob("shard-*.parquet")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended or made no progress"
+            workers = {p: c for p, c in _children(proc.pid).items() if "spawn_main" in c}
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _alive(p)], "workers outlived their driver"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the session, on failure

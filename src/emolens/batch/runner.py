@@ -216,6 +216,10 @@ class BatchJob:
 
         state = self.job_file.parent
         try:
+            if self.spec.embedder:  # identity embeddings: a new output folder is the owner's only
+                from emolens.core.fileio import private_dir
+
+                private_dir(state)
             state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create {state}: {exc}") from exc
@@ -333,9 +337,12 @@ def _write_text(path: Path, text: str) -> None:
 _WORKER: ShardWorker | None = None
 
 
-def _init_worker(spec: JobSpec) -> None:
+def _init_worker(spec: JobSpec, driver: int) -> None:
     import signal
 
+    from emolens.batch.lifeline import die_with_parent
+
+    die_with_parent(driver)  # a driver killed with SIGKILL takes its workers with it
     # Ctrl-C reaches the whole process group: the driver alone decides, and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _WORKER
@@ -362,7 +369,7 @@ def _run_local(spec: JobSpec, shards: list[Shard], workers: int, done: OnShard) 
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),  # no forked ONNX Runtime or Ray state
             initializer=_init_worker,
-            initargs=(spec,),
+            initargs=(spec, os.getpid()),
         )
         running: dict = {}
         try:

@@ -299,6 +299,10 @@ def write_shard(schema, rows: list[dict], target: Path, index: int, spec: JobSpe
     )
     tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
+        if spec.embedder:  # identity embeddings are biometric data: the shard is private (0600) from the start
+            from emolens.core.fileio import private_new_file
+
+            private_new_file(tmp)
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

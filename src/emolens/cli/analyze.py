@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from emolens.cli.console import build_analyzer, console, err, fail, human_to_stderr, write_output
+from emolens.cli.console import build_analyzer, console, err, fail, human_to_stderr, json_text, write_output
 from emolens.core.errors import EmoLensError
 
 EXAMPLE = Path(__file__).parents[1] / "assets" / "examples" / "astronaut.jpg"
@@ -67,9 +66,13 @@ def analyze(
     tta: Annotated[
         bool | None, typer.Option("--tta/--no-tta", help="Also average the model(s) over the mirrored face.")
     ] = None,
-    min_face_size: Annotated[int | None, typer.Option(help="Ignore faces smaller than this many pixels.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Detection score threshold.")] = None,
-    max_faces: Annotated[int | None, typer.Option(help="Keep at most this many faces per image.")] = None,
+    min_face_size: Annotated[
+        int | None, typer.Option(min=1, max=100_000, help="Ignore faces smaller than this many pixels.")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Detection score threshold.")] = None,
+    max_faces: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="Keep at most this many faces per image.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
 ) -> None:
     """Find every face in the images and tell how each one feels."""
@@ -140,7 +143,7 @@ def analyze(
     written_ok = True
     if json_out:
         records = [r.to_dict() for r in results] + [{"source": str(p), "error": e} for p, e in failures]
-        written_ok &= write_output(json_out, json.dumps(records, indent=2))
+        written_ok &= write_output(json_out, json_text(records, indent=2))
     if csv_out:
         from emolens.pipeline.results import rows_to_csv
 

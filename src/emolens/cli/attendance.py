@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from emolens.cli.console import json_text
 
 attendance_app = typer.Typer(help="Attendance sessions: start, add, stop, report, list.", no_args_is_help=True)
 
 Inputs = Annotated[
     list[str] | None, typer.Argument(help="Images, folders, globs or video files (by suffix) to feed the session.")
 ]
-Camera = Annotated[int | None, typer.Option(help="Also read this camera (index, e.g. 0) until Ctrl-C or --frames.")]
-Every = Annotated[int, typer.Option(help="Videos and cameras: analyse every N-th frame.")]
-Frames = Annotated[int | None, typer.Option(help="Videos and cameras: stop after reading this many frames.")]
+Camera = Annotated[
+    int | None, typer.Option(min=0, max=1000, help="Also read this camera (index, e.g. 0) until Ctrl-C or --frames.")
+]
+Every = Annotated[int, typer.Option(min=1, max=10_000, help="Videos and cameras: analyse every N-th frame.")]
+Frames = Annotated[
+    int | None, typer.Option(min=1, max=10**12, help="Videos and cameras: stop after reading this many frames.")
+]
 Emotions = Annotated[bool, typer.Option(help="Also read each person's emotions (per-person summary).")]
 
 
@@ -181,7 +186,7 @@ def report(
     except EmoLensError as exc:
         fail(exc)
     if json_out:
-        typer.echo(json.dumps(rep.to_dict(), indent=2))
+        typer.echo(json_text(rep.to_dict(), indent=2))
     if csv_out:
         if str(csv_out) == "-":
             typer.echo(rep.to_csv(), nl=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import err, fail, workspace, write_output
+from emolens.cli.console import err, fail, json_text, workspace, write_output
 from emolens.core.errors import EmoLensError
 
 
@@ -34,20 +33,26 @@ def batch(
         str | None, typer.Option(help="Emotion model: a name (see `emolens models`) or an .onnx path.")
     ] = None,
     detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
-    min_face_size: Annotated[int | None, typer.Option(help="Ignore faces smaller than this many pixels.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Detection score threshold.")] = None,
-    max_faces: Annotated[int | None, typer.Option(help="Keep at most this many faces per image.")] = None,
+    min_face_size: Annotated[
+        int | None, typer.Option(min=1, max=100_000, help="Ignore faces smaller than this many pixels.")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Detection score threshold.")] = None,
+    max_faces: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="Keep at most this many faces per image.")
+    ] = None,
     embeddings: Annotated[
         bool, typer.Option("--embeddings", help="Add each face's identity embedding (needs the 'identity' extra).")
     ] = False,
     workers: Annotated[
-        int | None, typer.Option(help="Processes (or Ray actors). Default: all cores (on Ray: all cluster CPUs).")
+        int | None,
+        typer.Option(min=1, max=1024, help="Processes (or Ray actors). Default: all cores (on Ray: all cluster CPUs)."),
     ] = None,
     shard_size: Annotated[
-        int | None, typer.Option(help="Images per shard file, the unit of resumption. Default: 256.")
+        int | None,
+        typer.Option(min=1, max=1_000_000, help="Images per shard file, the unit of resumption. Default: 256."),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="ONNX Runtime threads per worker. Default: cores / workers.")
+        int | None, typer.Option(min=0, max=1024, help="ONNX Runtime threads per worker. Default: cores / workers.")
     ] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Data (a local Ray instance).")] = False,
     address: Annotated[
@@ -104,7 +109,7 @@ def batch(
     except EmoLensError as exc:
         fail(exc, 1)
     _print_summary(summary)
-    if json_out and not write_output(json_out, json.dumps(summary.to_dict(), indent=2)):
+    if json_out and not write_output(json_out, json_text(summary.to_dict(), indent=2)):
         raise typer.Exit(1)
     raise typer.Exit(0 if summary.complete else 1)
 

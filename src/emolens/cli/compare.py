@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, write_output
+from emolens.cli.console import console, err, fail, json_text, write_output
 from emolens.core.errors import EmoLensError
 
 
@@ -21,9 +20,11 @@ def compare(
         Path, typer.Argument(help="Labelled data: .npz of crops, class folders of photos, FER2013 or labels CSV.")
     ],
     tta: Annotated[bool, typer.Option("--tta", help="Both models with mirror test-time augmentation.")] = False,
-    confidence: Annotated[float, typer.Option(help="Confidence of the intervals (and 1 - alpha of McNemar).")] = 0.95,
-    boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    confidence: Annotated[
+        float, typer.Option(min=0.5, max=0.9999, help="Confidence of the intervals (and 1 - alpha of McNemar).")
+    ] = 0.95,
+    boot: Annotated[int, typer.Option(min=100, max=1_000_000, help="Bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the bootstrap.")] = 0,
     sheet: Annotated[
         Path | None, typer.Option(help="Contact sheet of the faces where they disagree (PNG); default: none.")
     ] = None,
@@ -90,7 +91,7 @@ def compare(
         except (EmoLensError, OSError) as exc:
             err.print(f"[yellow]no contact sheet:[/yellow] {escape(str(exc))}")
     if json_out:
-        write_output(json_out, json.dumps(out, indent=2))
+        write_output(json_out, json_text(out, indent=2))
     if markdown:
         write_output(markdown, cmp.to_markdown())
 

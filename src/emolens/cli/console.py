@@ -7,6 +7,9 @@ command modules to build the app): so the command line has no import cycle.
 
 from __future__ import annotations
 
+import errno
+import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +17,9 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer import _click
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from emolens.core.errors import EmoLensError
 
@@ -71,6 +77,35 @@ def fail(exc: EmoLensError, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def require_inputs(**paths: Path | None) -> None:
+    """Refuse at once (one line, exit 2) an input file or folder that does not exist: before a
+    command loads heavy modules (PyTorch takes seconds) only to find out. Keys are the option names."""
+    for name, path in paths.items():
+        if path is not None and not Path(path).exists():
+            what = (
+                name.rstrip("_").replace("_", "-").upper()
+                if name.isupper()
+                else f"--{name.rstrip('_').replace('_', '-')}"
+            )
+            fail(EmoLensError(f"{what}: no such file or folder: {path}"))
+
+
+def json_text(data, **options) -> str:
+    """``json.dumps`` that always writes valid JSON: a non-finite number (which Python would write
+    as the invalid ``Infinity`` or ``NaN``) becomes null."""
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(data), allow_nan=False, **options)
+
+
 def write_output(target: Path, text: str) -> bool:
     """Write an output file whole (via a temporary file; ``-`` is stdout), or say why not; returns success."""
     if str(target) == "-":
@@ -86,3 +121,54 @@ def write_output(target: Path, text: str) -> bool:
         tmp.unlink(missing_ok=True)
         err.print(f"[red]error:[/red] could not write {escape(str(target))}: {escape(str(exc))}")
         return False
+
+
+def describe_failure(exc: BaseException) -> str | None:
+    """The one line for an error the user (or the machine) caused and no command caught: a file or
+    folder that is missing or cannot be written, a database that cannot be written. None: a bug,
+    left to its traceback."""
+    if isinstance(exc, EmoLensError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno != errno.EPIPE:
+        where = f": {exc.filename}" if exc.filename else ""
+        hint = {
+            errno.ENOENT: "",
+            errno.EACCES: " (check its permissions)",
+            errno.EROFS: " (a read-only file system)",
+            errno.ENOSPC: " (free some space)",
+        }.get(exc.errno or 0, "")
+        return f"{exc.strerror or exc}{where}{hint}"
+    db_errors = sys.modules.get("sqlalchemy.exc")  # loaded only where a command used the database
+    if db_errors is not None and isinstance(exc, db_errors.DBAPIError):
+        reason = str(exc.orig).strip() or type(exc.orig).__name__
+        if "readonly" in reason or "read-only" in reason or "unable to open" in reason:
+            return (
+                f"the database cannot be written ({reason}): check the permissions of the database file "
+                "and its folder ($EMOLENS_HOME), or set EMOLENS_DATABASE_URL"
+            )
+        return f"database error: {reason}"
+    return None
+
+
+class EmoLensGroup(TyperGroup):
+    """The ``emolens`` app's root group: whatever a command lets through ends as one line on stderr,
+    never a traceback. A usage mistake (a bad value, a missing argument) is one ``error:`` line and
+    exit code 2; an EmoLensError, a missing or unwritable file or an unwritable database too."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _click.exceptions.NoArgsIsHelpError:
+            raise
+        except _click.exceptions.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            print_error(f"{exc.format_message()} (see: {where} --help)")
+            raise typer.Exit(exc.exit_code) from None
+        except (TyperException, typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            message = describe_failure(exc)
+            if message is None:
+                raise
+            print_error(message)
+            raise typer.Exit(2) from None

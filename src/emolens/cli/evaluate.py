@@ -8,7 +8,6 @@ The measuring, the checks of the options and the saving of thresholds and rules 
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, human_to_stderr, write_output
+from emolens.cli.console import console, err, fail, human_to_stderr, json_text, write_output
 from emolens.core.errors import EmoLensError
 from emolens.evaluate.evaluation import EvaluationReport, check_evaluation, evaluate_dataset
 
@@ -50,13 +49,18 @@ def evaluate(
         bool, typer.Option("--tta", help="Test-time augmentation: average over each crop and its mirror.")
     ] = _API["tta"],
     tta_shift: Annotated[
-        int, typer.Option(help="With --tta, also average over shifts of this many pixels (4 more views).")
+        int,
+        typer.Option(min=0, max=64, help="With --tta, also average over shifts of this many pixels (4 more views)."),
     ] = _API["tta_shift"],
     target_precision: Annotated[
-        float | None, typer.Option(help="Choose per-class thresholds: each predicted class reaches this precision.")
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Choose per-class thresholds: each predicted class reaches this precision."
+        ),
     ] = _API["target_precision"],
     target_coverage: Annotated[
-        float | None, typer.Option(help="Choose per-class thresholds: each predicted class keeps this share.")
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Choose per-class thresholds: each predicted class keeps this share."),
     ] = _API["target_coverage"],
     save_thresholds: Annotated[
         bool,
@@ -154,7 +158,7 @@ def evaluate(
         console.print(f'thresholds saved in {escape(str(target))}: the analyzer now answers "uncertain" below them')
     data_out = report.to_dict()
     if json_out:
-        write_output(json_out, json.dumps(data_out, indent=2))
+        write_output(json_out, json_text(data_out, indent=2))
     if report_dir:
         from emolens.evaluate.report import write_report
 

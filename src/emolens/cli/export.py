@@ -47,6 +47,13 @@ def export(
     if out.suffix == ".ort" and checkpoint.suffix not in (".pt", ".pth"):
         _export_ort(str(checkpoint), out)
         return
+    if not checkpoint.is_file():  # before loading PyTorch: a name like `fast` is for an .ort OUT only
+        fail(
+            EmoLensError(
+                f"{checkpoint}: no such checkpoint file; export takes a best.pt or last.pt from `emolens train` "
+                "(a model name or .onnx only when OUT ends in .ort)"
+            )
+        )
     require("torch", "train")
     if out.suffix == ".ort":  # a checkpoint: ONNX first (beside it), then the mobile format
         onnx_out = out.with_suffix(".onnx")
@@ -97,11 +104,13 @@ def _export_ort(model: str, out: Path) -> None:
 def annotate(
     model: Annotated[Path, typer.Argument(help="An ONNX emotion model trained elsewhere.")],
     labels: Annotated[str, typer.Option(help="Class names in output order, comma-separated.")],
-    size: Annotated[int, typer.Option(help="Input side in pixels.")] = 48,
-    channels: Annotated[int, typer.Option(help="1 (grey) or 3 (RGB).")] = 1,
+    size: Annotated[int, typer.Option(min=8, max=4096, help="Input side in pixels.")] = 48,
+    channels: Annotated[int, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB).")] = 1,
     mean: Annotated[str, typer.Option(help="Per-channel mean after scaling to [0, 1], comma-separated.")] = "0.5",
     std: Annotated[str, typer.Option(help="Per-channel std, comma-separated.")] = "0.5",
-    value_range: Annotated[float, typer.Option("--range", help="Pixel value that maps to 1.0.")] = 255.0,
+    value_range: Annotated[
+        float, typer.Option("--range", min=1e-6, max=1e9, help="Pixel value that maps to 1.0.")
+    ] = 255.0,
     layout: Annotated[str, typer.Option(help="NCHW or NHWC.")] = "NCHW",
     output: Annotated[str, typer.Option(help="logits or probabilities.")] = "logits",
     out: Annotated[Path | None, typer.Option(help="Write here instead of in place.")] = None,
@@ -151,9 +160,9 @@ def quantize(
     out: Annotated[Path | None, typer.Option(help="INT8 .onnx to write. Default: <model>-int8.onnx beside it.")] = None,
     val: Annotated[Path | None, typer.Option(help="Labelled .npz: evaluate FP32 and INT8, time both, card it.")] = None,
     val_name: Annotated[str, typer.Option(help="How the card names the --val data.")] = "",
-    samples: Annotated[int, typer.Option(help="Calibration crops, stratified by class.")] = 500,
+    samples: Annotated[int, typer.Option(min=1, max=10_000_000, help="Calibration crops, stratified by class.")] = 500,
     per_channel: Annotated[bool, typer.Option(help="Per-channel (not per-tensor) weight scales.")] = True,
-    threads: Annotated[int, typer.Option(help="ONNX Runtime threads for the speed measurement.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, max=1024, help="ONNX Runtime threads for the speed measurement.")] = 2,
 ) -> None:
     """Quantize a model to INT8.
 

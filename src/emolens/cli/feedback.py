@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import build_analyzer, console, err, fail, feedback_service, human_to_stderr, workspace
+from emolens.cli.console import (
+    build_analyzer,
+    console,
+    err,
+    fail,
+    feedback_service,
+    human_to_stderr,
+    json_text,
+    require_inputs,
+    workspace,
+)
 from emolens.core.errors import EmoLensError
 
 feedback = typer.Typer(
@@ -24,7 +33,10 @@ def add(
     image: Annotated[Path, typer.Argument(help="The photo the face is in.")],
     label: Annotated[str | None, typer.Option("--label", "-l", help="What the emotion really is.")] = None,
     correct: Annotated[bool, typer.Option("--correct", help="The prediction was right.")] = False,
-    face: Annotated[int, typer.Option("--face", "-f", help="Which face: its index in `emolens analyze` (from 0).")] = 0,
+    face: Annotated[
+        int,
+        typer.Option("--face", "-f", min=0, max=10_000, help="Which face: its index in `emolens analyze` (from 0)."),
+    ] = 0,
     keep_image: Annotated[
         bool, typer.Option("--keep-image", help="Store the whole photo too, not only the face.")
     ] = False,
@@ -77,7 +89,7 @@ def list_(
         fail(exc)
     if as_json:
         for r in records:
-            print(json.dumps(r.to_dict()))
+            print(json_text(r.to_dict()))
         return
     table = Table("record", "time", "predicted", "label", "confidence", "part", "source")
     for r in records:
@@ -101,7 +113,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     except EmoLensError as exc:
         fail(exc)
     if as_json:
-        print(json.dumps(st, indent=2))
+        print(json_text(st, indent=2))
         return
     console.print(
         f"{st['total']} record(s): {st['corrections']} correction(s), {st['confirmations']} confirmation(s); "
@@ -201,13 +213,22 @@ def finetune(
     base_val: Annotated[
         Path | None, typer.Option(help="Fixed validation set of the gate (default EMOLENS_BASE_VAL_DATA).")
     ] = None,
-    minimum: Annotated[int | None, typer.Option("--min", help="Refuse below this many corrections.")] = None,
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 6,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (low: it starts from trained weights).")] = 2e-4,
-    replay_size: Annotated[int, typer.Option(help="Replayed faces from the base data.")] = 6000,
-    max_base_drop: Annotated[float, typer.Option(help="Gate: base accuracy may drop at most this much.")] = 0.01,
+    minimum: Annotated[
+        int | None, typer.Option("--min", min=0, max=10**9, help="Refuse below this many corrections.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, max=1000, help="Fine-tuning epochs.")] = 6,
+    lr: Annotated[
+        float, typer.Option(min=1e-9, max=1.0, help="Peak learning rate (low: it starts from trained weights).")
+    ] = 2e-4,
+    replay_size: Annotated[int, typer.Option(min=0, max=10**8, help="Replayed faces from the base data.")] = 6000,
+    max_base_drop: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Gate: base accuracy may drop at most this much.")
+    ] = 0.01,
     min_gain: Annotated[
-        float, typer.Option(help="Gate: the low end of the held-out gain's 95% interval must be above this.")
+        float,
+        typer.Option(
+            min=-1.0, max=1.0, help="Gate: the low end of the held-out gain's 95% interval must be above this."
+        ),
     ] = 0.0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
 ) -> None:
@@ -217,6 +238,7 @@ def finetune(
     promoted only if it measures better."""
     if not from_feedback:
         fail(EmoLensError("say what to learn from: --from-feedback"))
+    require_inputs(replay=replay, base_val=base_val)
     from emolens.feedback.learn import FinetuneOptions, Gates, finetune_from_feedback
 
     ws = workspace()
@@ -297,7 +319,7 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
              "promoted": v.promoted, "metrics": v.metrics, "path": str(v.path)}
             for v in versions
         ]  # fmt: skip
-        print(json.dumps({"models": named, "registry": registry}, indent=2, default=str))
+        print(json_text({"models": named, "registry": registry}, indent=2, default=str))
         return
     # Paths fold onto more lines rather than being cut; --json gives them on one line.
     table = Table()

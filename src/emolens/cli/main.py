@@ -27,7 +27,7 @@ from emolens.cli import (
     train,
     video,
 )
-from emolens.cli.console import console, print_error
+from emolens.cli.console import EmoLensGroup, console, print_error
 from emolens.core.errors import EmoLensError
 
 # The order of `emolens --help`: the image pipeline first, then each capability beside it.
@@ -62,6 +62,7 @@ class _App(typer.Typer):
 
 
 app = _App(
+    cls=EmoLensGroup,  # one line, never a traceback, for whatever a command lets through
     help="EmoLens: find faces and read their emotions, offline.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from emolens.cli.console import enrolled_people
+from emolens.cli.console import enrolled_people, json_text
 
 people_app = typer.Typer(help="Enrolled people: enroll, list, remove, train, versions.", no_args_is_help=True)
 
@@ -96,7 +95,7 @@ def list_people(json_out: Annotated[bool, typer.Option("--json", help="Print JSO
     except EmoLensError as exc:
         fail(exc)
     if json_out:
-        typer.echo(json.dumps([p.to_dict() for p in rows], indent=2))
+        typer.echo(json_text([p.to_dict() for p in rows], indent=2))
         return
     table = Table("id", "name", "faces", "enrolled")
     for p in rows:
@@ -233,7 +232,9 @@ def restore(version: Annotated[str, typer.Argument(help="A version number, e.g. 
 
 def identify(
     paths: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or globs.")],
-    threshold: Annotated[float | None, typer.Option(help="Override the version's recommended threshold.")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Override the version's recommended threshold.")
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON: one object for one photo, a list for several.")
     ] = False,
@@ -287,7 +288,7 @@ def identify(
                 sim = "n/a" if m.similarity is None else f"{m.similarity:.2f}"
                 console.print(f"{head}: unknown (best confidence {m.confidence:.2f}, similarity {sim})", soft_wrap=True)
     if json_out:
-        typer.echo(json.dumps(records if several else records[0] if records else {}, indent=2))
+        typer.echo(json_text(records if several else records[0] if records else {}, indent=2))
     if failed:
         err.print(f"{len(records)} images identified, {failed} failed")
         raise typer.Exit(1)

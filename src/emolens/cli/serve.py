@@ -21,12 +21,14 @@ keys = typer.Typer(
 
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     workers: Annotated[
         int,
         typer.Option(
+            min=1,
+            max=256,
             help="Server processes on one port. They share the database (recent analyses, jobs), the "
-            "active model and the metrics; each loads the models once."
+            "active model and the metrics; each loads the models once.",
         ),
     ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: warning, info, debug.")] = "info",
@@ -38,6 +40,8 @@ def serve(
     Limits, timeouts, CORS origins and whether reads need a key are settings: EMOLENS_* variables or config.toml."""
     import uvicorn
 
+    from emolens.store.db import check_writable
+
     ws = workspace()
     if not ws.settings.allowed_hosts:  # the loopback names and what the server binds (every worker reads it)
         import json
@@ -48,6 +52,7 @@ def serve(
         ws = Workspace(ws.settings.model_copy(update={"allowed_hosts": bound_names(host)}))
     s = ws.settings
     try:
+        check_writable(s.db_url)  # the server writes (analyses, feedback, jobs): say so now, not at the first write
         n_keys = ws.keys.count()
     except EmoLensError as exc:
         fail(exc)

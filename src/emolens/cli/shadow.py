@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, fail, workspace
+from emolens.cli.console import console, fail, json_text, workspace
 from emolens.core.errors import EmoLensError
 
 shadow = typer.Typer(
@@ -35,7 +34,7 @@ def report(
     except EmoLensError as exc:
         fail(exc)
     if as_json:
-        console.print_json(json.dumps(rep))
+        console.print_json(json_text(rep))
         return
     if not rep["faces"]:
         console.print("no shadow comparisons stored yet (serve with EMOLENS_SHADOW_MODEL set)")
@@ -73,8 +72,12 @@ def promote(
     base_val: Annotated[
         Path | None, typer.Option(help="Fixed validation set of the gates (default EMOLENS_BASE_VAL_DATA).")
     ] = None,
-    confidence: Annotated[float, typer.Option(help="Confidence the shadow must be more accurate with.")] = 0.95,
-    max_base_drop: Annotated[float, typer.Option(help="Gate: base accuracy may drop at most this much.")] = 0.01,
+    confidence: Annotated[
+        float, typer.Option(min=0.5, max=0.9999, help="Confidence the shadow must be more accurate with.")
+    ] = 0.95,
+    max_base_drop: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Gate: base accuracy may drop at most this much.")
+    ] = 0.01,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Promote without asking when the gates pass.")] = False,
 ) -> None:
     """Make the shadow model active, through the gates of fine-tuning (held-out feedback improves,

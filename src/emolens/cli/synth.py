@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import build_analyzer, console, fail, workspace
+from emolens.cli.console import build_analyzer, console, fail, require_inputs, workspace
 from emolens.core.errors import EmoLensError
 
 data = typer.Typer(help="Quality gates for image folders; merge synthetic images in.")
@@ -19,17 +19,23 @@ data = typer.Typer(help="Quality gates for image folders; merge synthetic images
 
 def generate(
     model: Annotated[
-        str, typer.Option(help="A local Stable Diffusion folder, or a model id in the local Hugging Face cache.")
-    ],
+        str | None,
+        typer.Option(
+            help="Required: a local Stable Diffusion folder, or a model id in the local Hugging Face cache.",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for the images (one subfolder per class) and status.json.")] = Path(
         "runs/generated"
     ),
     classes: Annotated[str, typer.Option(help="Comma-separated emotions to generate.")] = "disgust,fear,contempt",
-    per_class: Annotated[int, typer.Option(help="Images per class.")] = 50,
-    seed: Annotated[int, typer.Option(help="Draws the prompts' diversity and every image's seed.")] = 0,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 25,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 512,
+    per_class: Annotated[int, typer.Option(min=1, max=1_000_000, help="Images per class.")] = 50,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="Draws the prompts' diversity and every image's seed.")
+    ] = 0,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="Denoising steps.")] = 25,
+    guidance: Annotated[float, typer.Option(min=0.0, max=100.0, help="Classifier-free guidance scale.")] = 7.5,
+    size: Annotated[int, typer.Option(min=64, max=4096, help="Image side in pixels.")] = 512,
     filter_: Annotated[
         bool, typer.Option("--filter/--no-filter", help="Run the quality gates on the images and record what passed.")
     ] = True,
@@ -38,6 +44,14 @@ def generate(
 
     Uses a model you already have (nothing is downloaded), then checks the images with the quality
     gates. Image quality needs a real model."""
+    if not model:
+        fail(
+            EmoLensError(
+                "generate needs a Stable Diffusion model you already have: --model FOLDER (a pipeline folder "
+                "with model_index.json) or --model ORG/NAME (a model already in the local Hugging Face cache); "
+                "EmoLens downloads nothing"
+            )
+        )
     from emolens.synth import generate as run
     from emolens.synth.generate import update_kept
 
@@ -68,11 +82,17 @@ def filter_cmd(
         "runs/filter"
     ),
     faces: Annotated[bool, typer.Option("--faces/--no-faces", help="Require exactly one face.")] = True,
-    min_face: Annotated[int, typer.Option(help="Smallest face side in pixels.")] = 48,
-    min_sharpness: Annotated[float, typer.Option(help="Smallest variance of the Laplacian (seen at 128 px).")] = 30.0,
+    min_face: Annotated[int, typer.Option(min=1, max=100_000, help="Smallest face side in pixels.")] = 48,
+    min_sharpness: Annotated[
+        float, typer.Option(min=0.0, max=1e9, help="Smallest variance of the Laplacian (seen at 128 px).")
+    ] = 30.0,
     brightness: Annotated[str, typer.Option(help="Allowed mean grey level, MIN-MAX.")] = "40-215",
-    min_contrast: Annotated[float, typer.Option(help="Smallest grey-level standard deviation.")] = 12.0,
-    duplicates: Annotated[int, typer.Option(help="Perceptual-hash distance of near-duplicates; -1: off.")] = 4,
+    min_contrast: Annotated[
+        float, typer.Option(min=0.0, max=255.0, help="Smallest grey-level standard deviation.")
+    ] = 12.0,
+    duplicates: Annotated[
+        int, typer.Option(min=-1, max=64, help="Perceptual-hash distance of near-duplicates; -1: off.")
+    ] = 4,
     against: Annotated[
         Path | None, typer.Option(help="The real training set: images too close to one of its images are dropped.")
     ] = None,
@@ -80,7 +100,7 @@ def filter_cmd(
         str | None, typer.Option(help="A model that must give the intended label at least --min-agreement.")
     ] = None,
     min_agreement: Annotated[
-        float, typer.Option(help="Probability of the intended label that --agreement needs.")
+        float, typer.Option(min=0.0, max=1.0, help="Probability of the intended label that --agreement needs.")
     ] = 0.5,
 ) -> None:
     """Say per image whether it is kept, and why not: one face of a minimum size, sharpness, exposure,
@@ -128,10 +148,18 @@ def merge_cmd(
     kept: Annotated[
         Path | None, typer.Option(help="Only the synthetic images listed here (a filter's kept.txt).")
     ] = None,
-    max_class_share: Annotated[float, typer.Option(help="Most a class's training images may be synthetic.")] = 0.5,
-    max_total_share: Annotated[float, typer.Option(help="Most all training images may be synthetic.")] = 0.3,
-    val_fraction: Annotated[float, typer.Option(help="Share of the real images held out for validation.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed of the split and of which synthetic images are taken.")] = 0,
+    max_class_share: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Most a class's training images may be synthetic.")
+    ] = 0.5,
+    max_total_share: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Most all training images may be synthetic.")
+    ] = 0.3,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of the real images held out for validation.")
+    ] = 0.1,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="Seed of the split and of which synthetic images are taken.")
+    ] = 0,
 ) -> None:
     """Merge synthetic images into a real training set: validation holds only real images, and the
     synthetic share is capped per class and overall. Then: emolens train OUT/train.csv --val OUT/val.csv"""
@@ -151,12 +179,14 @@ def merge_cmd(
 def tune(
     data_: Annotated[Path, typer.Argument(metavar="DATA", help="Training data: class folders, CSV or .npz.")],
     space: Annotated[Path, typer.Option(help="YAML search space (see the docs).")],
-    trials: Annotated[int, typer.Option(help="Trials the study should hold; running again resumes up to this.")] = 20,
+    trials: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Trials the study should hold; running again resumes up to this.")
+    ] = 20,
     val: Annotated[Path | None, typer.Option(help="Validation data; default: a stratified share of DATA.")] = None,
     config: Annotated[Path | None, typer.Option(help="Base training YAML the search changes.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Fixed override, key=value (repeatable).")] = None,
     name: Annotated[str, typer.Option(help="Study name: its folder is $EMOLENS_HOME/tune/NAME.")] = "emolens",
-    seed: Annotated[int, typer.Option(help="Seed of the sampler and the split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the sampler and the split.")] = 0,
 ) -> None:
     """Search training settings with Optuna.
 
@@ -164,6 +194,7 @@ def tune(
     search resumes; the best settings are written as a training YAML."""
     from emolens.core.errors import require
 
+    require_inputs(DATA=data_, space=space, val=val, config=config)
     require("torch", "train")
     from emolens.train.config import load_config
     from emolens.train.prepare import load_train_val

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail
+from emolens.cli.console import console, err, fail, require_inputs
 from emolens.core.errors import EmoLensError
 
 
@@ -27,13 +27,19 @@ def train(
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")] = None,
     out: Annotated[Path, typer.Option(help="Run folder for checkpoints and logs.")] = Path("runs/train"),
-    val_fraction: Annotated[float, typer.Option(help="Share of DATA held out when --val is not given.")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of DATA held out when --val is not given.")
+    ] = 0.1,
     arch: Annotated[str | None, typer.Option(help="Shortcut for --set arch=NAME.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Shortcut for --set epochs=N.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, max=100_000, help="Shortcut for --set epochs=N.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from a last.pt checkpoint.")] = None,
     stop_after: Annotated[
         int | None,
-        typer.Option(help="End after N epochs of this run; the schedule still spans all epochs (--resume goes on)."),
+        typer.Option(
+            min=1,
+            max=100_000,
+            help="End after N epochs of this run; the schedule still spans all epochs (--resume goes on).",
+        ),
     ] = None,
     init: Annotated[
         Path | None,
@@ -44,7 +50,11 @@ def train(
     ] = None,
     cv: Annotated[
         int | None,
-        typer.Option(help="K-fold cross-validation on DATA (group-aware with a group column): one model per fold."),
+        typer.Option(
+            min=2,
+            max=100,
+            help="K-fold cross-validation on DATA (group-aware with a group column): one model per fold.",
+        ),
     ] = None,
     teacher: Annotated[
         str | None,
@@ -63,7 +73,9 @@ def train(
     ] = None,
     limit: Annotated[
         int | None,
-        typer.Option(help="Train on a stratified random N faces of DATA (seed from the config): quick trials."),
+        typer.Option(
+            min=1, max=10**9, help="Train on a stratified random N faces of DATA (seed from the config): quick trials."
+        ),
     ] = None,
 ) -> None:
     """Train an emotion model, or fine-tune one with --init.
@@ -73,6 +85,7 @@ def train(
     learning rates). Without --val, a stratified share of DATA is held out for validation."""
     from emolens.core.errors import require
 
+    require_inputs(DATA=data, val=val, config=config, resume=resume, init=init, votes=votes)
     require("torch", "train")
     from emolens.data import load_dataset, split
     from emolens.data.datasets import to_crops

@@ -31,6 +31,8 @@ def video(
         typer.Option(
             "--every",
             "-n",
+            min=1,
+            max=10_000,
             help="Detect faces every N frames (optical flow in between). Default: 3 (EMOLENS_VIDEO_DETECT_EVERY).",
         ),
     ] = None,
@@ -38,20 +40,29 @@ def video(
         float | None,
         typer.Option(
             "--smooth",
+            min=0.0,
+            max=1.0,
             help="EMA weight of each new reading, 0-1 (1 = no smoothing). Default: 0.3 (EMOLENS_VIDEO_SMOOTHING).",
         ),
     ] = None,
     window: Annotated[
-        int | None, typer.Option("--window", help="Smooth by the mean of the last K readings instead of EMA.")
+        int | None,
+        typer.Option("--window", min=1, max=10_000, help="Smooth by the mean of the last K readings instead of EMA."),
     ] = None,
-    classify_every: Annotated[int, typer.Option(help="Re-read each face's emotion every K frames.")] = 1,
+    classify_every: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Re-read each face's emotion every K frames.")
+    ] = 1,
     max_side: Annotated[
         int | None,
-        typer.Option(help="The detector sees frames downscaled to this side. Default: 640 (EMOLENS_VIDEO_MAX_SIDE)."),
+        typer.Option(
+            min=16,
+            max=100_000,
+            help="The detector sees frames downscaled to this side. Default: 640 (EMOLENS_VIDEO_MAX_SIDE).",
+        ),
     ] = None,
     no_video: Annotated[bool, typer.Option("--no-video", help="Do not write the annotated video.")] = False,
     max_frames: Annotated[
-        int | None, typer.Option(help="Stop after this many frames (cameras run until Ctrl-C).")
+        int | None, typer.Option(min=1, max=10**12, help="Stop after this many frames (cameras run until Ctrl-C).")
     ] = None,
     show_fps: Annotated[
         bool, typer.Option("--show-fps", help="Also stamp the processing FPS on the annotated video.")
@@ -60,9 +71,11 @@ def video(
     model: Annotated[
         str | None, typer.Option(help="Emotion model: a name, an .onnx path, or an ensemble: fast+accurate.")
     ] = None,
-    min_face_size: Annotated[int | None, typer.Option(help="Ignore faces smaller than this many pixels.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Detection score threshold.")] = None,
-    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (0 = all cores).")] = None,
+    min_face_size: Annotated[
+        int | None, typer.Option(min=1, max=100_000, help="Ignore faces smaller than this many pixels.")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Detection score threshold.")] = None,
+    threads: Annotated[int | None, typer.Option(min=0, max=1024, help="ONNX Runtime threads (0 = all cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
 ) -> None:
     """Follow every face's emotions through a video or camera.

@@ -6,6 +6,7 @@ all write through it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -27,3 +28,27 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def private_dir(path: Path) -> Path:
+    """Create the folder ``path`` and every missing parent readable by their owner only (0700):
+    a folder others may list shows the names of what EmoLens keeps. Existing folders are left as
+    they are (the user chose them)."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            p.mkdir(mode=0o700)
+    return path
+
+
+def private_new_file(path: Path) -> Path:
+    """Create ``path`` empty and private (0600) for a writer that opens it by name (matplotlib,
+    pyarrow): what it writes then never sits readable by others, not even for a moment."""
+    os.close(os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
+    return Path(path)

@@ -218,5 +218,9 @@ def _markdown_to_html(md: str) -> str:
 
     markdown = require("markdown", "train")
     style = "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:2px 8px;border:1px solid #ccc}"
-    body = markdown.markdown(md, extensions=["tables"])
+    converter = markdown.Markdown(extensions=["tables"])
+    # Raw HTML in the text (from a file or class name) is shown as text, never rendered or run.
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    body = converter.convert(md)
     return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{body}</body></html>"

@@ -99,12 +99,27 @@ def image_files(folder: Path) -> list[tuple[Path, str | None]]:
     if not folder.is_dir():
         raise EmoLensError(f"{folder}: not a folder")
     out = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for f in refuse_links_out(folder, files):
         rel = f.relative_to(folder)
         out.append((f, canonical(rel.parts[0]) if len(rel.parts) > 1 else None))
     if not out:
         raise EmoLensError(f"{folder}: no image files")
     return out
+
+
+def refuse_links_out(folder: Path, files: list[Path]) -> list[Path]:
+    """``files``, when each lies inside ``folder`` once links are followed: a symbolic link named
+    like an image may point anywhere (``/etc/shadow``), and its target would become a training row."""
+    inside = Path(folder).resolve()
+    for f in files:
+        target = Path(f).resolve()
+        if not target.is_relative_to(inside):
+            raise EmoLensError(
+                f"{f}: a symbolic link to {target}, outside {folder}; only files inside the folder are taken "
+                "(copy the image in instead)"
+            )
+    return files
 
 
 def _measure(grey: np.ndarray, check: ImageCheck) -> None:
@@ -219,13 +234,13 @@ def write_filter_report(report: FilterReport, out_dir: str | Path) -> dict[str, 
     (out / "kept.txt").write_text("".join(f"{c.path}\n" for c in report.kept))
     dropped = [c for c in report.checks if not c.kept]
     md = [
-        f"# Quality gates: {report.folder}",
+        f"# Quality gates: {_md_text(str(report.folder))}",
         "",
         f"{len(report.checks)} images checked, {len(report.kept)} kept, {len(dropped)} dropped.",
         "",
         "| gate | images dropped |",
         "|---|---|",
-        *[f"| {reason} | {n} |" for reason, n in report.reason_counts().items()],
+        *[f"| {_md_text(reason)} | {n} |" for reason, n in report.reason_counts().items()],
         "",
         "| class | kept |",
         "|---|---|",
@@ -236,18 +251,29 @@ def write_filter_report(report: FilterReport, out_dir: str | Path) -> dict[str, 
     ]
     for i, c in enumerate(dropped):
         thumb = f"dropped/{i:05d}.jpg"
+        reasons = _md_text("; ".join(c.reasons))
         try:
             img = load_image(report.folder / c.path)
-            scale = THUMB / max(img.shape[:2])
-            small = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img
+            h, w = img.shape[:2]
+            scale = min(1.0, THUMB / max(h, w))  # a side of at least one pixel, however long and thin
+            small = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
             cv2.imwrite(str(out / thumb), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
-            md.append(f"![{c.path}]({thumb}) `{c.path}`: {'; '.join(c.reasons)}  ")
-        except EmoLensError:
-            md.append(f"`{c.path}`: {'; '.join(c.reasons)}  ")
+            md.append(f"![thumbnail]({thumb}) {_md_text(c.path)}: {reasons}  ")
+        except (EmoLensError, cv2.error):
+            md.append(f"{_md_text(c.path)}: {reasons}  ")
     text = "\n".join(md) + "\n"
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(_markdown_to_html(text))
     return {"markdown": out / "report.md", "html": out / "report.html", "json": out / "filter.json"}
+
+
+def _md_text(text: str) -> str:
+    """A file name (or a reason naming one) as literal Markdown text: its HTML escaped and the
+    characters that would make a link, an image, emphasis or a table cell backslash-escaped."""
+    import html
+    import re
+
+    return re.sub(r"([\\`*_\[\](){}#!|])", r"\\\1", html.escape(text, quote=False))
 
 
 @dataclass
@@ -281,6 +307,7 @@ def merge(
     if not (0 <= max_class_share < 1 and 0 <= max_total_share < 1):
         raise EmoLensError("synthetic shares must be at least 0 and below 1")
     real_ds = load_image_folder(real)
+    refuse_links_out(Path(real), list(real_ds.paths))
     parts = split(real_ds, val=val_fraction, seed=seed)
     offered = image_files(Path(synthetic))
     if kept is not None:

@@ -54,6 +54,10 @@ def import_streamlit(feedback: FeedbackService, folder: str | Path, user_id: str
             except BadLabelError as exc:
                 skipped.append(f"{where}: {exc}")
                 continue
+            confidence = _float(row.get("confidence"))
+            if confidence is not None and not 0.0 <= confidence <= 1.0:  # inf and nan too
+                skipped.append(f"{where}: confidence {row.get('confidence')!r} is not a number from 0 to 1")
+                continue
             path = images / name
             if not name or not path.is_file():
                 skipped.append(f"{where}: image not found in {images}")
@@ -78,7 +82,7 @@ def import_streamlit(feedback: FeedbackService, folder: str | Path, user_id: str
                 crop,
                 true,
                 predicted=predicted,
-                confidence=_float(row.get("confidence")),
+                confidence=confidence,
                 source="import:streamlit",
                 user_id=user_id,
                 created_at=created,

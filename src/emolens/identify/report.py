@@ -5,6 +5,7 @@ rendering again.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from emolens.core.fileio import atomic_write
+from emolens.core.fileio import atomic_write, private_dir
 
 REMOVED = "[removed]"
 MAX_PLOT_PEOPLE = 60  # a confusion matrix of more people is unreadable as a picture; the JSON has it
@@ -103,8 +104,7 @@ def _per_person(genuine, names: dict[int, tuple[str, str]]) -> dict[str, Any]:
 
 def write_report(report: dict, folder: str | Path) -> Path:
     """Write report.json, report.md and (with matplotlib, up to 60 people) confusion.png."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(Path(folder))  # person ids and names: the owner's only
     png = folder / "confusion.png"
     has_png = _plot_confusion(report.get("confusion"), png)
     if not has_png:
@@ -253,6 +253,8 @@ def _plot_confusion(conf: dict | None, target: Path) -> bool:
             if v:
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > m.max() / 2 else "k")
     fig.tight_layout()
-    fig.savefig(target, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write(target, buf.getvalue())  # 0600, as report.json: it shows the same ids
     plt.close(fig)
     return True

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from emolens.core.errors import StorageError
-from emolens.core.fileio import atomic_write
+from emolens.core.fileio import atomic_write, private_dir
 
 
 class BlobStore:
@@ -33,7 +33,7 @@ class BlobStore:
         if final.exists():
             return key
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(final.parent)
             atomic_write(final, data)
         except OSError as exc:  # full disk, read-only folder...: nothing half-written remains
             raise StorageError(f"could not store a file in {self.root}: {exc.strerror or exc}") from exc

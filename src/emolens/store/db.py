@@ -20,6 +20,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session
 
+from emolens.core.fileio import private_dir
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x656D6F6C656E73  # "emolens": one advisory lock id for schema changes
 
@@ -67,7 +69,7 @@ def _private_file(path: Path) -> None:
     """Create the database file readable by its owner only (names, face embeddings, key hashes):
     SQLite gives its -wal and -shm files the database file's permissions. An existing file that
     others may read is made private too."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         with contextlib.suppress(FileNotFoundError, PermissionError):
@@ -155,7 +157,34 @@ def reclaim(engine: Engine, deleted: bool = False) -> None:
 
 
 @contextmanager
-def session(url: str | None = None) -> Iterator[Session]:
+def session(url: str) -> Iterator[Session]:
     """A transaction: everything inside is committed together, or nothing is."""
     with Session(get_engine(url), expire_on_commit=False) as s, s.begin():
         yield s
+
+
+def check_writable(url: str) -> None:
+    """Raise StorageError when the database cannot be written (a read-only file or folder, a
+    read-only server): a program that must write (the server) says so when it starts, not at its
+    first write."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from emolens.core.errors import StorageError
+
+    try:
+        with get_engine(url).connect() as conn:
+            if conn.dialect.name == "sqlite":
+                version = int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+                conn.exec_driver_sql(f"PRAGMA user_version = {version}")  # a write that changes nothing
+                conn.rollback()
+            elif (
+                conn.dialect.name == "postgresql"
+                and conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+            ):
+                raise StorageError("the database is read-only (transaction_read_only is on)")
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip()
+        raise StorageError(
+            f"the database cannot be written ({reason}): check the permissions of the database "
+            "file and its folder ($EMOLENS_HOME), or EMOLENS_DATABASE_URL"
+        ) from exc

@@ -89,13 +89,14 @@ def generate(
     """Generate ``per_class`` images of each class into ``out/<class>/`` and write ``status.json``.
 
     Images already there from an interrupted run with the same prompts are kept, not redone."""
-    torch = require("torch", EXTRA)
-    diffusers = require("diffusers", EXTRA)
     if per_class < 1:
         raise EmoLensError("--per-class must be at least 1")
     folder = resolve_model(model)
     out = Path(out)
     plan: list[Prompt] = [p for label in classes for p in prompts_for(label, per_class, seed)]
+    # Only now the heavy imports (seconds): a bad model or class is refused at once.
+    torch = require("torch", EXTRA)
+    diffusers = require("diffusers", EXTRA)
     started = time.time()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing may reach the hub
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
