@@ -450,14 +450,14 @@ def test_cli_enroll_identify_attend_remove(lfw, emolens_home, tmp_path):
     assert "unknown (best confidence" in unknown and "similarity 0." in unknown
     assert "Angelina Jolie" in run("people", "list")
     probe = photos(lfw, "Angelina_Jolie")[3]
-    faces = json.loads(run("identify", probe, "--json", stdout=True))["faces"]
+    faces = json.loads(run("identify", probe, "--json", "-", stdout=True))["faces"]
     main = max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))
     assert main["label"] == "STU102" and main["name"] == "Angelina Jolie"
     probes = tmp_path / "probes"  # a folder, as `analyze` takes: one record per photo
     probes.mkdir()
     shutil.copy(probe, probes / "a.jpg")
     shutil.copy(photos(lfw, "Al_Gore")[3], probes / "b.jpg")
-    records = json.loads(run("identify", probes, "--json", stdout=True))
+    records = json.loads(run("identify", probes, "--json", "-", stdout=True))
     assert [Path(r["source"]).name for r in records] == ["a.jpg", "b.jpg"]
     assert "b.jpg: face 0" in run("identify", probes) and "STU101" in run("identify", probes / "b.jpg")
     started = run("attendance", "start", photos(lfw, "Al_Gore")[3], "--name", "cli")

@@ -1,8 +1,8 @@
-"""`emolens batch INPUT OUTPUT`: a collection of images into a Parquet dataset, resumable, local or on Ray."""
+"""`emolens batch INPUT [OUTPUT]`: a collection of images into a Parquet dataset, resumable, local or on Ray."""
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import err, fail, write_output
+from emolens.cli.console import err, fail
+from emolens.cli.outputs import emit_json, json_option, output_place
 from emolens.errors import EmoLensError
 
 
@@ -28,8 +29,12 @@ def batch(
         ),
     ],
     output: Annotated[
-        Path, typer.Argument(metavar="OUTPUT", help="Folder of the Parquet dataset (new, or a run to resume).")
-    ],
+        Path | None,
+        typer.Argument(
+            metavar="[OUTPUT]",
+            help="Folder of the Parquet dataset (new, or a run to resume). Default: emolens-output/batch/<input name>.",
+        ),
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="Emotion model: a name (see `emolens models`) or an .onnx path.")
     ] = None,
@@ -53,7 +58,7 @@ def batch(
     address: Annotated[
         str | None, typer.Option(help="Run on an existing Ray cluster: 'auto', 'ray://host:10001'... Implies --ray.")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON ('-' for stdout).")] = None,
+    json_out: Annotated[Path | None, json_option("the summary")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Analyse a collection into Parquet, resumably.
@@ -81,6 +86,7 @@ def batch(
         address=address,
     )
     try:
+        output = output_place(output, "batch", _input_name(source))
         job = BatchJob(source, output, options, settings)
     except EmoLensError as exc:
         fail(exc)
@@ -104,9 +110,15 @@ def batch(
     except EmoLensError as exc:
         fail(exc, 1)
     _print_summary(summary)
-    if json_out and not write_output(json_out, json.dumps(summary.to_dict(), indent=2)):
+    if not emit_json(json_out, summary.to_dict()):
         raise typer.Exit(1)
     raise typer.Exit(0 if summary.complete else 1)
+
+
+def _input_name(source: str) -> str:
+    """A name for the default output folder: the folder or manifest named, before any glob pattern."""
+    fixed = Path(re.split(r"[*?\[]", source, maxsplit=1)[0] or ".")
+    return (fixed.stem if fixed.suffix else fixed.resolve().name) or "batch"
 
 
 def _run(job, quiet: bool):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail, write_output
+from emolens.cli.outputs import emit_json, json_option, machine_to_stdout
 from emolens.errors import EmoLensError
 
 
@@ -27,7 +27,7 @@ def compare(
     sheet: Annotated[
         Path | None, typer.Option(help="Contact sheet of the faces where they disagree (PNG); default: none.")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure as JSON.")] = None,
+    json_out: Annotated[Path | None, json_option("every figure")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the table as Markdown.")] = None,
 ) -> None:
     """Compare two models on the same labelled faces.
@@ -41,6 +41,7 @@ def compare(
     from emolens.data.datasets import to_crops
     from emolens.evaluate import compare_models, contact_sheet, load_members, model_names
 
+    machine_to_stdout(json_out)
     try:
         if boot < 100:
             raise EmoLensError(f"--boot must be at least 100 resamples, not {boot}")
@@ -89,10 +90,11 @@ def compare(
             console.print(f"disagreements: {escape(out['sheet'])}")
         except (EmoLensError, OSError) as exc:
             err.print(f"[yellow]no contact sheet:[/yellow] {escape(str(exc))}")
-    if json_out:
-        write_output(json_out, json.dumps(out, indent=2))
+    ok = emit_json(json_out, out)
     if markdown:
-        write_output(markdown, cmp.to_markdown())
+        ok &= write_output(markdown, cmp.to_markdown())
+    if not ok:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, human_to_stderr
+from emolens.cli.console import console, err, fail
+from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout
 from emolens.errors import EmoLensError
 
 feedback = typer.Typer(
@@ -63,18 +63,21 @@ def list_(
     limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="Show at most this many (newest first).")] = 20,
     label: Annotated[str | None, typer.Option(help="Only this true label.")] = None,
     corrections: Annotated[bool, typer.Option("--corrections", help="Only corrections.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    json_out: Annotated[Path | None, json_option("the records")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per record")] = None,
 ) -> None:
     """The stored feedback, newest first."""
     from emolens.feedback import FeedbackService
 
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         records = FeedbackService().list(limit=limit, label=label, corrections_only=corrections)
     except EmoLensError as exc:
         fail(exc)
-    if as_json:
-        for r in records:
-            print(json.dumps(r.to_dict()))
+    dicts = [r.to_dict() for r in records]
+    if not (emit_json(json_out, dicts) and emit_csv(csv_out, dicts)):
+        raise typer.Exit(1)
+    if to_stdout:
         return
     table = Table("record", "time", "predicted", "label", "confidence", "part", "source")
     for r in records:
@@ -87,18 +90,20 @@ def list_(
 
 
 @feedback.command()
-def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def stats(json_out: Annotated[Path | None, json_option("the counts")] = None) -> None:
     """Count the stored feedback.
 
     Corrections and confirmations, per label, the commonest mistakes, per source."""
     from emolens.feedback import FeedbackService
 
+    to_stdout = machine_to_stdout(json_out)
     try:
         st = FeedbackService().stats()
     except EmoLensError as exc:
         fail(exc)
-    if as_json:
-        print(json.dumps(st, indent=2))
+    if not emit_json(json_out, st):
+        raise typer.Exit(1)
+    if to_stdout:
         return
     console.print(
         f"{st['total']} record(s): {st['corrections']} correction(s), {st['confirmations']} confirmation(s), "
@@ -250,18 +255,25 @@ def finetune(
             raise typer.Exit(3)
 
 
-JSON_OPTION = typer.Option("--json", help="Print JSON (paths and sources whole) instead of tables.")
+JSON_OPTION = json_option("the models and the registry's versions (paths whole)")
+CSV_OPTION = csv_option("one row per model by name")
 
 
 @models.callback()
-def models_main(ctx: typer.Context, as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+def models_main(
+    ctx: typer.Context,
+    json_out: Annotated[Path | None, JSON_OPTION] = None,
+    csv_out: Annotated[Path | None, CSV_OPTION] = None,
+) -> None:
     """Emotion models by name (shipped and user models) and the registry's versions."""
     if ctx.invoked_subcommand is None:
-        list_models(as_json)
+        list_models(json_out, csv_out)
 
 
 @models.command("list")
-def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+def list_models(
+    json_out: Annotated[Path | None, JSON_OPTION] = None, csv_out: Annotated[Path | None, CSV_OPTION] = None
+) -> None:
     """List the models available by name and the registry's versions.
 
     The active version is marked."""
@@ -280,14 +292,16 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
             named.append({"name": name, "labels": None, "input": None, "accuracy": None, "path": str(path),
                           "error": str(exc)})  # fmt: skip
     versions = Registry().versions()
-    human_to_stderr(as_json)
-    if as_json:
+    to_stdout = machine_to_stdout(json_out, csv_out)
+    if json_out or csv_out:
         registry = [
             {"version": v.name, "active": v.active, "parent": v.parent, "source": v.source, "created": v.created_at,
              "promoted": v.promoted, "metrics": v.metrics, "path": str(v.path)}
             for v in versions
         ]  # fmt: skip
-        print(json.dumps({"models": named, "registry": registry}, indent=2, default=str))
+        if not (emit_json(json_out, {"models": named, "registry": registry}) and emit_csv(csv_out, named)):
+            raise typer.Exit(1)
+    if to_stdout:
         return
     # Paths fold onto more lines rather than being cut; --json gives them on one line.
     table = Table()

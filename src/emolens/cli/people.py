@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout
 
 people_app = typer.Typer(help="Enrolled people: enroll, list, remove, train, versions.", no_args_is_help=True)
 
@@ -83,7 +84,10 @@ def enroll(
 
 
 @people_app.command("list")
-def list_people(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def list_people(
+    json_out: Annotated[Path | None, json_option("the people")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per person")] = None,
+) -> None:
     """List enrolled people and how many faces each has."""
     from rich.table import Table
 
@@ -91,12 +95,15 @@ def list_people(json_out: Annotated[bool, typer.Option("--json", help="Print JSO
     from emolens.errors import EmoLensError
     from emolens.identify.gallery import People
 
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         rows = People().list()
     except EmoLensError as exc:
         fail(exc)
-    if json_out:
-        typer.echo(json.dumps([p.to_dict() for p in rows], indent=2))
+    dicts = [p.to_dict() for p in rows]
+    if not (emit_json(json_out, dicts) and emit_csv(csv_out, dicts)):
+        raise typer.Exit(1)
+    if to_stdout:
         return
     table = Table("id", "name", "faces", "enrolled")
     for p in rows:
@@ -238,9 +245,8 @@ def restore(version: Annotated[str, typer.Argument(help="A version number, e.g. 
 def identify(
     paths: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or globs.")],
     threshold: Annotated[float | None, typer.Option(help="Override the version's recommended threshold.")] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON: one object for one photo, a list for several.")
-    ] = False,
+    json_out: Annotated[Path | None, json_option("the results (one object for one photo, a list for several)")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per face")] = None,
 ) -> None:
     """Say who is in each photo: an enrolled person, or "unknown".
 
@@ -253,6 +259,7 @@ def identify(
     from emolens.identify.gallery import People
     from emolens.io import iter_image_paths
 
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         files = iter_image_paths(paths)
         if not files:
@@ -272,7 +279,7 @@ def identify(
         except EmoLensError as exc:
             fail(exc)
         records.append({"source": str(image), "faces": [m.to_dict() for m in matches]})
-        if json_out:
+        if to_stdout:
             continue
         where = f"{image}: " if several else ""
         if not matches:
@@ -291,8 +298,10 @@ def identify(
             else:  # the similarity often decides: a confident classifier but a face unlike any enrolled one
                 sim = "n/a" if m.similarity is None else f"{m.similarity:.2f}"
                 console.print(f"{head}: unknown (best confidence {m.confidence:.2f}, similarity {sim})", soft_wrap=True)
-    if json_out:
-        typer.echo(json.dumps(records if several else records[0] if records else {}, indent=2))
+    rows = [{"source": r["source"], "face": i} | f for r in records for i, f in enumerate(r["faces"])]
+    written = emit_json(json_out, records if several else records[0] if records else {})
+    if not (emit_csv(csv_out, rows) and written):
+        raise typer.Exit(1)
     if failed:
         err.print(f"{len(records)} images identified, {failed} failed")
         raise typer.Exit(1)

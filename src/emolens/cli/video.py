@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail
+from emolens.cli.outputs import output_place
 from emolens.errors import EmoLensError
 
 
@@ -24,7 +25,7 @@ def video(
         str, typer.Argument(help="A video file, a camera index (0, 1...) or a stream URL (rtsp://, http://...).")
     ],
     out: Annotated[
-        Path | None, typer.Option(help="Folder for the outputs. Default: emolens-video/<source name>.")
+        Path | None, typer.Option(help="Folder for the outputs. Default: emolens-output/video/<source name>.")
     ] = None,
     every: Annotated[
         int | None,
@@ -84,6 +85,7 @@ def video(
     if smooth is not None and not 0 < smooth <= 1:
         fail(EmoLensError(f"--smooth must be in (0, 1], got {smooth}"))
     try:
+        folder = output_place(out, "video", source_name(source))
         src = VideoSource(source)  # first: a wrong path fails before any model loads
         va = VideoAnalyzer(
             model=model,
@@ -101,7 +103,6 @@ def video(
         if "src" in locals():
             src.close()
         fail(exc if isinstance(exc, EmoLensError) else EmoLensError(str(exc)))
-    folder = out or Path("emolens-video") / source_name(source)
     if not quiet:
         size = f"{src.width}x{src.height}" if src.width else "size unknown"
         length = f"{src.frame_count} frames" if src.frame_count else src.kind
