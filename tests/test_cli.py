@@ -191,7 +191,7 @@ def test_models_lists_shipped_and_user_models(tmp_path):
 def test_detectors_lists_the_backends(tmp_path):
     proc = run_cli("detectors", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert set(proc.stdout.split()) == {"retinaface", "dlib-hog", "dlib-cnn", "haar"}
+    assert set(proc.stdout.split()) == {"retinaface", "dlib-hog", "dlib-cnn", "haar", "none"}
 
 
 @pytest.fixture

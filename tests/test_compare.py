@@ -153,3 +153,40 @@ def test_cli_compare(shared_datasets, val, tmp_path):
     assert (tmp_path / "d.png").is_file() and report["sheet"] == str(tmp_path / "d.png")
     bad = subprocess.run([*cmd[:4], "nonexistent", "fast", str(small)], capture_output=True, text=True)
     assert bad.returncode == 2 and "no model named 'nonexistent'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_class_the_models_lack_is_not_scored(val):
+    """FER+'s `contempt` on 7-class models: those faces are left out and counted, as label-sets.md says."""
+    x, y, classes = val
+    classes8 = [*classes, "contempt"]
+    y8 = y[:300].copy()
+    y8[:7] = len(classes)  # seven faces now carry a class no model has
+    c, pa, pb = compare_models("fast", "accurate", x[:300], y8, classes8, n_boot=100)
+    assert c.not_scored == {"contempt": 7} and c.n == 293 and len(pa) == 293
+    assert "Not scored (classes the models do not have): 7 contempt." in c.to_markdown()
+    with pytest.raises(EmoLensError, match="none of the dataset classes"):
+        compare_models("fast", "accurate", x[:3], np.full(3, 7), classes8, n_boot=100)
+
+
+def test_cli_skips_a_class_the_models_lack_before_detecting(tmp_path):
+    """Photos in class folders: a `contempt/` folder is not even opened (its file is no image) and is
+    counted as not scored; the other faces are compared."""
+    from emolens.cli.analyze import EXAMPLE
+
+    for name in ("happy", "neutral"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for k in range(3):
+            (tmp_path / "data" / name / f"{k}.jpg").write_bytes(EXAMPLE.read_bytes())
+    (tmp_path / "data" / "contempt").mkdir()
+    (tmp_path / "data" / "contempt" / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "cmp.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "emolens.cli", "compare", "fast", "accurate", str(tmp_path / "data"), "--boot", "100",
+         "--json", str(out)],
+        capture_output=True, text=True, env=os.environ | {"COLUMNS": "200", "EMOLENS_HOME": str(tmp_path / "h")},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "not scored 1 contempt face(s): not among the models' labels" in run.stderr
+    assert "broken.jpg" not in run.stderr + run.stdout  # never read, so never reported as unreadable
+    report = json.loads(out.read_text())
+    assert report["n"] == 6 and report["not_scored"] == {"contempt": 1}

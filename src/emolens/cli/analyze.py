@@ -59,7 +59,12 @@ def analyze(
     ] = None,
     json_out: Annotated[Path | None, json_option("the results")] = None,
     csv_out: Annotated[Path | None, csv_option("one row per face")] = None,
-    detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            help="Face detector: retinaface, dlib-hog, dlib-cnn, haar, or none (the whole image is the face)."
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(

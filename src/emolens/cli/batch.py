@@ -38,7 +38,12 @@ def batch(
     model: Annotated[
         str | None, typer.Option(help="Emotion model: a name (see `emolens models`) or an .onnx path.")
     ] = None,
-    detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            help="Face detector: retinaface, dlib-hog, dlib-cnn, haar, or none (the whole image is the face)."
+        ),
+    ] = None,
     min_face_size: Annotated[int | None, typer.Option(help="Ignore faces smaller than this many pixels.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Detection score threshold.")] = None,
     max_faces: Annotated[int | None, typer.Option(help="Keep at most this many faces per image.")] = None,

@@ -34,19 +34,33 @@ def compare(
 
     Accuracy and macro-F1 with paired bootstrap confidence intervals, per-class recall differences,
     McNemar's test on the paired answers, and the faces where they disagree. Photos are detected and
-    aligned first."""
+    aligned first; faces of a class the models do not have (contempt, say) are not scored."""
     import numpy as np
 
     from emolens.data import load_dataset
     from emolens.data.datasets import to_crops
     from emolens.evaluate import compare_models, contact_sheet, load_members, model_names
+    from emolens.evaluate.compare import count_phrase
 
     machine_to_stdout(json_out)
     try:
         if boot < 100:
             raise EmoLensError(f"--boot must be at least 100 resamples, not {boot}")
-        specs = [m.meta.input for m in load_members(model_names(a) + model_names(b))]
+        members = load_members(model_names(a) + model_names(b))
+        specs = [m.meta.input for m in members]
         dataset = load_dataset(data)
+        # Before any detection: faces of a class the models lack are left out, and counted.
+        not_scored = {c: n for c, n in dataset.counts().items() if n and c not in members[0].labels}
+        if not_scored:
+            known = [i for i, c in enumerate(dataset.classes) if c in members[0].labels]
+            if not known:
+                raise EmoLensError(
+                    f"{data}: none of its classes {dataset.classes} is among the models' labels {members[0].labels}"
+                )
+            dataset = dataset.subset(np.flatnonzero(np.isin(dataset.labels, known)))
+            err.print(
+                f"[yellow]not scored[/yellow] {escape(count_phrase(not_scored))} face(s): not among the models' labels"
+            )
         size, channels = max(s.size for s in specs), max(s.channels for s in specs)
         crops, labels, skipped = to_crops(dataset, size, channels, progress=True)
         if len(labels) == 0:
@@ -54,6 +68,7 @@ def compare(
         cmp, pa, pb = compare_models(
             a, b, crops, labels, dataset.classes, tta=tta, confidence=confidence, n_boot=boot, seed=seed
         )
+        cmp.not_scored = not_scored | cmp.not_scored
     except EmoLensError as exc:
         fail(exc)
     for line in skipped:

@@ -57,7 +57,12 @@ def video(
     show_fps: Annotated[
         bool, typer.Option("--show-fps", help="Also stamp the processing FPS on the annotated video.")
     ] = False,
-    detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            help="Face detector: retinaface, dlib-hog, dlib-cnn, haar, or none (the whole image is the face)."
+        ),
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="Emotion model: a name, an .onnx path, or an ensemble: fast+accurate.")
     ] = None,

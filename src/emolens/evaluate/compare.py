@@ -36,6 +36,7 @@ class Comparison:
     per_class_recall: dict[str, dict[str, dict[str, float]]]  # class -> "a", "b", "diff" -> {value, low, high}
     mcnemar: dict[str, Any]  # a_only, b_only (faces only that model gets right), p_value, statistic, method
     disagree: list[int] = field(default_factory=list)  # indices of the faces where the answers differ
+    not_scored: dict[str, int] = field(default_factory=dict)  # faces per dataset class the models lack
 
     @property
     def alpha(self) -> float:
@@ -90,7 +91,13 @@ class Comparison:
             f"(seed {self.seed}).",
             f"Verdict: {self.verdict}.",
         ]
+        if self.not_scored:
+            lines.append(f"Not scored (classes the models do not have): {count_phrase(self.not_scored)}.")
         return "\n".join(lines)
+
+
+def count_phrase(per_class: dict[str, int]) -> str:
+    return ", ".join(f"{n} {c}" for c, n in per_class.items())
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]:
@@ -227,19 +234,24 @@ def compare_models(
     """Run models ``a`` and ``b`` (names, paths or ensembles) on labelled crops and compare them.
 
     Returns the Comparison and each model's answers (indices into ``Comparison.labels``, the
-    first model's label order). Dataset classes are matched to model labels by name."""
+    first model's label order). Dataset classes are matched to model labels by name; faces of a
+    class the models do not have (``contempt`` for 7-class models) are not scored: they are
+    counted in ``Comparison.not_scored``, and the answers cover the scored faces only, in order."""
     from emolens.evaluate.core import load_members, model_names
     from emolens.models import model_spec
 
     ref = load_members(model_names(a))[0].labels
-    unknown = sorted({classes[i] for i in np.unique(labels)} - set(ref))
-    if unknown:
-        raise BadLabelError(f"dataset classes {unknown} are not among the models' labels {ref}")
+    scored = np.isin(labels, [i for i, c in enumerate(classes) if c in ref])
+    not_scored = {classes[i]: int(n) for i, n in zip(*np.unique(labels[~scored], return_counts=True), strict=True)}
+    if not scored.any():
+        raise BadLabelError(f"none of the dataset classes {sorted(set(classes))} is among the models' labels {ref}")
+    images, labels = images[scored], labels[scored]
     y = np.array([ref.index(classes[i]) for i in labels], dtype=np.int64)
     pa = model_probs(a, images, ref, tta).argmax(1)
     pb = model_probs(b, images, ref, tta).argmax(1)
     names = (model_spec(a), model_spec(b))
     cmp = compare_predictions(y, pa, pb, ref, names=names, confidence=confidence, n_boot=n_boot, seed=seed)
+    cmp.not_scored = not_scored
     return cmp, pa, pb
 
 
