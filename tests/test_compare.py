@@ -21,7 +21,7 @@ from emolens.evaluate import (
     confidence_gate,
     contact_sheet,
 )
-from emolens.evaluate.compare import mcnemar
+from emolens.evaluate.compare import SHEET_HEADER, mcnemar
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -119,10 +119,10 @@ def test_contact_sheet_of_disagreements(fast_vs_accurate, val, tmp_path):
     truth = np.array([c.labels.index(classes[i]) for i in y])
     path = contact_sheet(x, c, pa, pb, truth, tmp_path / "sheet.png", limit=25, cols=5, tile=64)
     with Image.open(path) as im:
-        assert im.size == (5 * 64, 5 * (64 + 40))
+        assert im.size == (5 * 64, SHEET_HEADER + 5 * (64 + 40))
         sheet = np.asarray(im)
     first = c.disagree[0]
-    tile = sheet[:64, :64, 0].astype(float)
+    tile = sheet[SHEET_HEADER : SHEET_HEADER + 64, :64, 0].astype(float)
     face = np.asarray(Image.fromarray(x[first]).resize((64, 64), Image.BICUBIC), dtype=float)
     assert np.abs(tile - face).mean() < 8  # the first tile is the first disagreement's face
     agree = compare_predictions(truth, pa, pa, c.labels, n_boot=100)
@@ -151,6 +151,9 @@ def test_cli_compare(shared_datasets, val, tmp_path):
     report = json.loads(out.read_text())
     assert report["n"] == 400 and report["b"] == "fast+accurate" and report["n_boot"] == 200
     assert (tmp_path / "d.png").is_file() and report["sheet"] == str(tmp_path / "d.png")
+    # The sheet names the models, and says how many of the disagreements it shows.
+    shown = min(120, report["disagreements"])
+    assert report["sheet_shown"] == shown and f"({shown} of {report['disagreements']} shown)" in run.stdout
     bad = subprocess.run([*cmd[:4], "nonexistent", "fast", str(small)], capture_output=True, text=True)
     assert bad.returncode == 2 and "no model named 'nonexistent'" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -190,3 +193,25 @@ def test_cli_skips_a_class_the_models_lack_before_detecting(tmp_path):
     assert "broken.jpg" not in run.stderr + run.stdout  # never read, so never reported as unreadable
     report = json.loads(out.read_text())
     assert report["n"] == 6 and report["not_scored"] == {"contempt": 1}
+
+
+def test_contact_sheet_names_the_models_and_says_how_many_it_shows(tmp_path):
+    """No "A"/"B": each caption carries its model's name, and the header says "3 of 5 ... shown"."""
+    labels = LABELS
+    y = np.array([0, 1, 2, 3, 4, 5])
+    pa, pb = np.array([0, 1, 2, 3, 4, 5]), np.array([1, 2, 3, 4, 5, 5])
+    c = compare_predictions(y, pa, pb, labels, names=("fast", "accurate"), n_boot=100)
+    crops = np.full((6, 48, 48), 128, np.uint8)
+    shown = contact_sheet(crops, c, pa, pb, y, tmp_path / "s.png", limit=3, cols=3, tile=96)
+    all5 = contact_sheet(crops, c, pa, pb, y, tmp_path / "t.png", limit=120, cols=3, tile=96)
+    a, b = np.asarray(Image.open(shown)), np.asarray(Image.open(all5))
+    header_differs = (a[:SHEET_HEADER] != b[:SHEET_HEADER]).any()
+    assert header_differs  # "3 of 5" against "5 of 5"
+    # The header line is drawn (dark pixels on white) and the captions are longer than "A happy".
+    assert (a[:SHEET_HEADER] < 100).any()
+    import cv2
+
+    width_a = cv2.getTextSize("A angry", cv2.FONT_HERSHEY_SIMPLEX, 0.35, 1)[0][0]
+    caption_row = a[SHEET_HEADER + 96 + 14 : SHEET_HEADER + 96 + 26, :96]
+    dark = np.flatnonzero((caption_row.min(-1) < 128).any(0))
+    assert dark.max() - dark.min() > width_a + 10  # "fast: angry", not "A angry"

@@ -13,6 +13,8 @@ from emolens.cli.console import console, err, fail, write_output
 from emolens.cli.outputs import emit_json, json_option, machine_to_stdout
 from emolens.errors import EmoLensError
 
+SHEET_LIMIT = 120  # faces on the contact sheet: beyond that a PNG grows too tall to look through
+
 
 def compare(
     a: Annotated[str, typer.Argument(help="Model A: a name, version, .onnx path or ensemble (fast+accurate).")],
@@ -101,8 +103,9 @@ def compare(
         ref = cmp.labels
         y = np.array([ref.index(dataset.classes[i]) for i in labels])
         try:
-            out["sheet"] = str(contact_sheet(crops, cmp, pa, pb, y, sheet))
-            console.print(f"disagreements: {escape(out['sheet'])}")
+            out["sheet"] = str(contact_sheet(crops, cmp, pa, pb, y, sheet, limit=SHEET_LIMIT))
+            out["sheet_shown"] = min(SHEET_LIMIT, len(cmp.disagree))
+            console.print(f"disagreements: {escape(out['sheet'])} ({out['sheet_shown']} of {len(cmp.disagree)} shown)")
         except (EmoLensError, OSError) as exc:
             err.print(f"[yellow]no contact sheet:[/yellow] {escape(str(exc))}")
     ok = emit_json(json_out, out)

@@ -255,6 +255,21 @@ def compare_models(
     return cmp, pa, pb
 
 
+SHEET_HEADER = 22  # pixels above the grid: which models, and how many of their disagreements are shown
+
+
+def _fit_text(canvas: np.ndarray, text: str, x: int, y: int, width: int, scale: float, color) -> None:
+    """Draw ``text`` within ``width`` pixels: a smaller font first, then the text cut with '..'."""
+    import cv2
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    while scale > 0.3 and cv2.getTextSize(text, font, scale, 1)[0][0] > width:
+        scale -= 0.025
+    while len(text) > 3 and cv2.getTextSize(text, font, scale, 1)[0][0] > width:
+        text = text[:-3] + ".."
+    cv2.putText(canvas, text, (x, y), font, scale, color, 1, cv2.LINE_AA)
+
+
 def contact_sheet(
     crops: np.ndarray,
     comparison: Comparison,
@@ -268,7 +283,8 @@ def contact_sheet(
     tile: int = 96,
 ) -> Path:
     """A PNG grid of the faces where the two models disagree (the first ``limit``), each captioned
-    with the true label (when known) and both answers; green marks the model that is right."""
+    with the true label (when known) and both answers under the models' names; green marks the
+    model that is right. A line above the grid says how many of the disagreements it shows."""
     import cv2
     from PIL import Image
 
@@ -278,21 +294,29 @@ def contact_sheet(
     labels = comparison.labels
     caption_h = 40 if y_true is not None else 28
     rows = math.ceil(len(idx) / cols)
-    sheet = np.full((rows * (tile + caption_h), cols * tile, 3), 255, np.uint8)
+    sheet = np.full((SHEET_HEADER + rows * (tile + caption_h), cols * tile, 3), 255, np.uint8)
+    total = len(comparison.disagree)
+    header = f"{comparison.a} vs {comparison.b}: {len(idx)} of {total} disagreements shown"
+    if y_true is not None:
+        header += " (green: right, red: wrong)"
+    _fit_text(sheet, header, 4, SHEET_HEADER - 7, cols * tile - 8, 0.45, (0, 0, 0))
     for j, i in enumerate(idx):
         face = crops[i]
         face = cv2.cvtColor(face, cv2.COLOR_GRAY2RGB) if face.ndim == 2 else face
         face = cv2.resize(face, (tile, tile), interpolation=cv2.INTER_CUBIC)
         r, c = divmod(j, cols)
-        y0, x0 = r * (tile + caption_h), c * tile
+        y0, x0 = SHEET_HEADER + r * (tile + caption_h), c * tile
         sheet[y0 : y0 + tile, x0 : x0 + tile] = face
-        lines = [(f"A {labels[pred_a[i]]}", pred_a[i]), (f"B {labels[pred_b[i]]}", pred_b[i])]
+        lines = [
+            (f"{comparison.a}: {labels[pred_a[i]]}", pred_a[i]),
+            (f"{comparison.b}: {labels[pred_b[i]]}", pred_b[i]),
+        ]
         if y_true is not None:
             lines.insert(0, (f"true {labels[y_true[i]]}", None))
         for n, (text, guess) in enumerate(lines):
             right = y_true is not None and guess is not None and guess == y_true[i]
             color = (0, 140, 0) if right else (0, 0, 0) if guess is None or y_true is None else (190, 0, 0)
-            cv2.putText(sheet, text, (x0 + 3, y0 + tile + 11 + 12 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1)
+            _fit_text(sheet, text, x0 + 3, y0 + tile + 11 + 12 * n, tile - 5, 0.35, color)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(target)
