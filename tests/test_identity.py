@@ -262,8 +262,10 @@ def test_attendance_from_images_and_a_video(world, lfw, tmp_path):
         for _ in range(3):
             writer.write(cv2.cvtColor(_rgb(p), cv2.COLOR_RGB2BGR))
     writer.release()
-    summary = session.add_video(video, every=3)
+    ticks = []
+    summary = session.add_video(video, every=3, progress=lambda done, total: ticks.append((done, total)))
     assert (summary.frames_read, summary.frames_used, summary.undecodable) == (6, 2, 0)
+    assert ticks == [(1, 6), (4, 6), (6, 6)]  # the bar ends full though the last sampled frame is frame 3
     assert summary.newly_present == ["STU006"]
 
     truncated = tmp_path / "cut.avi"

@@ -422,3 +422,27 @@ def test_cli_reports_a_truncated_file_and_still_writes(mjpeg_avi, tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "truncated" in proc.stderr and "undecodable" in proc.stderr
     assert (tmp_path / "out" / "timeline.csv").exists() and not (tmp_path / "out" / "annotated.mp4").exists()
+
+
+def test_timeline_plot_title_says_truly_what_is_left_out():
+    """Ten tracks as long as each other: "2 more tracks", not "2 shorter tracks"."""
+    from emolens.video.timeline import MAX_PLOTTED_TRACKS
+
+    def timeline(lengths: list[int]) -> Timeline:
+        tl = Timeline(["happy", "sad"], "clip")
+        for frame in range(max(lengths)):
+            faces = [
+                FaceResult(box=np.array([0, 0, 9, 9], np.float32), score=1.0, landmarks=None,
+                           probs={"happy": 0.7, "sad": 0.3}, track_id=t)
+                for t, n in enumerate(lengths) if frame < n
+            ]  # fmt: skip
+            tl.add(Results(faces=faces, frame_index=frame))
+        return tl
+
+    extra = 2
+    info, title = timeline([5] * (MAX_PLOTTED_TRACKS + extra)).plotted_tracks()
+    assert [s["track_id"] for s in info] == list(range(MAX_PLOTTED_TRACKS))
+    assert f"{extra} more tracks not shown (at most 5 frames each, as long as some shown)" in title
+    assert "shorter" not in title
+    info, title = timeline([9] * MAX_PLOTTED_TRACKS + [3, 2]).plotted_tracks()
+    assert "2 shorter tracks not shown (at most 3 frames each)" in title
