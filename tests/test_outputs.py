@@ -162,3 +162,20 @@ def test_models_json_and_csv_to_a_file_and_to_stdout(tmp_path):
     assert proc.returncode == 0 and json.loads(proc.stdout) == []
     proc = run_cli("models", "--json", cwd=tmp_path)  # the value is required: one line, no traceback
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_models_fits_80_columns(tmp_path):
+    """One line per model, the registry's sources whole, nothing past column 80."""
+    assert run_cli("models", "promote", "accurate", cwd=tmp_path).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOLENS_")}
+    env |= {"EMOLENS_HOME": str(tmp_path / "home"), "COLUMNS": "80"}
+    proc = subprocess.run([sys.executable, "-m", "emolens.cli", "models"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in ("accurate", "fast", "fast-int8", "robust"):
+        (row,) = [line for line in lines if line.split()[:1] == [name]]
+        assert f"{name}.onnx" in row and "48x48x1" in row
+    assert "angry disgust fear happy neutral sad surprise" in proc.stdout  # the labels once
+    assert f"shipped models in {PACKAGE / 'assets'}" in proc.stdout  # the folder whole, once
+    assert any("shipped:accurate" in line and "active" in line for line in lines)

@@ -303,22 +303,42 @@ def list_models(
             raise typer.Exit(1)
     if to_stdout:
         return
-    # Paths fold onto more lines rather than being cut; --json gives them on one line.
-    table = Table()
-    for col in ("name", "labels", "input", "accuracy", "path"):
-        table.add_column(col, overflow="fold")
+    _print_models(named, versions)
+
+
+def _print_models(named: list[dict], versions: list) -> None:
+    """Two tables that fit 80 columns: the models by name (their file; each folder and the common
+    labels once, below), and the registry's versions."""
+    from rich import box
+
+    from emolens.models import ASSETS
+
+    label_sets = {tuple(m["labels"]) for m in named if m["labels"]}
+    common = label_sets.pop() if len(label_sets) == 1 else None
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for col in ("name", "labels", "input", "accuracy", "file"):
+        table.add_column(col, overflow="fold")  # long names fold onto more lines, never cut
     for m in named:
         if m["error"]:
-            table.add_row(m["name"], f"[red]{escape(m['error'])}[/red]", "", "", m["path"])
-        else:
-            acc = m["accuracy"]
-            table.add_row(m["name"], " ".join(m["labels"]), m["input"], f"{acc:.1%}" if acc else "", m["path"])
+            table.add_row(m["name"], f"[red]{escape(m['error'])}[/red]", "", "", Path(m["path"]).name)
+            continue
+        labels = f"{len(common)} ¹" if common else " ".join(m["labels"])
+        acc = m["accuracy"]
+        table.add_row(m["name"], labels, m["input"], f"{acc:.1%}" if acc else "", Path(m["path"]).name)
     console.print(table)
+    if common:
+        console.print(f"¹ {' '.join(common)}")
+    folders: dict[Path, list[str]] = {}
+    for m in named:
+        folders.setdefault(Path(m["path"]).parent, []).append(m["name"])
+    for folder in folders:
+        kind = "shipped models" if folder.resolve() == ASSETS.resolve() else "your models"
+        console.print(f"{kind} in {escape(str(folder))}", soft_wrap=True)  # whole, for copying
     if not versions:
         console.print("registry: empty (the active model is the shipped `fast`)")
         return
-    table = Table(title="registry")
-    for col in ("version", "active", "parent", "source", "created", "base acc", "feedback acc", "promoted"):
+    table = Table(title="registry", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for col in ("version", "state", "parent", "source", "created", "base acc", "feedback"):
         table.add_column(col, overflow="fold")
     for v in versions:
         m = v.metrics
@@ -326,13 +346,12 @@ def list_models(
         fb = m.get("feedback_accuracy")
         table.add_row(
             v.name,
-            "●" if v.active else "",
+            "active" if v.active else "promoted" if v.promoted else "candidate",
             v.parent or "",
             v.source,
-            v.created_at,
+            str(v.created_at)[:10],
             f"{base:.2%}" if isinstance(base, float) else "",
             f"{fb:.2%}" if isinstance(fb, float) else "",
-            "yes" if v.promoted else "no",
         )
     console.print(table)
 
