@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -73,6 +76,7 @@ def batch(
     resumes where it stopped, and a finished job run again changes nothing. Exit code 0 when every
     shard is written (failed images are rows of the output), 2 on bad input, 130 when interrupted."""
     from emolens.batch import BatchInterruptedError, BatchJob, BatchOptions
+    from emolens.batch.spec import STATE_DIR
     from emolens.settings import get_settings
 
     settings = get_settings()
@@ -107,17 +111,52 @@ def batch(
             + (f", {done_before:,} already done" if done_before else "")
             + f"; model {escape(job.spec.model)}, detector {job.spec.detector}; {backend}, {n}"
         )
+        if job.use_ray and not address:
+            err.print(
+                "starting a local Ray instance first: its start-up takes about half a minute on a small "
+                "machine, whatever the job's size (without --ray, processes start at once)"
+            )
+    ray_log = job.output / STATE_DIR / "ray.log" if job.use_ray and job.pending else None
     try:
-        summary = _run(job, quiet)
+        with _native_stderr_to(ray_log):
+            summary = _run(job, quiet)
     except BatchInterruptedError as exc:
         err.print(f"[yellow]{escape(str(exc))}[/yellow]")
         raise typer.Exit(130) from None
     except EmoLensError as exc:
-        fail(exc, 1)
+        fail(EmoLensError(f"{exc} (Ray's own log: {ray_log})") if ray_log else exc, 1)
     _print_summary(summary)
     if not emit_json(json_out, summary.to_dict()):
         raise typer.Exit(1)
     raise typer.Exit(0 if summary.complete else 1)
+
+
+@contextmanager
+def _native_stderr_to(path: Path | None):
+    """While Ray runs, what its C++ parts write straight to file descriptor 2 goes to ``path``: on a
+    run that works, warnings and an error line of its core worker about actor restarts (ray-project/ray
+    issue 53727). Python's own stderr (the progress bar, EmoLens's messages) keeps the terminal."""
+    try:
+        real = path is not None and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured stderr (tests): nothing to separate
+        real = False
+    if not real:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved, log = os.dup(2), os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding, errors="replace")
+    os.dup2(log, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log)
 
 
 def _input_name(source: str) -> str:
