@@ -149,6 +149,14 @@ def test_face_option_and_default_model(tmp_path, monkeypatch, emolens_home):
     assert r.exit_code == 2 and "no face 3: 1 face(s) found" in r.output
 
 
+def test_cli_compare_times_each_method_after_a_warm_up(tmp_path, monkeypatch, emolens_home):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--model", "fast-int8", "--compare"])
+    assert r.exit_code == 0, r.output
+    assert "occlusion-onnx" in r.output and "random (5 seeds)" in r.output
+    assert "after one untimed run of each method" in r.output
+
+
 def test_cli_rejects_an_unknown_method(tmp_path, monkeypatch, emolens_home):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--method", "nope"])
