@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.video.track import Tracker, assign, iou_matrix
+from emolens.video.track import Tracker, assign, iou_matrix, lost_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 640, 480
@@ -86,8 +86,8 @@ class _Face:
         self.box, self.score, self.landmarks = box, score, None
 
 
-def ours() -> Callable:
-    tracker = Tracker()
+def ours(**options) -> Callable:
+    tracker = Tracker(**options)
 
     def update(boxes: np.ndarray, scores: np.ndarray, frame: int) -> tuple[np.ndarray, np.ndarray]:
         tracks = tracker.update([_Face(b, float(s)) for b, s in zip(boxes, scores, strict=True)], frame)
@@ -168,7 +168,11 @@ def main() -> None:
     ap.add_argument("--md", type=Path, default=ROOT / "benchmarks" / "results" / "tracker.md")
     args = ap.parse_args()
 
-    trackers: dict[str, Callable[[int], Callable]] = {"emolens (IoU + Hungarian)": lambda every: ours}
+    trackers: dict[str, Callable[[int], Callable]] = {
+        "emolens": lambda every: lambda: ours(max_misses=lost_rounds(every)),  # as the video pipeline sets it
+        # as it was before the lost-track buffer: tracks ended after 2 missed rounds, coasting at full speed
+        "emolens, before (max_misses 2)": lambda every: lambda: ours(max_misses=2, lost_decay=1.0),
+    }
     versions = {}
     for name, package, factory in (
         ("ByteTrack (trackers)", "trackers", lambda every: lambda: bytetrack(every)),

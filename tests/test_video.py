@@ -256,6 +256,23 @@ def test_tracker_birth_death_and_ids():
     assert tr.tracks[0].velocity[0] == pytest.approx(1.0)  # one pixel a frame to the right
 
 
+def test_a_face_hidden_for_a_while_gets_its_id_back():
+    """Hidden for 6 detection rounds (behind another face, missed): the same id when it reappears,
+    though it was moving, because a lost track is kept and stops rushing on at its old speed."""
+    tr = Tracker()
+    for k in range(4):  # two faces; #2 moves right 3 px a frame
+        tr.update([_Face([0, 0, 50, 50]), _Face([200 + 3 * k, 100, 260 + 3 * k, 160])], k)
+    assert sorted(t.id for t in tr.visible()) == [1, 2]
+    for k in range(4, 10):
+        tr.update([_Face([0, 0, 50, 50])], k)  # #2 hidden
+        assert [t.id for t in tr.visible()] == [1]
+    tr.update([_Face([0, 0, 50, 50]), _Face([214, 100, 274, 160])], 10)
+    assert sorted(t.id for t in tr.visible()) == [1, 2]
+    for k in range(11, 11 + tr.max_misses + 1):
+        tr.update([], k)
+    assert tr.tracks == []  # gone for good after max_misses rounds
+
+
 def test_hungarian_matches_scipy_and_iou():
     rng = np.random.default_rng(1)
     for shape in [(1, 1), (3, 3), (4, 6), (6, 4), (8, 8)]:

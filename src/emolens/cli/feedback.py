@@ -319,8 +319,8 @@ def _print_models(named: list[dict], versions: list) -> None:
     for col in ("name", "labels", "input", "accuracy", "file"):
         table.add_column(col, overflow="fold")  # long names fold onto more lines, never cut
     for m in named:
-        if m["error"]:
-            table.add_row(m["name"], f"[red]{escape(m['error'])}[/red]", "", "", Path(m["path"]).name)
+        if m["error"]:  # the message whole below the table, not squeezed into a column
+            table.add_row(m["name"], "[red]cannot load (below)[/red]", "", "", Path(m["path"]).name)
             continue
         labels = f"{len(common)} ¹" if common else " ".join(m["labels"])
         acc = m["accuracy"]
@@ -328,6 +328,9 @@ def _print_models(named: list[dict], versions: list) -> None:
     console.print(table)
     if common:
         console.print(f"¹ {' '.join(common)}")
+    for m in named:
+        if m["error"]:
+            console.print(f"[red]{escape(m['name'])}: {escape(m['error'])}[/red]", soft_wrap=True)
     folders: dict[Path, list[str]] = {}
     for m in named:
         folders.setdefault(Path(m["path"]).parent, []).append(m["name"])
