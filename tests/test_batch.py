@@ -418,3 +418,22 @@ def test_workers_die_with_a_driver_killed_with_sigkill(photos, home, tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the session, on failure
+
+
+def test_cli_ray_run_is_quiet_and_says_why_it_starts_slowly(tmp_path):
+    """A successful `batch --ray`: no Ray warning or core_worker line on the terminal (they go to
+    OUTPUT/_emolens_batch/ray.log), and a line saying the local Ray instance's start-up comes first."""
+    pytest.importorskip("ray")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(3):
+        shutil.copy(SRC / "emolens" / "assets" / "examples" / "astronaut.jpg", photos / f"{k}.jpg")
+    proc = run_cli("batch", photos, tmp_path / "out", "--ray", "--workers", "1", "-q", home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    assert "starting a local Ray instance first" in proc.stderr
+    ours = ("starting a local Ray instance", "3 images in 1 shard")
+    noise = [line for line in proc.stderr.splitlines() if ("WARNING" in line or ".cc:" in line or "Ray" in line)
+             and not line.startswith(ours)]  # fmt: skip
+    assert noise == [], noise
+    assert (tmp_path / "out" / "_emolens_batch" / "ray.log").is_file()  # where they went
+    assert "3 images: 3 faces" in proc.stderr

@@ -21,7 +21,7 @@ from emolens.evaluate import (
     confidence_gate,
     contact_sheet,
 )
-from emolens.evaluate.compare import mcnemar
+from emolens.evaluate.compare import SHEET_HEADER, mcnemar
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -119,10 +119,10 @@ def test_contact_sheet_of_disagreements(fast_vs_accurate, val, tmp_path):
     truth = np.array([c.labels.index(classes[i]) for i in y])
     path = contact_sheet(x, c, pa, pb, truth, tmp_path / "sheet.png", limit=25, cols=5, tile=64)
     with Image.open(path) as im:
-        assert im.size == (5 * 64, 5 * (64 + 40))
+        assert im.size == (5 * 64, SHEET_HEADER + 5 * (64 + 40))
         sheet = np.asarray(im)
     first = c.disagree[0]
-    tile = sheet[:64, :64, 0].astype(float)
+    tile = sheet[SHEET_HEADER : SHEET_HEADER + 64, :64, 0].astype(float)
     face = np.asarray(Image.fromarray(x[first]).resize((64, 64), Image.BICUBIC), dtype=float)
     assert np.abs(tile - face).mean() < 8  # the first tile is the first disagreement's face
     agree = compare_predictions(truth, pa, pa, c.labels, n_boot=100)
@@ -151,5 +151,67 @@ def test_cli_compare(shared_datasets, val, tmp_path):
     report = json.loads(out.read_text())
     assert report["n"] == 400 and report["b"] == "fast+accurate" and report["n_boot"] == 200
     assert (tmp_path / "d.png").is_file() and report["sheet"] == str(tmp_path / "d.png")
+    # The sheet names the models, and says how many of the disagreements it shows.
+    shown = min(120, report["disagreements"])
+    assert report["sheet_shown"] == shown and f"({shown} of {report['disagreements']} shown)" in run.stdout
     bad = subprocess.run([*cmd[:4], "nonexistent", "fast", str(small)], capture_output=True, text=True)
     assert bad.returncode == 2 and "no model named 'nonexistent'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_class_the_models_lack_is_not_scored(val):
+    """FER+'s `contempt` on 7-class models: those faces are left out and counted, as label-sets.md says."""
+    x, y, classes = val
+    classes8 = [*classes, "contempt"]
+    y8 = y[:300].copy()
+    y8[:7] = len(classes)  # seven faces now carry a class no model has
+    c, pa, pb = compare_models("fast", "accurate", x[:300], y8, classes8, n_boot=100)
+    assert c.not_scored == {"contempt": 7} and c.n == 293 and len(pa) == 293
+    assert "Not scored (classes the models do not have): 7 contempt." in c.to_markdown()
+    with pytest.raises(EmoLensError, match="none of the dataset classes"):
+        compare_models("fast", "accurate", x[:3], np.full(3, 7), classes8, n_boot=100)
+
+
+def test_cli_skips_a_class_the_models_lack_before_detecting(tmp_path):
+    """Photos in class folders: a `contempt/` folder is not even opened (its file is no image) and is
+    counted as not scored; the other faces are compared."""
+    from emolens.cli.analyze import EXAMPLE
+
+    for name in ("happy", "neutral"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for k in range(3):
+            (tmp_path / "data" / name / f"{k}.jpg").write_bytes(EXAMPLE.read_bytes())
+    (tmp_path / "data" / "contempt").mkdir()
+    (tmp_path / "data" / "contempt" / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "cmp.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "emolens.cli", "compare", "fast", "accurate", str(tmp_path / "data"), "--boot", "100",
+         "--json", str(out)],
+        capture_output=True, text=True, env=os.environ | {"COLUMNS": "200", "EMOLENS_HOME": str(tmp_path / "h")},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "not scored 1 contempt face(s): not among the models' labels" in run.stderr
+    assert "broken.jpg" not in run.stderr + run.stdout  # never read, so never reported as unreadable
+    report = json.loads(out.read_text())
+    assert report["n"] == 6 and report["not_scored"] == {"contempt": 1}
+
+
+def test_contact_sheet_names_the_models_and_says_how_many_it_shows(tmp_path):
+    """No "A"/"B": each caption carries its model's name, and the header says "3 of 5 ... shown"."""
+    labels = LABELS
+    y = np.array([0, 1, 2, 3, 4, 5])
+    pa, pb = np.array([0, 1, 2, 3, 4, 5]), np.array([1, 2, 3, 4, 5, 5])
+    c = compare_predictions(y, pa, pb, labels, names=("fast", "accurate"), n_boot=100)
+    crops = np.full((6, 48, 48), 128, np.uint8)
+    shown = contact_sheet(crops, c, pa, pb, y, tmp_path / "s.png", limit=3, cols=3, tile=96)
+    all5 = contact_sheet(crops, c, pa, pb, y, tmp_path / "t.png", limit=120, cols=3, tile=96)
+    a, b = np.asarray(Image.open(shown)), np.asarray(Image.open(all5))
+    header_differs = (a[:SHEET_HEADER] != b[:SHEET_HEADER]).any()
+    assert header_differs  # "3 of 5" against "5 of 5"
+    # The header line is drawn (dark pixels on white) and the captions are longer than "A happy".
+    assert (a[:SHEET_HEADER] < 100).any()
+    import cv2
+
+    width_a = cv2.getTextSize("A angry", cv2.FONT_HERSHEY_SIMPLEX, 0.35, 1)[0][0]
+    caption_row = a[SHEET_HEADER + 96 + 14 : SHEET_HEADER + 96 + 26, :96]
+    dark = np.flatnonzero((caption_row.min(-1) < 128).any(0))
+    assert dark.max() - dark.min() > width_a + 10  # "fast: angry", not "A angry"

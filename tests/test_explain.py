@@ -80,7 +80,7 @@ def test_gradcam_is_more_faithful_than_random(torch_model, shared_datasets):
 
 
 def test_overlay_changes_only_the_face(photo, face):
-    out = overlay_photo(photo, [face])
+    out = overlay_photo(photo, [face], labels=False)
     assert out.shape == photo.shape and out.dtype == np.uint8
     changed = np.argwhere((out != photo).any(-1))
     assert len(changed) > 0
@@ -106,10 +106,55 @@ def test_cli_writes_the_overlay(tmp_path, monkeypatch, emolens_home):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--method", "gradcam++"])
     assert result.exit_code == 0, result.output
-    out = tmp_path / "astronaut_explain_gradcam++.jpg"
+    out = tmp_path / "emolens-output" / "explain" / "astronaut_explain_gradcam++.jpg"
     assert out.is_file()
     assert load_image(out).shape == load_image(EXAMPLE).shape
     assert "happy" in result.output and "gradcam++" in result.output
+
+
+def test_overlay_numbers_and_labels_each_face(photo, face):
+    """Like `emolens analyze`: the box, and a label "0: happy 87%" in the emotion's colour."""
+    from emolens.pipeline.results import COLORS
+
+    plain, labelled = overlay_photo(photo, [face], labels=False), overlay_photo(photo, [face])
+    x1, y1, x2, y2 = (int(v) for v in face["box"])
+    changed = (plain != labelled).any(-1)
+    assert changed[y1, x1:x2].mean() > 0.9  # the box's top edge
+    assert (labelled == COLORS[face["label"]]).all(-1).sum() > 200  # the filled label
+
+
+def test_onnx_methods_explain_the_onnx_model_and_name_the_file(tmp_path, monkeypatch, emolens_home):
+    """`--method occlusion-onnx` works where weights exist; a model without weights (fast-int8)
+    falls back and the file is named by the method used."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "emolens-output" / "explain"
+    r = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--method", "occlusion-onnx", "--model", "fast"])
+    assert r.exit_code == 0, r.output
+    assert "explained by occlusion-onnx" in r.output and (out / "astronaut_explain_occlusion-onnx.jpg").is_file()
+    r = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--model", "fast-int8"])
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in out.iterdir()] == ["astronaut_explain_occlusion-onnx.jpg"]
+
+
+def test_face_option_and_default_model(tmp_path, monkeypatch, emolens_home):
+    """`--face N` explains that face only; without --model the active version, as `analyze` uses."""
+    from emolens.models.registry import Registry
+
+    monkeypatch.chdir(tmp_path)
+    active = Registry().promote("accurate").name  # not the shipped `fast`
+    r = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--face", "0", "--method", "occlusion-onnx"])
+    assert r.exit_code == 0, r.output
+    assert "face 0: happy" in r.output and f"(model {active})" in r.output
+    r = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--face", "3"])
+    assert r.exit_code == 2 and "no face 3: 1 face(s) found" in r.output
+
+
+def test_cli_compare_times_each_method_after_a_warm_up(tmp_path, monkeypatch, emolens_home):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--model", "fast-int8", "--compare"])
+    assert r.exit_code == 0, r.output
+    assert "occlusion-onnx" in r.output and "random (5 seeds)" in r.output
+    assert "after one untimed run of each method" in r.output
 
 
 def test_cli_rejects_an_unknown_method(tmp_path, monkeypatch, emolens_home):
@@ -166,5 +211,5 @@ def test_cli_explains_with_shap(tmp_path, monkeypatch, emolens_home):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--method", "shap"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "astronaut_explain_shap.jpg").is_file()
+    assert (tmp_path / "emolens-output" / "explain" / "astronaut_explain_shap.jpg").is_file()
     assert "happy" in result.output and "shap" in result.output

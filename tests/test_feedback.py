@@ -345,7 +345,7 @@ def test_models_cli_lists_promotes_and_rolls_back(emolens_home, tmp_path):
     long.write_bytes(Workspace.default().models.path("fast").read_bytes())
     r = runner.invoke(app, ["models"])
     assert r.exit_code == 0 and "…" not in r.output  # nothing cut short
-    r = runner.invoke(app, ["models", "--json"])
+    r = runner.invoke(app, ["models", "--json", "-"])
     doc = json.loads(r.stdout)
     assert str(long) in [m["path"] for m in doc["models"]] and [v["version"] for v in doc["registry"]] == ["v1", "v2"]
 
@@ -472,13 +472,13 @@ def test_feedback_cli_add_list_stats_export_import_check(emolens_home, analysed,
     assert r.exit_code == 2 and "unknown emotion 'bored'" in r.output
     r = runner.invoke(app, ["feedback", "add", str(EXAMPLE), "--label", "sad", "--face", "3"])
     assert r.exit_code == 2 and "no face 3" in r.output
-    r = runner.invoke(app, ["feedback", "list", "--json"])
-    rows = [json.loads(line) for line in r.output.splitlines()]
+    r = runner.invoke(app, ["feedback", "list", "--json", "-"])
+    rows = json.loads(r.stdout)
     assert [row["label"] for row in rows] == [analysed[0].label, "sad"] and rows[1]["user_id"] == "ann"
     # One face of one photo: the same side of the split, whatever ties were given.
     assert rows[1]["person"] == "p1" and rows[0]["origin"].startswith("photo:") and len(rows[0]["phash"]) == 64
     assert rows[0]["holdout"] == rows[1]["holdout"]
-    r = runner.invoke(app, ["feedback", "stats", "--json"])
+    r = runner.invoke(app, ["feedback", "stats", "--json", "-"])
     assert json.loads(r.output)["total"] == 2
     r = runner.invoke(app, ["feedback", "export", str(tmp_path / "exp")])
     assert r.exit_code == 0 and (tmp_path / "exp" / "feedback.csv").is_file()

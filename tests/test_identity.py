@@ -262,8 +262,10 @@ def test_attendance_from_images_and_a_video(world, lfw, tmp_path):
         for _ in range(3):
             writer.write(cv2.cvtColor(_rgb(p), cv2.COLOR_RGB2BGR))
     writer.release()
-    summary = session.add_video(video, every=3)
+    ticks = []
+    summary = session.add_video(video, every=3, progress=lambda done, total: ticks.append((done, total)))
     assert (summary.frames_read, summary.frames_used, summary.undecodable) == (6, 2, 0)
+    assert ticks == [(1, 6), (4, 6), (6, 6)]  # the bar ends full though the last sampled frame is frame 3
     assert summary.newly_present == ["STU006"]
 
     truncated = tmp_path / "cut.avi"
@@ -450,14 +452,14 @@ def test_cli_enroll_identify_attend_remove(lfw, emolens_home, tmp_path):
     assert "unknown (best confidence" in unknown and "similarity 0." in unknown
     assert "Angelina Jolie" in run("people", "list")
     probe = photos(lfw, "Angelina_Jolie")[3]
-    faces = json.loads(run("identify", probe, "--json", stdout=True))["faces"]
+    faces = json.loads(run("identify", probe, "--json", "-", stdout=True))["faces"]
     main = max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))
     assert main["label"] == "STU102" and main["name"] == "Angelina Jolie"
     probes = tmp_path / "probes"  # a folder, as `analyze` takes: one record per photo
     probes.mkdir()
     shutil.copy(probe, probes / "a.jpg")
     shutil.copy(photos(lfw, "Al_Gore")[3], probes / "b.jpg")
-    records = json.loads(run("identify", probes, "--json", stdout=True))
+    records = json.loads(run("identify", probes, "--json", "-", stdout=True))
     assert [Path(r["source"]).name for r in records] == ["a.jpg", "b.jpg"]
     assert "b.jpg: face 0" in run("identify", probes) and "STU101" in run("identify", probes / "b.jpg")
     started = run("attendance", "start", photos(lfw, "Al_Gore")[3], "--name", "cli")

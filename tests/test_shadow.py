@@ -145,7 +145,7 @@ def test_cli_report_reads_the_same_database(shadowed):
     assert r.status_code == 200 and shadowed["app"].state.emolens.shadow.drain(60)
     env = {"EMOLENS_HOME": str(shadowed["home"]), "COLUMNS": "200"}
     run = subprocess.run(
-        [sys.executable, "-m", "emolens.cli", "models", "shadow", "report", "--json"],
+        [sys.executable, "-m", "emolens.cli", "models", "shadow", "report", "--json", "-"],
         capture_output=True,
         text=True,
         env=os.environ | env,

@@ -256,6 +256,23 @@ def test_tracker_birth_death_and_ids():
     assert tr.tracks[0].velocity[0] == pytest.approx(1.0)  # one pixel a frame to the right
 
 
+def test_a_face_hidden_for_a_while_gets_its_id_back():
+    """Hidden for 6 detection rounds (behind another face, missed): the same id when it reappears,
+    though it was moving, because a lost track is kept and stops rushing on at its old speed."""
+    tr = Tracker()
+    for k in range(4):  # two faces; #2 moves right 3 px a frame
+        tr.update([_Face([0, 0, 50, 50]), _Face([200 + 3 * k, 100, 260 + 3 * k, 160])], k)
+    assert sorted(t.id for t in tr.visible()) == [1, 2]
+    for k in range(4, 10):
+        tr.update([_Face([0, 0, 50, 50])], k)  # #2 hidden
+        assert [t.id for t in tr.visible()] == [1]
+    tr.update([_Face([0, 0, 50, 50]), _Face([214, 100, 274, 160])], 10)
+    assert sorted(t.id for t in tr.visible()) == [1, 2]
+    for k in range(11, 11 + tr.max_misses + 1):
+        tr.update([], k)
+    assert tr.tracks == []  # gone for good after max_misses rounds
+
+
 def test_hungarian_matches_scipy_and_iou():
     rng = np.random.default_rng(1)
     for shape in [(1, 1), (3, 3), (4, 6), (6, 4), (8, 8)]:
@@ -422,3 +439,27 @@ def test_cli_reports_a_truncated_file_and_still_writes(mjpeg_avi, tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "truncated" in proc.stderr and "undecodable" in proc.stderr
     assert (tmp_path / "out" / "timeline.csv").exists() and not (tmp_path / "out" / "annotated.mp4").exists()
+
+
+def test_timeline_plot_title_says_truly_what_is_left_out():
+    """Ten tracks as long as each other: "2 more tracks", not "2 shorter tracks"."""
+    from emolens.video.timeline import MAX_PLOTTED_TRACKS
+
+    def timeline(lengths: list[int]) -> Timeline:
+        tl = Timeline(["happy", "sad"], "clip")
+        for frame in range(max(lengths)):
+            faces = [
+                FaceResult(box=np.array([0, 0, 9, 9], np.float32), score=1.0, landmarks=None,
+                           probs={"happy": 0.7, "sad": 0.3}, track_id=t)
+                for t, n in enumerate(lengths) if frame < n
+            ]  # fmt: skip
+            tl.add(Results(faces=faces, frame_index=frame))
+        return tl
+
+    extra = 2
+    info, title = timeline([5] * (MAX_PLOTTED_TRACKS + extra)).plotted_tracks()
+    assert [s["track_id"] for s in info] == list(range(MAX_PLOTTED_TRACKS))
+    assert f"{extra} more tracks not shown (at most 5 frames each, as long as some shown)" in title
+    assert "shorter" not in title
+    info, title = timeline([9] * MAX_PLOTTED_TRACKS + [3, 2]).plotted_tracks()
+    assert "2 shorter tracks not shown (at most 3 frames each)" in title

@@ -437,7 +437,9 @@ def _run_ray(spec: JobSpec, shards: list[Shard], workers: int | None, address: s
                 address=address,
                 num_cpus=None if address else (workers or 1) * max(1, spec.threads),
                 include_dashboard=False,
-                logging_level=logging.WARNING,
+                # Ray's own notes (token authentication, ...) are not the user's business on a run that
+                # works; a failure is reported by EmoLens in one line.
+                logging_level=logging.ERROR,
                 log_to_driver=False,
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -176,7 +176,9 @@ def decide(probs: dict[str, float], thresholds: dict[str, float] | None, rules: 
 def annotate(path: str | Path, meta: ModelMeta, out: str | Path | None = None) -> Path:
     """Write EmoLens metadata into an ONNX file (in place unless ``out`` is given)."""
     from emolens.core.errors import require
+    from emolens.core.fileio import refuse_package
 
+    refuse_package(out or path)  # the shipped models are never edited in place
     onnx = require("onnx", "export")
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from emolens.cli.console import build_analyzer, console, err, fail, human_to_stderr, json_text, write_output
+from emolens.cli.console import build_analyzer, console, err, fail
+from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout, output_place
 from emolens.core.errors import EmoLensError
 
 EXAMPLE = Path(__file__).parents[1] / "assets" / "examples" / "astronaut.jpg"
@@ -50,13 +51,20 @@ def analyze(
         list[str] | None, typer.Argument(help="Images, folders or globs. None: the built-in example photo.")
     ] = None,
     save: Annotated[
-        Path | None, typer.Option(help="Folder for annotated images (input folders are mirrored inside it).")
+        Path | None,
+        typer.Option(
+            help="Folder for annotated images (input folders are mirrored inside it). "
+            "Without images to analyze: emolens-output/analyze."
+        ),
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON ('-' for stdout).")] = None,
-    csv_out: Annotated[
-        Path | None, typer.Option("--csv", help="Write one row per face as CSV ('-' for stdout).")
+    json_out: Annotated[Path | None, json_option("the results")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per face")] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            help="Face detector: retinaface, dlib-hog, dlib-cnn, haar, or none (the whole image is the face)."
+        ),
     ] = None,
-    detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -82,10 +90,12 @@ def analyze(
 
     if not paths:  # the demo: the built-in example photo, annotated copy written beside the user
         paths = [str(EXAMPLE)]
-        save = save or Path("emolens-output")
+        save = save or output_place(None, "analyze")
         if not quiet:
             err.print(f"no image given: analyzing the built-in example {EXAMPLE.name}")
     try:
+        if save:
+            output_place(save, "analyze")
         files = iter_image_paths(paths)
     except EmoLensError as exc:
         fail(exc)
@@ -106,8 +116,7 @@ def analyze(
     except EmoLensError as exc:
         fail(exc)
 
-    to_stdout = "-" in (str(json_out), str(csv_out))
-    human_to_stderr(json_out, csv_out)
+    to_stdout = machine_to_stdout(json_out, csv_out)
     show = not quiet and not to_stdout
     results, failures, unsaved, n_faces = [], [], 0, 0
     progress = Progress(
@@ -140,14 +149,9 @@ def analyze(
                     progress.console.print(f"[red]✗[/red] {escape(f'{path}: could not save annotated image: {exc}')}")
             res.image = None  # keep memory flat over thousands of files
 
-    written_ok = True
-    if json_out:
-        records = [r.to_dict() for r in results] + [{"source": str(p), "error": e} for p, e in failures]
-        written_ok &= write_output(json_out, json_text(records, indent=2))
-    if csv_out:
-        from emolens.pipeline.results import rows_to_csv
-
-        written_ok &= write_output(csv_out, rows_to_csv([row for r in results for row in r.to_rows()]))
+    records = [r.to_dict() for r in results] + [{"source": str(p), "error": e} for p, e in failures]
+    written_ok = emit_json(json_out, records)
+    written_ok &= emit_csv(csv_out, [row for r in results for row in r.to_rows()])
 
     no_face = sum(1 for r in results if not r.faces)
     summary = (

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from emolens.cli.console import json_text
+from emolens.cli.outputs import csv_option, json_option
 
 attendance_app = typer.Typer(help="Attendance sessions: start, add, stop, report, list.", no_args_is_help=True)
 
@@ -166,34 +166,32 @@ def stop(
 @attendance_app.command("report")
 def report(
     session_id: Annotated[str | None, typer.Argument(help="Session id (default: the latest session).")] = None,
-    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the attendance as CSV ('-' for stdout).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    csv_out: Annotated[Path | None, csv_option("the attendance")] = None,
+    json_out: Annotated[Path | None, json_option("the report")] = None,
 ) -> None:
     """Report who was present.
 
     First seen when, with what confidence, and how they looked."""
     from rich.table import Table
 
-    from emolens.cli.console import console, fail, human_to_stderr
+    from emolens.cli.console import console, fail
+    from emolens.cli.outputs import emit_json, emit_text, machine_to_stdout
     from emolens.core.errors import EmoLensError
     from emolens.identify.attendance import AttendanceSession
 
-    human_to_stderr(json_out, csv_out)
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         # Without an id: the latest session, open or stopped.
         session = AttendanceSession.open(session_id) if session_id else AttendanceSession.latest()
         rep = session.report()
     except EmoLensError as exc:
         fail(exc)
-    if json_out:
-        typer.echo(json_text(rep.to_dict(), indent=2))
-    if csv_out:
-        if str(csv_out) == "-":
-            typer.echo(rep.to_csv(), nl=False)
-        else:
-            session.export_csv(csv_out)
-            console.print(f"written {csv_out}")
-    if json_out or str(csv_out) == "-":
+    for target, ok in ((json_out, emit_json(json_out, rep.to_dict())), (csv_out, emit_text(csv_out, rep.to_csv()))):
+        if not ok:
+            raise typer.Exit(1)
+        if target is not None and str(target) != "-":
+            console.print(f"written {target}")
+    if to_stdout:
         return
     table = Table("id", "name", "present", "first seen", "confidence", "sightings", "emotion")
     for r in rep.rows:

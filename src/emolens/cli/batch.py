@@ -1,7 +1,11 @@
-"""`emolens batch INPUT OUTPUT`: a collection of images into a Parquet dataset, resumable, local or on Ray."""
+"""`emolens batch INPUT [OUTPUT]`: a collection of images into a Parquet dataset, resumable, local or on Ray."""
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +13,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import err, fail, json_text, workspace, write_output
+from emolens.cli.console import err, fail, workspace
+from emolens.cli.outputs import emit_json, json_option, output_place
 from emolens.core.errors import EmoLensError
 
 
@@ -27,12 +32,21 @@ def batch(
         ),
     ],
     output: Annotated[
-        Path, typer.Argument(metavar="OUTPUT", help="Folder of the Parquet dataset (new, or a run to resume).")
-    ],
+        Path | None,
+        typer.Argument(
+            metavar="[OUTPUT]",
+            help="Folder of the Parquet dataset (new, or a run to resume). Default: emolens-output/batch/<input name>.",
+        ),
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="Emotion model: a name (see `emolens models`) or an .onnx path.")
     ] = None,
-    detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            help="Face detector: retinaface, dlib-hog, dlib-cnn, haar, or none (the whole image is the face)."
+        ),
+    ] = None,
     min_face_size: Annotated[
         int | None, typer.Option(min=1, max=100_000, help="Ignore faces smaller than this many pixels.")
     ] = None,
@@ -58,7 +72,7 @@ def batch(
     address: Annotated[
         str | None, typer.Option(help="Run on an existing Ray cluster: 'auto', 'ray://host:10001'... Implies --ray.")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON ('-' for stdout).")] = None,
+    json_out: Annotated[Path | None, json_option("the summary")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Analyse a collection into Parquet, resumably.
@@ -68,6 +82,7 @@ def batch(
     resumes where it stopped, and a finished job run again changes nothing. Exit code 0 when every
     shard is written (failed images are rows of the output), 2 on bad input, 130 when interrupted."""
     from emolens.batch import BatchInterruptedError, BatchJob, BatchOptions
+    from emolens.batch.spec import STATE_DIR
     from emolens.workspace import Workspace
 
     ws = workspace()
@@ -86,6 +101,7 @@ def batch(
         address=address,
     )
     try:
+        output = output_place(output, "batch", _input_name(source))
         job = BatchJob(source, output, options, ws)
     except EmoLensError as exc:
         fail(exc)
@@ -101,17 +117,58 @@ def batch(
             + (f", {done_before:,} already done" if done_before else "")
             + f"; model {escape(job.spec.model)}, detector {job.spec.detector}; {backend}, {n}"
         )
+        if job.use_ray and not address:
+            err.print(
+                "starting a local Ray instance first: its start-up takes about half a minute on a small "
+                "machine, whatever the job's size (without --ray, processes start at once)"
+            )
+    ray_log = job.output / STATE_DIR / "ray.log" if job.use_ray and job.pending else None
     try:
-        summary = _run(job, quiet)
+        with _native_stderr_to(ray_log):
+            summary = _run(job, quiet)
     except BatchInterruptedError as exc:
         err.print(f"[yellow]{escape(str(exc))}[/yellow]")
         raise typer.Exit(130) from None
     except EmoLensError as exc:
-        fail(exc, 1)
+        fail(EmoLensError(f"{exc} (Ray's own log: {ray_log})") if ray_log else exc, 1)
     _print_summary(summary)
-    if json_out and not write_output(json_out, json_text(summary.to_dict(), indent=2)):
+    if not emit_json(json_out, summary.to_dict()):
         raise typer.Exit(1)
     raise typer.Exit(0 if summary.complete else 1)
+
+
+@contextmanager
+def _native_stderr_to(path: Path | None):
+    """While Ray runs, what its C++ parts write straight to file descriptor 2 goes to ``path``: on a
+    run that works, warnings and an error line of its core worker about actor restarts (ray-project/ray
+    issue 53727). Python's own stderr (the progress bar, EmoLens's messages) keeps the terminal."""
+    try:
+        real = path is not None and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured stderr (tests): nothing to separate
+        real = False
+    if not real:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved, log = os.dup(2), os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding, errors="replace")
+    os.dup2(log, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log)
+
+
+def _input_name(source: str) -> str:
+    """A name for the default output folder: the folder or manifest named, before any glob pattern."""
+    fixed = Path(re.split(r"[*?\[]", source, maxsplit=1)[0] or ".")
+    return (fixed.stem if fixed.suffix else fixed.resolve().name) or "batch"
 
 
 def _run(job, quiet: bool):

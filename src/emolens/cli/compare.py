@@ -9,8 +9,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, json_text, write_output
+from emolens.cli.console import console, err, fail, write_output
+from emolens.cli.outputs import emit_json, json_option, machine_to_stdout
 from emolens.core.errors import EmoLensError
+
+SHEET_LIMIT = 120  # faces on the contact sheet: beyond that a PNG grows too tall to look through
 
 
 def compare(
@@ -28,25 +31,40 @@ def compare(
     sheet: Annotated[
         Path | None, typer.Option(help="Contact sheet of the faces where they disagree (PNG); default: none.")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure as JSON.")] = None,
+    json_out: Annotated[Path | None, json_option("every figure")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the table as Markdown.")] = None,
 ) -> None:
     """Compare two models on the same labelled faces.
 
     Accuracy and macro-F1 with paired bootstrap confidence intervals, per-class recall differences,
     McNemar's test on the paired answers, and the faces where they disagree. Photos are detected and
-    aligned first."""
+    aligned first; faces of a class the models do not have (contempt, say) are not scored."""
     import numpy as np
 
     from emolens.data import load_dataset
     from emolens.data.datasets import to_crops
     from emolens.evaluate import compare_models, contact_sheet, load_members, model_names
+    from emolens.evaluate.compare import count_phrase
 
+    machine_to_stdout(json_out)
     try:
         if boot < 100:
             raise EmoLensError(f"--boot must be at least 100 resamples, not {boot}")
-        specs = [m.meta.input for m in load_members(model_names(a) + model_names(b))]
+        members = load_members(model_names(a) + model_names(b))
+        specs = [m.meta.input for m in members]
         dataset = load_dataset(data)
+        # Before any detection: faces of a class the models lack are left out, and counted.
+        not_scored = {c: n for c, n in dataset.counts().items() if n and c not in members[0].labels}
+        if not_scored:
+            known = [i for i, c in enumerate(dataset.classes) if c in members[0].labels]
+            if not known:
+                raise EmoLensError(
+                    f"{data}: none of its classes {dataset.classes} is among the models' labels {members[0].labels}"
+                )
+            dataset = dataset.subset(np.flatnonzero(np.isin(dataset.labels, known)))
+            err.print(
+                f"[yellow]not scored[/yellow] {escape(count_phrase(not_scored))} face(s): not among the models' labels"
+            )
         size, channels = max(s.size for s in specs), max(s.channels for s in specs)
         crops, labels, skipped = to_crops(dataset, size, channels, progress=True)
         if len(labels) == 0:
@@ -54,6 +72,7 @@ def compare(
         cmp, pa, pb = compare_models(
             a, b, crops, labels, dataset.classes, tta=tta, confidence=confidence, n_boot=boot, seed=seed
         )
+        cmp.not_scored = not_scored | cmp.not_scored
     except EmoLensError as exc:
         fail(exc)
     for line in skipped:
@@ -86,14 +105,16 @@ def compare(
         ref = cmp.labels
         y = np.array([ref.index(dataset.classes[i]) for i in labels])
         try:
-            out["sheet"] = str(contact_sheet(crops, cmp, pa, pb, y, sheet))
-            console.print(f"disagreements: {escape(out['sheet'])}")
+            out["sheet"] = str(contact_sheet(crops, cmp, pa, pb, y, sheet, limit=SHEET_LIMIT))
+            out["sheet_shown"] = min(SHEET_LIMIT, len(cmp.disagree))
+            console.print(f"disagreements: {escape(out['sheet'])} ({out['sheet_shown']} of {len(cmp.disagree)} shown)")
         except (EmoLensError, OSError) as exc:
             err.print(f"[yellow]no contact sheet:[/yellow] {escape(str(exc))}")
-    if json_out:
-        write_output(json_out, json_text(out, indent=2))
+    ok = emit_json(json_out, out)
     if markdown:
-        write_output(markdown, cmp.to_markdown())
+        ok &= write_output(markdown, cmp.to_markdown())
+    if not ok:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

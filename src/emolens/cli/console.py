@@ -111,6 +111,13 @@ def write_output(target: Path, text: str) -> bool:
     if str(target) == "-":
         sys.stdout.write(text + "\n")
         return True
+    from emolens.core.fileio import refuse_package
+
+    try:
+        refuse_package(target)
+    except EmoLensError as exc:
+        print_error(exc)
+        return False
     tmp = target.with_name(target.name + ".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

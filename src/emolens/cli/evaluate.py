@@ -16,7 +16,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, human_to_stderr, json_text, write_output
+from emolens.cli.console import console, err, fail, human_to_stderr
+from emolens.cli.outputs import emit_json, json_option
 from emolens.core.errors import EmoLensError
 from emolens.evaluate.evaluation import EvaluationReport, check_evaluation, evaluate_dataset
 
@@ -38,10 +39,7 @@ def evaluate(
     data: Annotated[
         Path, typer.Argument(help="Labelled data: .npz of crops, class folders of photos, FER2013 or labels CSV.")
     ],
-    json_out: Annotated[
-        Path | None,
-        typer.Option("--json", help="Write the metrics as JSON ('-' for stdout; tables then go to stderr)."),
-    ] = None,
+    json_out: Annotated[Path | None, json_option("the metrics")] = None,
     more: Annotated[
         list[str] | None, typer.Option("--model", help="Another ensemble member (repeatable); probabilities averaged.")
     ] = None,
@@ -157,8 +155,8 @@ def evaluate(
             fail(exc)
         console.print(f'thresholds saved in {escape(str(target))}: the analyzer now answers "uncertain" below them')
     data_out = report.to_dict()
-    if json_out:
-        write_output(json_out, json_text(data_out, indent=2))
+    if not emit_json(json_out, data_out):
+        raise typer.Exit(1)
     if report_dir:
         from emolens.evaluate.report import write_report
 

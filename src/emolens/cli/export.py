@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from emolens.cli.console import console, fail, workspace
+from emolens.cli.outputs import output_place
 from emolens.core.errors import EmoLensError
 
 
@@ -44,6 +45,10 @@ def export(
     a model in ONNX Runtime's mobile format, metadata kept, parity-checked."""
     from emolens.core.errors import require
 
+    try:
+        output_place(out, "export")
+    except EmoLensError as exc:
+        fail(exc)
     if out.suffix == ".ort" and checkpoint.suffix not in (".pt", ".pth"):
         _export_ort(str(checkpoint), out)
         return
@@ -157,7 +162,9 @@ def annotate(
 def quantize(
     model: Annotated[str, typer.Argument(help="FP32 model: a name (see `emolens models`) or an .onnx path.")],
     calibration: Annotated[Path, typer.Option(help="Labelled .npz of aligned crops (training data) to calibrate on.")],
-    out: Annotated[Path | None, typer.Option(help="INT8 .onnx to write. Default: <model>-int8.onnx beside it.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="INT8 .onnx to write. Default: emolens-output/quantize/<model>-int8.onnx.")
+    ] = None,
     val: Annotated[Path | None, typer.Option(help="Labelled .npz: evaluate FP32 and INT8, time both, card it.")] = None,
     val_name: Annotated[str, typer.Option(help="How the card names the --val data.")] = "",
     samples: Annotated[int, typer.Option(min=1, max=10_000_000, help="Calibration crops, stratified by class.")] = 500,
@@ -178,7 +185,8 @@ def quantize(
 
     try:
         src = workspace().models.path(model)
-        out = out or src.with_name(f"{src.stem}-int8.onnx")
+        out = output_place(out, "quantize", f"{src.stem}-int8.onnx")
+        out.parent.mkdir(parents=True, exist_ok=True)
         if out.resolve() == src.resolve():
             raise EmoLensError(f"--out {out} would overwrite the FP32 model")
         spec = workspace().models.load(src).meta.input

@@ -9,17 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import (
-    build_analyzer,
-    console,
-    err,
-    fail,
-    feedback_service,
-    human_to_stderr,
-    json_text,
-    require_inputs,
-    workspace,
-)
+from emolens.cli.console import build_analyzer, console, err, fail, feedback_service, require_inputs, workspace
+from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout
 from emolens.core.errors import EmoLensError
 
 feedback = typer.Typer(
@@ -79,17 +70,20 @@ def list_(
     limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="Show at most this many (newest first).")] = 20,
     label: Annotated[str | None, typer.Option(help="Only this true label.")] = None,
     corrections: Annotated[bool, typer.Option("--corrections", help="Only corrections.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    json_out: Annotated[Path | None, json_option("the records")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per record")] = None,
 ) -> None:
     """The stored feedback, newest first."""
 
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         records = feedback_service().list(limit=limit, label=label, corrections_only=corrections)
     except EmoLensError as exc:
         fail(exc)
-    if as_json:
-        for r in records:
-            print(json_text(r.to_dict()))
+    dicts = [r.to_dict() for r in records]
+    if not (emit_json(json_out, dicts) and emit_csv(csv_out, dicts)):
+        raise typer.Exit(1)
+    if to_stdout:
         return
     table = Table("record", "time", "predicted", "label", "confidence", "part", "source")
     for r in records:
@@ -102,18 +96,20 @@ def list_(
 
 
 @feedback.command()
-def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def stats(json_out: Annotated[Path | None, json_option("the counts")] = None) -> None:
     """Count the stored feedback.
 
     Corrections and confirmations, per label, the commonest mistakes, per source."""
     from emolens.feedback.learn import Gates
 
+    to_stdout = machine_to_stdout(json_out)
     try:
         st = feedback_service().stats()
     except EmoLensError as exc:
         fail(exc)
-    if as_json:
-        print(json_text(st, indent=2))
+    if not emit_json(json_out, st):
+        raise typer.Exit(1)
+    if to_stdout:
         return
     console.print(
         f"{st['total']} record(s): {st['corrections']} correction(s), {st['confirmations']} confirmation(s); "
@@ -284,18 +280,25 @@ def finetune(
             raise typer.Exit(3)
 
 
-JSON_OPTION = typer.Option("--json", help="Print JSON (paths and sources whole) instead of tables.")
+JSON_OPTION = json_option("the models and the registry's versions (paths whole)")
+CSV_OPTION = csv_option("one row per model by name")
 
 
 @models.callback()
-def models_main(ctx: typer.Context, as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+def models_main(
+    ctx: typer.Context,
+    json_out: Annotated[Path | None, JSON_OPTION] = None,
+    csv_out: Annotated[Path | None, CSV_OPTION] = None,
+) -> None:
     """Emotion models by name (shipped and user models) and the registry's versions."""
     if ctx.invoked_subcommand is None:
-        list_models(as_json)
+        list_models(json_out, csv_out)
 
 
 @models.command("list")
-def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+def list_models(
+    json_out: Annotated[Path | None, JSON_OPTION] = None, csv_out: Annotated[Path | None, CSV_OPTION] = None
+) -> None:
     """List the models available by name and the registry's versions.
 
     The active version is marked."""
@@ -312,31 +315,56 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
             named.append({"name": name, "labels": None, "input": None, "accuracy": None, "path": str(path),
                           "error": str(exc)})  # fmt: skip
     versions = models.registry.versions()
-    human_to_stderr(as_json)
-    if as_json:
+    to_stdout = machine_to_stdout(json_out, csv_out)
+    if json_out or csv_out:
         registry = [
             {"version": v.name, "active": v.active, "parent": v.parent, "source": v.source, "created": v.created_at,
              "promoted": v.promoted, "metrics": v.metrics, "path": str(v.path)}
             for v in versions
         ]  # fmt: skip
-        print(json_text({"models": named, "registry": registry}, indent=2, default=str))
+        if not (emit_json(json_out, {"models": named, "registry": registry}) and emit_csv(csv_out, named)):
+            raise typer.Exit(1)
+    if to_stdout:
         return
-    # Paths fold onto more lines rather than being cut; --json gives them on one line.
-    table = Table()
-    for col in ("name", "labels", "input", "accuracy", "path"):
-        table.add_column(col, overflow="fold")
+    _print_models(named, versions)
+
+
+def _print_models(named: list[dict], versions: list) -> None:
+    """Two tables that fit 80 columns: the models by name (their file; each folder and the common
+    labels once, below), and the registry's versions."""
+    from rich import box
+
+    from emolens.models import ASSETS
+
+    label_sets = {tuple(m["labels"]) for m in named if m["labels"]}
+    common = label_sets.pop() if len(label_sets) == 1 else None
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for col in ("name", "labels", "input", "accuracy", "file"):
+        table.add_column(col, overflow="fold")  # long names fold onto more lines, never cut
+    for m in named:
+        if m["error"]:  # the message whole below the table, not squeezed into a column
+            table.add_row(m["name"], "[red]cannot load (below)[/red]", "", "", Path(m["path"]).name)
+            continue
+        labels = f"{len(common)} ¹" if common else " ".join(m["labels"])
+        acc = m["accuracy"]
+        table.add_row(m["name"], labels, m["input"], f"{acc:.1%}" if acc else "", Path(m["path"]).name)
+    console.print(table)
+    if common:
+        console.print(f"¹ {' '.join(common)}")
     for m in named:
         if m["error"]:
-            table.add_row(m["name"], f"[red]{escape(m['error'])}[/red]", "", "", m["path"])
-        else:
-            acc = m["accuracy"]
-            table.add_row(m["name"], " ".join(m["labels"]), m["input"], f"{acc:.1%}" if acc else "", m["path"])
-    console.print(table)
+            console.print(f"[red]{escape(m['name'])}: {escape(m['error'])}[/red]", soft_wrap=True)
+    folders: dict[Path, list[str]] = {}
+    for m in named:
+        folders.setdefault(Path(m["path"]).parent, []).append(m["name"])
+    for folder in folders:
+        kind = "shipped models" if folder.resolve() == ASSETS.resolve() else "your models"
+        console.print(f"{kind} in {escape(str(folder))}", soft_wrap=True)  # whole, for copying
     if not versions:
         console.print("registry: empty (the active model is the shipped `fast`)")
         return
-    table = Table(title="registry")
-    for col in ("version", "active", "parent", "source", "created", "base acc", "feedback acc", "promoted"):
+    table = Table(title="registry", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for col in ("version", "state", "parent", "source", "created", "base acc", "feedback"):
         table.add_column(col, overflow="fold")
     for v in versions:
         m = v.metrics
@@ -344,13 +372,12 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
         fb = m.get("feedback_accuracy")
         table.add_row(
             v.name,
-            "●" if v.active else "",
+            "active" if v.active else "promoted" if v.promoted else "candidate",
             v.parent or "",
             v.source,
-            v.created_at,
+            str(v.created_at)[:10],
             f"{base:.2%}" if isinstance(base, float) else "",
             f"{fb:.2%}" if isinstance(fb, float) else "",
-            "yes" if v.promoted else "no",
         )
     console.print(table)
 

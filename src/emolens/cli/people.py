@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from emolens.cli.console import enrolled_people, json_text
+from emolens.cli.console import enrolled_people
+from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout
 
 people_app = typer.Typer(help="Enrolled people: enroll, list, remove, train, versions.", no_args_is_help=True)
 
@@ -83,19 +84,25 @@ def enroll(
 
 
 @people_app.command("list")
-def list_people(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def list_people(
+    json_out: Annotated[Path | None, json_option("the people")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per person")] = None,
+) -> None:
     """List enrolled people and how many faces each has."""
     from rich.table import Table
 
     from emolens.cli.console import console, fail
     from emolens.core.errors import EmoLensError
 
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         rows = enrolled_people().list()
     except EmoLensError as exc:
         fail(exc)
-    if json_out:
-        typer.echo(json_text([p.to_dict() for p in rows], indent=2))
+    dicts = [p.to_dict() for p in rows]
+    if not (emit_json(json_out, dicts) and emit_csv(csv_out, dicts)):
+        raise typer.Exit(1)
+    if to_stdout:
         return
     table = Table("id", "name", "faces", "enrolled")
     for p in rows:
@@ -235,9 +242,8 @@ def identify(
     threshold: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Override the version's recommended threshold.")
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON: one object for one photo, a list for several.")
-    ] = False,
+    json_out: Annotated[Path | None, json_option("the results (one object for one photo, a list for several)")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per face")] = None,
 ) -> None:
     """Say who is in each photo: an enrolled person, or "unknown".
 
@@ -249,6 +255,7 @@ def identify(
     from emolens.core.errors import BadImageError, EmoLensError
     from emolens.image.io import iter_image_paths
 
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         files = iter_image_paths(paths)
         if not files:
@@ -268,7 +275,7 @@ def identify(
         except EmoLensError as exc:
             fail(exc)
         records.append({"source": str(image), "faces": [m.to_dict() for m in matches]})
-        if json_out:
+        if to_stdout:
             continue
         where = f"{image}: " if several else ""
         if not matches:
@@ -287,8 +294,10 @@ def identify(
             else:  # the similarity often decides: a confident classifier but a face unlike any enrolled one
                 sim = "n/a" if m.similarity is None else f"{m.similarity:.2f}"
                 console.print(f"{head}: unknown (best confidence {m.confidence:.2f}, similarity {sim})", soft_wrap=True)
-    if json_out:
-        typer.echo(json_text(records if several else records[0] if records else {}, indent=2))
+    rows = [{"source": r["source"], "face": i} | f for r in records for i, f in enumerate(r["faces"])]
+    written = emit_json(json_out, records if several else records[0] if records else {})
+    if not (emit_csv(csv_out, rows) and written):
+        raise typer.Exit(1)
     if failed:
         err.print(f"{len(records)} images identified, {failed} failed")
         raise typer.Exit(1)

@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, fail, json_text, workspace
+from emolens.cli.console import console, fail, workspace
+from emolens.cli.outputs import emit_json, json_option, machine_to_stdout
 from emolens.core.errors import EmoLensError
 
 shadow = typer.Typer(
@@ -24,17 +25,19 @@ shadow = typer.Typer(
 def report(
     active: Annotated[str | None, typer.Option(help="Active model version of the pair (default: latest).")] = None,
     model: Annotated[str | None, typer.Option("--shadow", help="Shadow model of the pair (default: latest).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    json_out: Annotated[Path | None, json_option("the report")] = None,
 ) -> None:
     """Agreement between the active and the shadow model on served faces, the confusion between
     their answers, and, where users corrected faces they disagreed on, which was right more often."""
 
+    to_stdout = machine_to_stdout(json_out)
     try:
         rep = workspace().shadow_store.report(active=active, shadow=model)
     except EmoLensError as exc:
         fail(exc)
-    if as_json:
-        console.print_json(json_text(rep))
+    if not emit_json(json_out, rep):
+        raise typer.Exit(1)
+    if to_stdout:
         return
     if not rep["faces"]:
         console.print("no shadow comparisons stored yet (serve with EMOLENS_SHADOW_MODEL set)")

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import build_analyzer, console, fail, require_inputs, workspace
+from emolens.cli.outputs import default_place, output_place
 from emolens.core.errors import EmoLensError
 
 data = typer.Typer(help="Quality gates for image folders; merge synthetic images in.")
@@ -19,15 +20,11 @@ data = typer.Typer(help="Quality gates for image folders; merge synthetic images
 
 def generate(
     model: Annotated[
-        str | None,
-        typer.Option(
-            help="Required: a local Stable Diffusion folder, or a model id in the local Hugging Face cache.",
-            show_default=False,
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the images (one subfolder per class) and status.json.")] = Path(
-        "runs/generated"
-    ),
+        str, typer.Option(help="A local Stable Diffusion folder, or a model id in the local Hugging Face cache.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the images (one subfolder per class) and status.json.")
+    ] = default_place("generate"),
     classes: Annotated[str, typer.Option(help="Comma-separated emotions to generate.")] = "disgust,fear,contempt",
     per_class: Annotated[int, typer.Option(min=1, max=1_000_000, help="Images per class.")] = 50,
     seed: Annotated[
@@ -56,6 +53,7 @@ def generate(
     from emolens.synth.generate import update_kept
 
     try:
+        output_place(out, "generate")
         report = run(
             model, out, [c.strip() for c in classes.split(",") if c.strip()], per_class, seed, steps, guidance, size
         )
@@ -78,8 +76,8 @@ def generate(
 @data.command("filter")
 def filter_cmd(
     folder: Annotated[Path, typer.Argument(help="Images, in class subfolders (the intended labels) or flat.")],
-    report: Annotated[Path, typer.Option(help="Folder for filter.json, kept.txt, report.md/.html.")] = Path(
-        "runs/filter"
+    report: Annotated[Path, typer.Option(help="Folder for filter.json, kept.txt, report.md/.html.")] = default_place(
+        "data", "filter"
     ),
     faces: Annotated[bool, typer.Option("--faces/--no-faces", help="Require exactly one face.")] = True,
     min_face: Annotated[int, typer.Option(min=1, max=100_000, help="Smallest face side in pixels.")] = 48,
@@ -124,6 +122,7 @@ def filter_cmd(
     except ValueError:
         fail(EmoLensError(f"--brightness {brightness!r}: give MIN-MAX, e.g. 40-215"))
     try:
+        output_place(report, "data", "filter")
         reference = reference_hashes_of(load_dataset(against)) if against else None
         checked = filter_images(folder, gates, reference, analyzer=_gate_analyzer(gates), progress=True)
         write_filter_report(checked, report)
@@ -144,7 +143,9 @@ def _print_filter(checked, report: Path) -> None:
 def merge_cmd(
     real: Annotated[Path, typer.Argument(help="Real training images in class subfolders.")],
     synthetic: Annotated[Path, typer.Argument(help="Synthetic images in class subfolders.")],
-    out: Annotated[Path, typer.Option(help="Folder for train.csv, val.csv and manifest.csv.")] = Path("runs/merged"),
+    out: Annotated[Path, typer.Option(help="Folder for train.csv, val.csv and manifest.csv.")] = default_place(
+        "data", "merge"
+    ),
     kept: Annotated[
         Path | None, typer.Option(help="Only the synthetic images listed here (a filter's kept.txt).")
     ] = None,
@@ -166,6 +167,7 @@ def merge_cmd(
     from emolens.data.quality import merge
 
     try:
+        output_place(out, "data", "merge")
         merged = merge(real, synthetic, out, kept, max_class_share, max_total_share, val_fraction, seed)
     except EmoLensError as exc:
         fail(exc)

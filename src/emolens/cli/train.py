@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail, require_inputs
+from emolens.cli.outputs import default_place, output_place
 from emolens.core.errors import EmoLensError
 
 
@@ -26,7 +27,7 @@ def train(
         Path | None, typer.Option(help="YAML training config (see emolens.train.config.TrainConfig).")
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")] = None,
-    out: Annotated[Path, typer.Option(help="Run folder for checkpoints and logs.")] = Path("runs/train"),
+    out: Annotated[Path, typer.Option(help="Run folder for checkpoints and logs.")] = default_place("train"),
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Share of DATA held out when --val is not given.")
     ] = 0.1,
@@ -94,6 +95,10 @@ def train(
 
     shortcuts = (("arch", arch), ("epochs", epochs), ("stages", stages), ("teacher", teacher))
     overrides = list(set_ or []) + [f"{k}={v}" for k, v in shortcuts if v is not None]
+    try:
+        output_place(out, "train")
+    except EmoLensError as exc:
+        fail(exc)
     if cv is not None:
         return _cross_validate(data, config, overrides, cv, out)
     start = None
@@ -214,8 +219,8 @@ def _load_init_checkpoint(path: Path) -> dict:
 
 def eda(
     data: Annotated[Path, typer.Argument(help="A dataset: class folders, FER2013 CSV, labels CSV or .npz.")],
-    out: Annotated[Path, typer.Option(help="Folder for report.md, report.html, stats.json and plots.")] = Path(
-        "runs/eda"
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.html, stats.json and plots.")] = default_place(
+        "eda"
     ),
 ) -> None:
     """Explore a dataset: balance, quality, duplicates.
@@ -225,6 +230,7 @@ def eda(
     from emolens.data.eda import explore, write_report
 
     try:
+        output_place(out, "eda")
         stats = explore(load_dataset(data), progress=True)
         paths = write_report(stats, out)
     except EmoLensError as exc:

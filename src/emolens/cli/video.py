@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail, workspace
+from emolens.cli.outputs import output_place
 from emolens.core.errors import EmoLensError
 
 
@@ -24,7 +25,7 @@ def video(
         str, typer.Argument(help="A video file, a camera index (0, 1...) or a stream URL (rtsp://, http://...).")
     ],
     out: Annotated[
-        Path | None, typer.Option(help="Folder for the outputs. Default: emolens-video/<source name>.")
+        Path | None, typer.Option(help="Folder for the outputs. Default: emolens-output/video/<source name>.")
     ] = None,
     every: Annotated[
         int | None,
@@ -67,7 +68,12 @@ def video(
     show_fps: Annotated[
         bool, typer.Option("--show-fps", help="Also stamp the processing FPS on the annotated video.")
     ] = False,
-    detector: Annotated[str | None, typer.Option(help="Face detector: retinaface, dlib-hog, dlib-cnn, haar.")] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            help="Face detector: retinaface, dlib-hog, dlib-cnn, haar, or none (the whole image is the face)."
+        ),
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="Emotion model: a name, an .onnx path, or an ensemble: fast+accurate.")
     ] = None,
@@ -97,6 +103,7 @@ def video(
     if smooth is not None and not 0 < smooth <= 1:
         fail(EmoLensError(f"--smooth must be in (0, 1], got {smooth}"))
     try:
+        folder = output_place(out, "video", source_name(source))
         src = VideoSource(source)  # first: a wrong path fails before any model loads
         va = VideoAnalyzer(
             workspace=workspace(),
@@ -115,7 +122,6 @@ def video(
         if "src" in locals():
             src.close()
         fail(exc if isinstance(exc, EmoLensError) else EmoLensError(str(exc)))
-    folder = out or Path("emolens-video") / source_name(source)
     if not quiet:
         size = f"{src.width}x{src.height}" if src.width else "size unknown"
         length = f"{src.frame_count} frames" if src.frame_count else src.kind

@@ -131,7 +131,8 @@ def list_detectors() -> list[str]:
 
 
 def create_detector(name: str, options: DetectorOptions | None = None, **overrides) -> Detector:
-    """Make a detector by registry name (``retinaface``, ``dlib-hog``, ``dlib-cnn``, ``haar``)."""
+    """Make a detector by registry name (``retinaface``, ``dlib-hog``, ``dlib-cnn``, ``haar``; ``none``:
+    the whole image is the face)."""
     from emolens.core.errors import EmoLensError
 
     _load_builtin()
@@ -142,4 +143,4 @@ def create_detector(name: str, options: DetectorOptions | None = None, **overrid
 
 def _load_builtin() -> None:
     # Importing the backend modules registers them; their heavy imports stay inside methods.
-    from emolens.detect import dlib_backend, haar, retinaface  # noqa: F401
+    from emolens.detect import dlib_backend, haar, retinaface, whole  # noqa: F401

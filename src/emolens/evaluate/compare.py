@@ -37,6 +37,7 @@ class Comparison:
     per_class_recall: dict[str, dict[str, dict[str, float]]]  # class -> "a", "b", "diff" -> {value, low, high}
     mcnemar: dict[str, Any]  # a_only, b_only (faces only that model gets right), p_value, statistic, method
     disagree: list[int] = field(default_factory=list)  # indices of the faces where the answers differ
+    not_scored: dict[str, int] = field(default_factory=dict)  # faces per dataset class the models lack
 
     @property
     def alpha(self) -> float:
@@ -91,7 +92,13 @@ class Comparison:
             f"(seed {self.seed}).",
             f"Verdict: {self.verdict}.",
         ]
+        if self.not_scored:
+            lines.append(f"Not scored (classes the models do not have): {count_phrase(self.not_scored)}.")
         return "\n".join(lines)
+
+
+def count_phrase(per_class: dict[str, int]) -> str:
+    return ", ".join(f"{n} {c}" for c, n in per_class.items())
 
 
 def compare_predictions(
@@ -182,20 +189,40 @@ def compare_models(
     """Run models ``a`` and ``b`` (names, paths or ensembles) on labelled crops and compare them.
 
     Returns the Comparison and each model's answers (indices into ``Comparison.labels``, the
-    first model's label order). Dataset classes are matched to model labels by name."""
+    first model's label order). Dataset classes are matched to model labels by name; faces of a
+    class the models do not have (``contempt`` for 7-class models) are not scored: they are
+    counted in ``Comparison.not_scored``, and the answers cover the scored faces only, in order."""
     from emolens.evaluate.core import load_members, model_names
     from emolens.models import ModelSpec
 
     ref = load_members(model_names(a))[0].labels
-    unknown = sorted({classes[i] for i in np.unique(labels)} - set(ref))
-    if unknown:
-        raise BadLabelError(f"dataset classes {unknown} are not among the models' labels {ref}")
+    scored = np.isin(labels, [i for i, c in enumerate(classes) if c in ref])
+    not_scored = {classes[i]: int(n) for i, n in zip(*np.unique(labels[~scored], return_counts=True), strict=True)}
+    if not scored.any():
+        raise BadLabelError(f"none of the dataset classes {sorted(set(classes))} is among the models' labels {ref}")
+    images, labels = images[scored], labels[scored]
     y = np.array([ref.index(classes[i]) for i in labels], dtype=np.int64)
     pa = model_probs(a, images, ref, tta).argmax(1)
     pb = model_probs(b, images, ref, tta).argmax(1)
     names = (str(ModelSpec.parse(a)), str(ModelSpec.parse(b)))
     cmp = compare_predictions(y, pa, pb, ref, names=names, confidence=confidence, n_boot=n_boot, seed=seed)
+    cmp.not_scored = not_scored
     return cmp, pa, pb
+
+
+SHEET_HEADER = 22  # pixels above the grid: which models, and how many of their disagreements are shown
+
+
+def _fit_text(canvas: np.ndarray, text: str, x: int, y: int, width: int, scale: float, color) -> None:
+    """Draw ``text`` within ``width`` pixels: a smaller font first, then the text cut with '..'."""
+    import cv2
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    while scale > 0.3 and cv2.getTextSize(text, font, scale, 1)[0][0] > width:
+        scale -= 0.025
+    while len(text) > 3 and cv2.getTextSize(text, font, scale, 1)[0][0] > width:
+        text = text[:-3] + ".."
+    cv2.putText(canvas, text, (x, y), font, scale, color, 1, cv2.LINE_AA)
 
 
 def contact_sheet(
@@ -211,7 +238,8 @@ def contact_sheet(
     tile: int = 96,
 ) -> Path:
     """A PNG grid of the faces where the two models disagree (the first ``limit``), each captioned
-    with the true label (when known) and both answers; green marks the model that is right."""
+    with the true label (when known) and both answers under the models' names; green marks the
+    model that is right. A line above the grid says how many of the disagreements it shows."""
     import cv2
     from PIL import Image
 
@@ -221,21 +249,29 @@ def contact_sheet(
     labels = comparison.labels
     caption_h = 40 if y_true is not None else 28
     rows = math.ceil(len(idx) / cols)
-    sheet = np.full((rows * (tile + caption_h), cols * tile, 3), 255, np.uint8)
+    sheet = np.full((SHEET_HEADER + rows * (tile + caption_h), cols * tile, 3), 255, np.uint8)
+    total = len(comparison.disagree)
+    header = f"{comparison.a} vs {comparison.b}: {len(idx)} of {total} disagreements shown"
+    if y_true is not None:
+        header += " (green: right, red: wrong)"
+    _fit_text(sheet, header, 4, SHEET_HEADER - 7, cols * tile - 8, 0.45, (0, 0, 0))
     for j, i in enumerate(idx):
         face = crops[i]
         face = cv2.cvtColor(face, cv2.COLOR_GRAY2RGB) if face.ndim == 2 else face
         face = cv2.resize(face, (tile, tile), interpolation=cv2.INTER_CUBIC)
         r, c = divmod(j, cols)
-        y0, x0 = r * (tile + caption_h), c * tile
+        y0, x0 = SHEET_HEADER + r * (tile + caption_h), c * tile
         sheet[y0 : y0 + tile, x0 : x0 + tile] = face
-        lines = [(f"A {labels[pred_a[i]]}", pred_a[i]), (f"B {labels[pred_b[i]]}", pred_b[i])]
+        lines = [
+            (f"{comparison.a}: {labels[pred_a[i]]}", pred_a[i]),
+            (f"{comparison.b}: {labels[pred_b[i]]}", pred_b[i]),
+        ]
         if y_true is not None:
             lines.insert(0, (f"true {labels[y_true[i]]}", None))
         for n, (text, guess) in enumerate(lines):
             right = y_true is not None and guess is not None and guess == y_true[i]
             color = (0, 140, 0) if right else (0, 0, 0) if guess is None or y_true is None else (190, 0, 0)
-            cv2.putText(sheet, text, (x0 + 3, y0 + tile + 11 + 12 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1)
+            _fit_text(sheet, text, x0 + 3, y0 + tile + 11 + 12 * n, tile - 5, 0.35, color)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(target)

@@ -143,6 +143,7 @@ def check_evaluation(
     (in the command line's words). Thresholds and rules are saved into one model that the analyzer
     runs without test-time augmentation, in place only into a model given by its path (else into a
     copy, ``thresholds_out`` / ``rules_out``)."""
+    from emolens.core.fileio import refuse_package
     from emolens.evaluate.core import model_names
 
     tta = tta or tta_shift > 0
@@ -164,17 +165,23 @@ def check_evaluation(
         )
     if save_thresholds and thresholds_out is None:
         _check_in_place(names[0], "thresholds")
+    for out in (thresholds_out if save_thresholds else None, rules_out if save_rules else None):
+        if out is not None:
+            refuse_package(out)
     return names
 
 
 def _check_in_place(name: str, what: str) -> None:
     """Thresholds and rules are written in place only into a model given by its path: a shipped or
     registered model is never changed under its name."""
+    from emolens.core.fileio import refuse_package
+
     if not Path(name).is_file():
         raise EmoLensError(
             f"{name!r} is a model name, not a file: write a copy with --{what}-out NEW.onnx "
             f"({what} are written in place only into a model given by its path)"
         )
+    refuse_package(name)  # a shipped model's file given by its path is not edited either
 
 
 def evaluate_dataset(

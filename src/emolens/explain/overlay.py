@@ -22,6 +22,8 @@ from emolens.image.io import ImageInput, load_image
 METHOD_NAMES = ("gradcam", "gradcam++", "integrated-gradients", "occlusion", "lime", "shap")
 ONNX_FALLBACK = "occlusion-onnx"
 MODEL_AGNOSTIC = ("lime", "shap")  # also run on an ONNX-only model, as "<name>-onnx"
+# On the ONNX model itself, even where PyTorch weights exist (what an INT8 or foreign model gets).
+ONNX_METHOD_NAMES = (ONNX_FALLBACK, *(f"{m}-onnx" for m in MODEL_AGNOSTIC))
 
 
 def torch_weights(onnx_path: str | Path) -> Path | None:
@@ -76,10 +78,11 @@ def overlay_crop(crop: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.n
     return cv2.addWeighted(rgb, 1 - alpha, colorize(heat), alpha, 0)
 
 
-def overlay_photo(image: ImageInput, faces: list[dict], alpha: float = 0.5) -> np.ndarray:
-    """The photo (RGB uint8) with every face's heat map warped back in place and blended over it.
+def overlay_photo(image: ImageInput, faces: list[dict], alpha: float = 0.5, labels: bool = True) -> np.ndarray:
+    """The photo (RGB uint8) with every face's heat map warped back in place and blended over it,
+    and, with ``labels``, each face's box and label numbered as ``emolens analyze`` draws them.
 
-    Pixels outside all faces' crops are returned unchanged."""
+    Without ``labels``, pixels outside all faces' crops are returned unchanged."""
     img = load_image(image)
     h, w = img.shape[:2]
     heat = np.zeros((h, w), np.float32)
@@ -96,17 +99,31 @@ def overlay_photo(image: ImageInput, faces: list[dict], alpha: float = 0.5) -> n
         cover = np.maximum(cover, warp(ones))
     weight = (alpha * cover)[..., None]
     out = img.astype(np.float32) * (1 - weight) + colorize(heat).astype(np.float32) * weight
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if labels and faces:
+        from emolens.draw import draw_faces
+        from emolens.pipeline.results import COLORS
+
+        texts = [f"{f.get('index', i)}: {f['label']} {f['confidence']:.0%}" for i, f in enumerate(faces)]
+        draw_faces(out, [f["box"] for f in faces], texts, [COLORS.get(f["label"], (255, 255, 255)) for f in faces])
+    return out
 
 
 def explain_image(
-    image_or_path: ImageInput, method: str = "gradcam", model: str | Path = "fast", analyzer=None, alpha: float = 0.5
+    image_or_path: ImageInput,
+    method: str = "gradcam",
+    model: str | Path | None = None,
+    analyzer=None,
+    alpha: float = 0.5,
+    face: int | None = None,
 ) -> list[dict]:
-    """Explain the predicted emotion of every face; one dict per face, in detection order.
+    """Explain the predicted emotion of every face (or only face number ``face``); one dict per
+    face, in detection order. ``model`` None: the active model, as ``Analyzer`` picks it.
 
-    Each dict: ``box``, ``label``, ``target`` (class index), ``confidence``, ``probs``, ``method``
-    (the one used), ``note`` (why another method was used, else None), ``heatmap_crop`` ((S, S)
-    float32 in [0, 1]), ``overlay_crop`` (RGB), ``crop`` (the aligned uint8 crop), ``matrix`` (the
+    Each dict: ``index`` (the face's number, as ``emolens analyze`` counts them), ``box``, ``label``,
+    ``target`` (class index), ``confidence``, ``probs``, ``method`` (the one used), ``note`` (why
+    another method was used, else None), ``heatmap_crop`` ((S, S) float32 in [0, 1]),
+    ``overlay_crop`` (RGB), ``crop`` (the aligned uint8 crop), ``matrix`` (the
     2x3 image → crop alignment matrix) and ``seconds`` (time spent explaining this face).
     ``analyzer`` (an ``Analyzer``) supplies detector and model, and then its model wins over ``model``.
     Pass the list to ``overlay_photo(image, faces)`` for the whole photo with its heat maps.
@@ -114,11 +131,13 @@ def explain_image(
     Needs the model's PyTorch weights (``<name>.pt`` beside the ``.onnx``, or shipped); without
     them every face is explained by occlusion on the ONNX model, and ``note`` says so (``lime`` and
     ``shap`` need no weights: they run on the ONNX model itself, as ``lime-onnx``/``shap-onnx``).
+    ``occlusion-onnx``, ``lime-onnx`` and ``shap-onnx`` always explain the ONNX model itself.
     """
     from emolens.pipeline.analyzer import Analyzer
 
-    if method not in METHOD_NAMES:
-        raise EmoLensError(f"unknown explanation method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
+    if method not in METHOD_NAMES + ONNX_METHOD_NAMES:
+        choices = ", ".join(METHOD_NAMES + ONNX_METHOD_NAMES)
+        raise EmoLensError(f"unknown explanation method {method!r}; choose one of {choices}")
     analyzer = analyzer or Analyzer(model=model)
     img = load_image(image_or_path)
     onnx_model = analyzer.model
@@ -129,9 +148,12 @@ def explain_image(
             + ": explain each member on its own"
         )
     spec = onnx_model.meta.input
-    weights = torch_weights(onnx_model.path)
+    weights = None if method in ONNX_METHOD_NAMES else torch_weights(onnx_model.path)
     torch_model, used, note = None, method, None
-    if weights is not None:
+    method = method.removesuffix("-onnx")
+    if used in ONNX_METHOD_NAMES:
+        pass
+    elif weights is not None:
         torch_model, _ = load_torch_model(str(weights))
     elif method in MODEL_AGNOSTIC:
         used = f"{method}-onnx"  # model-agnostic: the ONNX model is explained by the same method
@@ -142,10 +164,12 @@ def explain_image(
             f"explained by occlusion on the ONNX model instead of {method}"
         )
     detections = analyzer.detector(img)
+    if face is not None and not 0 <= face < len(detections):
+        raise EmoLensError(f"no face {face}: {len(detections)} face(s) found, numbered from 0")
     results = analyzer.classify_faces(img, detections)
     out = []
-    for det, res in zip(detections, results, strict=True):
-        if res.error or not res.probs:
+    for index, (det, res) in enumerate(zip(detections, results, strict=True)):
+        if (face is not None and index != face) or res.error or not res.probs:
             continue
         crop = align_face(img, det.box, det.landmarks, spec.size, spec.channels)
         target = onnx_model.labels.index(res.label)
@@ -154,6 +178,7 @@ def explain_image(
         seconds = time.perf_counter() - t0
         out.append(
             {
+                "index": index,
                 "box": [float(v) for v in det.box],
                 "label": res.label,
                 "target": target,

@@ -18,6 +18,7 @@ import numpy as np
 from emolens.classify.emotion import EmotionModel
 from emolens.classify.modelfile import ModelMeta, annotate
 from emolens.core.errors import EmoLensError, require
+from emolens.core.fileio import refuse_package
 
 
 def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -75,7 +76,7 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
+    onnx_in, onnx_out = Path(onnx_in), refuse_package(onnx_out)
     fp32 = EmotionModel(onnx_in)
     meta = fp32.meta
     if len(calibration_crops) == 0:

@@ -274,6 +274,9 @@ class AttendanceSession:
                 summary.newly_present += result.newly_present
                 if progress:
                     progress(index + 1, total)
+            if progress:  # the frames after the last sampled one were read too: the bar ends full
+                passed = summary.frames_read + summary.undecodable
+                progress(passed, passed)
         finally:
             cap.release()
         if summary.undecodable:

@@ -195,21 +195,6 @@ class FaceResult:
         }
 
 
-def rows_to_csv(rows: list[dict]) -> str:
-    """Rows (``Results.to_rows``) as CSV text: the columns in order of first appearance; a list
-    (the landmarks) as space-separated numbers."""
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["source"]
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()})
-    return buffer.getvalue()
-
-
 def _num(v, digits: int) -> float | None:
     """A rounded float, or None for NaN/inf so JSON output stays strict."""
     v = float(v)
@@ -337,9 +322,6 @@ class Results:
             return [{**image, "index": None}]
         return [{**image, **f.to_row()} for f in self.faces]
 
-    def to_csv(self) -> str:
-        """``to_rows`` as CSV text; see ``rows_to_csv``."""
-        return rows_to_csv(self.to_rows())
 
     def to_pandas(self):
         from emolens.core.errors import require
@@ -351,30 +333,21 @@ class Results:
 
         Each face is numbered (``0: happy 87%``) as in ``summary()`` and the web page, so a face can
         be named for feedback; video faces carry their track id instead (``#3 happy 87%``)."""
-        import cv2
+        from emolens.draw import draw_faces
 
         if self.image is None:
             raise ValueError("this result holds no image to draw on")
-        canvas = self.image.copy()
-        h, w = canvas.shape[:2]
-        thick = max(1, round(max(h, w) / 400))
-        font = max(0.4, max(h, w) / 1400)
-        for i, f in enumerate(self.faces):
-            if not np.isfinite(f.box).all():  # a face that failed on a broken box: nothing to draw
-                continue
-            color = COLORS.get(f.label or "", (255, 255, 255))
-            x1, y1, x2, y2 = (int(round(v)) for v in f.box)
-            cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thick)
-            if landmarks and f.landmarks is not None and np.isfinite(f.landmarks).all():
-                for x, y in f.landmarks:
-                    cv2.circle(canvas, (int(x), int(y)), thick + 1, (0, 255, 0), -1)
-            text = f.caption or "?"
-            text = f"{i}: {text}" if f.track_id is None else f"#{f.track_id} {text}"
-            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
-            ty = y1 - 4 if y1 - th - base - 4 > 0 else y2 + th + 4
-            cv2.rectangle(canvas, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)
-            cv2.putText(canvas, text, (x1 + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), thick, cv2.LINE_AA)
-        return canvas
+        texts = [
+            f"{i}: {f.caption or '?'}" if f.track_id is None else f"#{f.track_id} {f.caption or '?'}"
+            for i, f in enumerate(self.faces)
+        ]
+        return draw_faces(
+            self.image.copy(),
+            [f.box for f in self.faces],
+            texts,
+            [COLORS.get(f.label or "", (255, 255, 255)) for f in self.faces],
+            [f.landmarks for f in self.faces] if landmarks else None,
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write the annotated image; the format follows the suffix (.jpg, .png, ...)."""

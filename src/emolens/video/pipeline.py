@@ -28,7 +28,7 @@ from emolens.pipeline.analyzer import Analyzer
 from emolens.pipeline.results import FaceResult, Results
 from emolens.video.smooth import Smoother, make_smoother
 from emolens.video.source import VideoSource
-from emolens.video.track import Tracker
+from emolens.video.track import Tracker, lost_rounds
 
 if TYPE_CHECKING:
     from emolens.core.settings import Settings
@@ -44,7 +44,8 @@ class VideoAnalyzer:
     emotion every k frames; detection frames always classify), ``smoothing`` (EMA alpha) or
     ``window`` (mean of the last k readings), ``max_side`` (the detector's input size; video
     faces are large, and a smaller input is most of the speed), and the tracker's ``min_hits``,
-    ``max_misses``, ``iou_threshold``. Pass an ``Analyzer`` to share its loaded models.
+    ``max_misses`` (detection rounds a hidden face keeps its track; default: about ``LOST_FRAMES``
+    frames' worth), ``iou_threshold``. Pass an ``Analyzer`` to share its loaded models.
     """
 
     def __init__(
@@ -60,7 +61,7 @@ class VideoAnalyzer:
         smoother: Smoother | None = None,
         max_side: int | None = None,
         min_hits: int = 2,
-        max_misses: int = 2,
+        max_misses: int | None = None,
         iou_threshold: float = 0.3,
         flow: bool = True,
         threads: int | None = None,
@@ -90,6 +91,8 @@ class VideoAnalyzer:
         self.detect_every = max(1, int(detect_every or s.video_detect_every))
         self.classify_every = max(1, int(classify_every))
         self.smoother = smoother or make_smoother(smoothing, window, default_alpha=s.video_smoothing)
+        if max_misses is None:
+            max_misses = lost_rounds(self.detect_every)
         self.tracker = Tracker(iou_threshold=iou_threshold, min_hits=min_hits, max_misses=max_misses)
         self.flow = flow
         self.source_name = ""

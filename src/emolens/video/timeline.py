@@ -161,6 +161,23 @@ class Timeline:
         writer.writerows(self.rows)
         return _write_text(Path(path), buffer.getvalue())
 
+    def plotted_tracks(self) -> tuple[list[dict], str]:
+        """The tracks the plot shows (the ``MAX_PLOTTED_TRACKS`` longest, the earlier track first
+        among equals; in track order) and its title, which says truly what was left out."""
+        ranked = sorted(self.summary(), key=lambda s: (-s["frames"], s["track_id"]))
+        info, rest = ranked[:MAX_PLOTTED_TRACKS], ranked[MAX_PLOTTED_TRACKS:]
+        info.sort(key=lambda s: s["track_id"])
+        title = f"{self.source or 'video'}: emotions per tracked face (smoothed)"
+        if rest:
+            longest_left = max(s["frames"] for s in rest)
+            if longest_left < min(s["frames"] for s in info):
+                title += f"; {len(rest)} shorter tracks not shown (at most {longest_left} frames each)"
+            else:  # ties with the shortest shown: "shorter" would be untrue
+                title += (
+                    f"; {len(rest)} more tracks not shown (at most {longest_left} frames each, as long as some shown)"
+                )
+        return info, title
+
     def plot(self, path: str | Path) -> Path | None:
         """A PNG: per track, its smoothed emotion probabilities stacked over time. Needs matplotlib
         (the ``train`` extra): without it a warning says so and None is returned."""
@@ -176,8 +193,7 @@ class Timeline:
         import matplotlib.pyplot as plt
 
         groups = self._by_track()
-        info = sorted(self.summary(), key=lambda s: -s["frames"])[:MAX_PLOTTED_TRACKS]
-        info.sort(key=lambda s: s["track_id"])
+        info, title = self.plotted_tracks()
         n = max(len(info), 1)
         height = 1.8 * n + 1.0
         fig, axes = plt.subplots(n, 1, figsize=(10, height), sharex=True, squeeze=False)
@@ -196,9 +212,7 @@ class Timeline:
         handles, names = axes[0, 0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False, fontsize=8)
-        hidden = len(groups) - len(info)
-        title = f"{self.source or 'video'}: emotions per tracked face (smoothed)"
-        fig.suptitle(title + (f"; {hidden} shorter tracks not shown" if hidden > 0 else ""), fontsize=10)
+        fig.suptitle(title, fontsize=10)
         fig.tight_layout(rect=(0, 0.3 / height, 1, 1 - 0.1 / height))  # room for the legend below
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
