@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emolens.draw import place_labels
+from emolens.image.draw import place_labels
 from emolens.pipeline.results import COLORS, FaceResult, Results
 
 

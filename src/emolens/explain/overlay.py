@@ -101,7 +101,7 @@ def overlay_photo(image: ImageInput, faces: list[dict], alpha: float = 0.5, labe
     out = img.astype(np.float32) * (1 - weight) + colorize(heat).astype(np.float32) * weight
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     if labels and faces:
-        from emolens.draw import draw_faces
+        from emolens.image.draw import draw_faces
         from emolens.pipeline.results import COLORS
 
         texts = [f"{f.get('index', i)}: {f['label']} {f['confidence']:.0%}" for i, f in enumerate(faces)]

@@ -333,7 +333,7 @@ class Results:
 
         Each face is numbered (``0: happy 87%``) as in ``summary()`` and the web page, so a face can
         be named for feedback; video faces carry their track id instead (``#3 happy 87%``)."""
-        from emolens.draw import draw_faces
+        from emolens.image.draw import draw_faces
 
         if self.image is None:
             raise ValueError("this result holds no image to draw on")
