@@ -19,6 +19,7 @@ DETECTOR_REGISTRY = [
     "emolens.detect.dlib_backend",
     "emolens.detect.haar",
     "emolens.detect.retinaface",
+    "emolens.detect.whole",
 ]
 
 # The composition root: the one module that reads the process's settings (emolens.workspace).
