@@ -344,7 +344,7 @@ def finetune_from_feedback(
         base_named=base_named,
         why_base=why_base,
         counts=counts,
-        estimate_s=estimate_seconds(cfg, x_train, len(xb) + len(xh)),
+        estimate_s=estimate_seconds(cfg, x_train, len(xb) + len(xh), min(len(xb), 1000)),
     )
     if on_plan is not None:
         on_plan(plan)
