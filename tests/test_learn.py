@@ -295,11 +295,12 @@ def test_too_few_held_out_groups_are_refused_before_training(emolens_home, faces
 
     images, labels, classes = faces
     store = FeedbackService()
-    for n, img in enumerate(images[:30]):
-        store.add(img, classes[labels[n]], predicted="happy", person=f"p{n % 6}", origin=None)
+    for n, img in enumerate(images[:30]):  # corrections of `accurate`'s answers, on 6 people
+        store.add(img, classes[labels[n]], predicted="happy", person=f"p{n % 6}", model_version="accurate")
     stats = store.stats(labels=list(classes))
-    assert stats["holdout_groups"] < 10
-    with pytest.raises(RefusedError, match=f"from {stats['holdout_groups']} independent group.*before training"):
+    assert stats["holdout_groups"] < 10 and stats["by_model"] == {"accurate": stats["corrections"]}
+    few = f"from {stats['holdout_groups']} independent group.*before fine-tuning accurate, before training"
+    with pytest.raises(RefusedError, match=few):
         finetune_from_feedback(
             store,
             Workspace.default().registry,
@@ -308,4 +309,7 @@ def test_too_few_held_out_groups_are_refused_before_training(emolens_home, faces
             min_feedback=10,
             progress=False,
         )
-    assert [v.name for v in Workspace.default().registry.versions()] == ["v1"]  # the base only: nothing was trained
+    # The model the corrections were made against is the base (registered after the default),
+    # not the active one; nothing was trained.
+    versions = Workspace.default().registry.versions()
+    assert [(v.name, v.source) for v in versions] == [("v1", "shipped:fast"), ("v2", "shipped:accurate")]

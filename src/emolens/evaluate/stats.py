@@ -50,6 +50,9 @@ def bootstrap_figures(
     is judged on the resamples that define it."""
     from scipy.stats import bootstrap
 
+    if len(data[0]) < 2:  # one row: every resample is that row
+        point = np.asarray(figures(*data, axis=-1), dtype=np.float64)
+        return point, point
     res = bootstrap(
         tuple(data), figures, paired=True, vectorized=True, method="percentile", n_resamples=n_boot,
         batch=100, confidence_level=confidence, random_state=np.random.default_rng(seed),
@@ -68,12 +71,9 @@ def paired_change(
     diff = np.asarray(candidate_ok, np.float64) - np.asarray(parent_ok, np.float64)
     _, which = np.unique(groups, return_inverse=True)
     sums, sizes = np.bincount(which, weights=diff), np.bincount(which).astype(np.float64)
-    if len(sizes) < 2:  # one group: nothing to resample
-        low = high = float(diff.mean())
-    else:
-        low, high = bootstrap_figures(
-            (sums, sizes), lambda s, z, axis=-1: s.sum(axis) / z.sum(axis), confidence=confidence, n_boot=n, seed=seed
-        )
+    low, high = bootstrap_figures(
+        (sums, sizes), lambda s, z, axis=-1: s.sum(axis) / z.sum(axis), confidence=confidence, n_boot=n, seed=seed
+    )
     return {"change": float(diff.mean()), "low": float(low), "high": float(high), "groups": len(sizes), "n": len(diff)}
 
 

@@ -290,7 +290,7 @@ def finetune_from_feedback(
             f"the model knows ({', '.join(labels)}); both parts are needed: collect more feedback"
         )
     if (few := gates.too_few_groups(split.groups("holdout"))) is not None:
-        raise RefusedError(f"{few} (refused before training)")
+        raise RefusedError(f"{few} (refused before fine-tuning {base_named}, before training)")
     fb_train = feedback.to_dataset(split.train, labels, "train")
     fb_hold = feedback.to_dataset(split.holdout, labels, "holdout")
     replay_ds, base_ds = load_dataset(replay), load_dataset(base_val)
@@ -344,7 +344,7 @@ def finetune_from_feedback(
         base_named=base_named,
         why_base=why_base,
         counts=counts,
-        estimate_s=estimate_seconds(cfg, x_train, len(xb) + len(xh)),
+        estimate_s=estimate_seconds(cfg, x_train, len(xb) + len(xh), min(len(xb), 1000)),
     )
     if on_plan is not None:
         on_plan(plan)

@@ -322,7 +322,6 @@ class Results:
             return [{**image, "index": None}]
         return [{**image, **f.to_row()} for f in self.faces]
 
-
     def to_pandas(self):
         from emolens.core.errors import require
 

@@ -47,10 +47,11 @@ def step_seconds(cfg, x: np.ndarray) -> tuple[float, float]:
     return float(np.median(steps[2:])) / len(raw), infer / len(raw)
 
 
-def estimate_seconds(cfg, x_train: np.ndarray, n_judged: int) -> float:
+def estimate_seconds(cfg, x_train: np.ndarray, n_judged: int, n_val: int = 1000) -> float:
     """Expected seconds of fine-tuning: the training steps of every epoch, each epoch's batch-norm
-    refresh and progress check, and judging both models on ``n_judged`` faces."""
+    refresh (up to 20 x 256 training crops) and check on ``n_val`` faces, and judging both models
+    on ``n_judged`` faces."""
     train_s, infer_s = step_seconds(cfg, x_train)
     steps = max(len(x_train) // cfg.batch_size, 1) * cfg.batch_size
-    per_epoch = steps * train_s + (20 * 256 + 1000) * infer_s  # see train.loop.fit
+    per_epoch = steps * train_s + (min(len(x_train), 20 * 256) + n_val) * infer_s  # see train.loop.fit
     return cfg.epochs * per_epoch + 2 * n_judged * infer_s + 5.0  # + export and registration
