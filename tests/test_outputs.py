@@ -141,7 +141,7 @@ def test_every_json_and_csv_option_takes_file_or_dash():
     commands = {name for name, _ in options}
     for expected in ("analyze", "evaluate", "compare", "batch", "identify", "models", "models list",
                      "people list", "feedback list", "feedback stats", "attendance report",
-                     "models shadow report"):  # fmt: skip
+                     "models shadow report", "attendance list", "keys list", "people versions"):  # fmt: skip
         assert f"emolens {expected}" in commands, expected
     for name, opt in options:
         assert not opt.is_flag and opt.metavar == "FILE|-", (name, opt.opts)

@@ -20,6 +20,7 @@ from emolens.cli.console import console, err, fail, human_to_stderr
 from emolens.cli.outputs import emit_json, json_option
 from emolens.errors import EmoLensError
 from emolens.evaluate.evaluation import EvaluationReport, check_evaluation, evaluate_dataset
+from emolens.fileio import refuse_package
 
 
 def _defaults(fn) -> dict:
@@ -120,6 +121,9 @@ def evaluate(
         status.update(text)
 
     try:
+        for place in (report_dir, thresholds_out, rules_out):
+            if place is not None:
+                refuse_package(place)
         check_evaluation(
             [model, *(more or [])],
             **options,

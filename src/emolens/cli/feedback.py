@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail
-from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout
+from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout, output_place
 from emolens.errors import EmoLensError
 
 feedback = typer.Typer(
@@ -131,6 +131,7 @@ def export(
     from emolens.feedback import FeedbackService
 
     try:
+        output_place(folder, "feedback")
         out = FeedbackService().export(folder)
     except (EmoLensError, OSError) as exc:
         fail(EmoLensError(str(exc)))
