@@ -78,11 +78,11 @@ def test_writes_into_the_package_are_refused_below_the_cli(tmp_path):
     from emolens.classify.modelfile import annotate
     from emolens.core.errors import EmoLensError
     from emolens.core.fileio import atomic_write, refuse_package
-    from emolens.models import load_emotion_model
+    from emolens.workspace import Workspace
 
     fast = PACKAGE / "assets" / "fast.onnx"
     with pytest.raises(EmoLensError, match="inside the installed emolens package"):
-        annotate(fast, load_emotion_model(str(fast)).meta)
+        annotate(fast, Workspace.default().models.load(str(fast)).meta)
     with pytest.raises(EmoLensError, match="inside the installed emolens package"):
         atomic_write(PACKAGE / "assets" / "x.json", b"{}")
     assert not (PACKAGE / "assets" / "x.json").exists()
@@ -141,7 +141,7 @@ def test_every_json_and_csv_option_takes_file_or_dash():
     commands = {name for name, _ in options}
     for expected in ("analyze", "evaluate", "compare", "batch", "identify", "models", "models list",
                      "people list", "feedback list", "feedback stats", "attendance report",
-                     "models shadow report"):  # fmt: skip
+                     "models shadow report", "attendance list", "keys list", "people versions"):  # fmt: skip
         assert f"emolens {expected}" in commands, expected
     for name, opt in options:
         assert not opt.is_flag and opt.metavar == "FILE|-", (name, opt.opts)

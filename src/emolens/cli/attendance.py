@@ -209,18 +209,27 @@ def report(
 
 
 @attendance_app.command("list")
-def list_sessions() -> None:
+def list_sessions(
+    json_out: Annotated[Path | None, json_option("the sessions")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per session")] = None,
+) -> None:
     """List sessions, newest first."""
     from rich.table import Table
 
     from emolens.cli.console import console, fail
+    from emolens.cli.outputs import emit_csv, emit_json, machine_to_stdout
     from emolens.core.errors import EmoLensError
     from emolens.identify.attendance import list_sessions as sessions
 
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         rows = sessions()
     except EmoLensError as exc:
         fail(exc)
+    if not (emit_json(json_out, rows) and emit_csv(csv_out, rows)):
+        raise typer.Exit(1)
+    if to_stdout:
+        return
     table = Table("id", "name", "started", "stopped", "frames", "present")
     for r in rows:
         stopped = (r["stopped_at"] or "open")[:19]

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail, write_output
-from emolens.cli.outputs import emit_json, json_option, machine_to_stdout
+from emolens.cli.outputs import emit_json, json_option, machine_to_stdout, output_place
 from emolens.core.errors import EmoLensError
 
 SHEET_LIMIT = 120  # faces on the contact sheet: beyond that a PNG grows too tall to look through
@@ -48,6 +48,9 @@ def compare(
 
     machine_to_stdout(json_out)
     try:
+        for place in (sheet, markdown):
+            if place is not None:
+                output_place(place, "compare")
         if boot < 100:
             raise EmoLensError(f"--boot must be at least 100 resamples, not {boot}")
         members = load_members(model_names(a) + model_names(b))

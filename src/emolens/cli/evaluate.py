@@ -19,6 +19,7 @@ from rich.table import Table
 from emolens.cli.console import console, err, fail, human_to_stderr
 from emolens.cli.outputs import emit_json, json_option
 from emolens.core.errors import EmoLensError
+from emolens.core.fileio import refuse_package
 from emolens.evaluate.evaluation import EvaluationReport, check_evaluation, evaluate_dataset
 
 
@@ -125,6 +126,9 @@ def evaluate(
         status.update(text)
 
     try:
+        for place in (report_dir, thresholds_out, rules_out):
+            if place is not None:
+                refuse_package(place)
         check_evaluation(
             [model, *(more or [])],
             **options,

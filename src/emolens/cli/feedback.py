@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import build_analyzer, console, err, fail, feedback_service, require_inputs, workspace
-from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout
+from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout, output_place
 from emolens.core.errors import EmoLensError
 
 feedback = typer.Typer(
@@ -138,6 +138,7 @@ def export(
     The folder is usable as a training dataset."""
 
     try:
+        output_place(folder, "feedback")
         out = feedback_service().export(folder)
     except (EmoLensError, OSError) as exc:
         fail(EmoLensError(str(exc)))

@@ -193,7 +193,10 @@ def _train(people, classifier: str, strangers: Path | None) -> None:
 
 
 @people_app.command("versions")
-def versions() -> None:
+def versions(
+    json_out: Annotated[Path | None, json_option("the versions")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per version")] = None,
+) -> None:
     """List recognizer versions.
 
     All are kept: see `emolens people restore`."""
@@ -202,10 +205,16 @@ def versions() -> None:
     from emolens.cli.console import console, fail
     from emolens.core.errors import EmoLensError
 
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         rows = enrolled_people().versions()
     except EmoLensError as exc:
         fail(exc)
+    dicts = [v.to_dict() for v in rows]
+    if not (emit_json(json_out, dicts) and emit_csv(csv_out, dicts)):
+        raise typer.Exit(1)
+    if to_stdout:
+        return
     table = Table("version", "active", "created", "classifier", "people", "faces", "threshold", "cv accuracy")
     for v in rows:
         acc = v.metrics.get("cv_accuracy")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from emolens.cli.console import console, err, fail, workspace
+from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout
 from emolens.core.errors import EmoLensError
 
 keys = typer.Typer(
@@ -138,12 +140,24 @@ def create(
 @keys.command("list")
 def list_keys(
     all_: Annotated[bool, typer.Option("--all", help="Show revoked keys too.")] = False,
+    json_out: Annotated[Path | None, json_option("the keys (never their secrets)")] = None,
+    csv_out: Annotated[Path | None, csv_option("one row per key")] = None,
 ) -> None:
     """The keys, without their secrets."""
+    to_stdout = machine_to_stdout(json_out, csv_out)
     try:
         found = _keys().list(include_revoked=all_)
     except EmoLensError as exc:
         fail(exc)
+    rows = [
+        {"id": k.key_id, "name": k.name, "scope": k.scope, "created": k.created_at.isoformat(),
+         "revoked": k.revoked_at.isoformat() if k.revoked_at else None}
+        for k in found
+    ]  # fmt: skip
+    if not (emit_json(json_out, rows) and emit_csv(csv_out, rows, ["id", "name", "scope", "created", "revoked"])):
+        raise typer.Exit(1)
+    if to_stdout:
+        return
     if not found:
         err.print("no keys" + ("" if all_ else " (--all shows revoked ones)"))
         return

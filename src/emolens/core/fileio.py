@@ -30,8 +30,7 @@ def refuse_package(path: str | Path) -> Path:
     resolved = target.expanduser().resolve()
     if resolved == PACKAGE_DIR or PACKAGE_DIR in resolved.parents:
         raise PackageWriteError(
-            f"{target}: refusing to write inside the installed emolens package ({PACKAGE_DIR}); "
-            "give an output path elsewhere (e.g. --out)"
+            f"{target}: refusing to write inside the installed emolens package ({PACKAGE_DIR}); write somewhere else"
         )
     return target
 
