@@ -86,10 +86,12 @@ class Worker:
         return getattr(self, "do_" + req["op"])(**req.get("args", {}))
 
     def do_case(self, case: str, calls: int) -> dict:
+        import importlib
+
         try:
-            from emolens.image.align import align_face
-        except ImportError:  # the code before the layers' folders
-            from emolens.align import align_face
+            align_face = importlib.import_module("emolens.image.align").align_face
+        except ImportError:  # the code before the layers' folders had it at the top
+            align_face = importlib.import_module("emolens" + ".align").align_face
 
         image, an = self.images[case], self.analyzer
         e2e, det, ali, cls = [], [], [], []

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from emolens.detect import create_detector, list_detectors
-from emolens.models import load_emotion_model, resolve_model
 from emolens.pipeline.analyzer import Analyzer
+from emolens.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_none_is_a_registered_detector():
 def test_a_crop_is_read_as_the_model_reads_it(crops):
     """Python API: every crop is one face, classified exactly as the model classifies the crop itself."""
     folder, images = crops
-    direct = load_emotion_model(str(resolve_model("fast"))).predict(images)
+    direct = Workspace.default().models.load(str(Workspace.default().models.path("fast"))).predict(images)
     analyzer = Analyzer(model="fast", detector="none")
     for i, res in enumerate(analyzer.stream(sorted(folder.glob("*.png")))):
         (face,) = res.faces

@@ -19,6 +19,7 @@ from emolens.explain.overlay import explain_crop, load_torch_model  # noqa: E402
 from emolens.image.io import load_image  # noqa: E402
 from emolens.models import ASSETS  # noqa: E402
 from emolens.pipeline.analyzer import Analyzer  # noqa: E402
+from emolens.workspace import Workspace
 
 EXAMPLE = ASSETS / "examples" / "astronaut.jpg"
 
@@ -138,10 +139,9 @@ def test_onnx_methods_explain_the_onnx_model_and_name_the_file(tmp_path, monkeyp
 
 def test_face_option_and_default_model(tmp_path, monkeypatch, emolens_home):
     """`--face N` explains that face only; without --model the active version, as `analyze` uses."""
-    from emolens.models.registry import Registry
 
     monkeypatch.chdir(tmp_path)
-    active = Registry().promote("accurate").name  # not the shipped `fast`
+    active = Workspace.default().registry.promote("accurate").name  # not the shipped `fast`
     r = CliRunner().invoke(app, ["explain", str(EXAMPLE), "--face", "0", "--method", "occlusion-onnx"])
     assert r.exit_code == 0, r.output
     assert "face 0: happy" in r.output and f"(model {active})" in r.output
