@@ -405,7 +405,7 @@ def test_failed_gate_keeps_the_active_model_and_passing_gate_promotes(sqlite_sto
     opts = FinetuneOptions(epochs=1, replay_size=400, batch_size=64, threads=2)
     reg = Workspace.default().registry
     # Fewer independent held-out groups than the gate asks for: refused before any training.
-    with pytest.raises(RefusedError, match="at least 1000 are needed.*refused before fine-tuning v1, before training"):
+    with pytest.raises(RefusedError, match="at least 1000 are needed.*before fine-tuning fast, before training"):
         finetune_from_feedback(
             store, reg, replay=replay, base_val=base, min_feedback=10, options=opts,
             gates=Gates(min_holdout_groups=1000), progress=False,
