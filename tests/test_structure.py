@@ -19,6 +19,7 @@ DETECTOR_REGISTRY = [
     "emolens.detect.dlib_backend",
     "emolens.detect.haar",
     "emolens.detect.retinaface",
+    "emolens.detect.whole",
 ]
 
 # Where get_settings() may be called: entry points, each only when it was given no Settings.
