@@ -96,9 +96,9 @@ def test_import_refuses_non_finite_confidences_and_json_stays_valid(emolens_home
     assert r.exit_code in (0, 1), r.output
     for bad in ("'inf'", "'nan'", "'-Infinity'", "'1e999'", "'1.5'"):
         assert bad in r.output, r.output
-    listed = cli("feedback", "list", "--json")
+    listed = cli("feedback", "list", "--json", "-")
     assert listed.exit_code == 0, listed.output
-    records = [strict_json(line) for line in listed.output.strip().splitlines()]
+    records = strict_json(listed.stdout)
     assert sorted(str(rec["confidence"]) for rec in records) == ["0.9", "None"]
 
 
@@ -107,7 +107,7 @@ def test_json_output_of_a_stored_infinity_is_valid_json(emolens_home):
     from emolens.feedback import FeedbackService
 
     FeedbackService().add(np.full((48, 48), 90, np.uint8), "sad", predicted="happy", confidence=float("inf"))
-    listed = cli("feedback", "list", "--json")
+    listed = cli("feedback", "list", "--json", "-")
     assert listed.exit_code == 0, listed.output
-    (record,) = [strict_json(line) for line in listed.output.strip().splitlines()]
+    (record,) = strict_json(listed.stdout)
     assert record["confidence"] is None

@@ -90,6 +90,7 @@ def test_command_list_fits_an_80_column_terminal(tmp_path):
 )
 def test_a_missing_extra_is_one_line_naming_the_install_command(tmp_path, args, hide, extra):
     (tmp_path / "data").mkdir()
+    (tmp_path / "best.pt").write_bytes(b"a checkpoint")  # present: the missing extra is what stops it
     line = one_error_line(emolens(*args, cwd=tmp_path, hide=hide))
     assert f"pip install -e '.[{extra}]'" in line and repr(hide[0]) in line
 

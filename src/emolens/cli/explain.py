@@ -33,7 +33,8 @@ def explain(
         typer.Option(help="Emotion model: a name or an .onnx path (.pt beside it). Default: the active model."),
     ] = None,
     face: Annotated[
-        int | None, typer.Option(help="Only this face (numbered from 0, as `emolens analyze` shows).")
+        int | None,
+        typer.Option(min=0, max=10_000, help="Only this face (numbered from 0, as `emolens analyze` shows)."),
     ] = None,
     save: Annotated[
         Path | None, typer.Option(help="Overlay file. Default: emolens-output/explain/<stem>_explain_<method>.jpg.")

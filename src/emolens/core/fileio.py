@@ -13,7 +13,7 @@ from pathlib import Path
 
 from emolens.core.errors import EmoLensError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/emolens, not this core/ folder
 
 
 class PackageWriteError(EmoLensError):
