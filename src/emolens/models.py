@@ -13,8 +13,10 @@ these into the one string every interface takes (``--model``, ``EMOLENS_MODEL``,
 
 ``ModelResolver`` is the one place names are resolved, for one ``$EMOLENS_HOME``: ``versions``
 replaces ``active`` by the version that runs now, ``path`` gives the file of one model, and
-``load`` loads a spec, an ``EnsembleModel`` when it has several members or mirror TTA. The model
-registry only stores versions; the table of named models is ``emolens.catalog``.
+``load`` loads a spec, an ``EnsembleModel`` when it has several members or mirror TTA. A member ending
+in ``:7`` is that model's answer with FER2013's 7 classes (``fast8:7``: contempt dropped before the
+argmax, ``emolens.classify.subset``). The model registry only stores versions; the table of named
+models is ``emolens.catalog``.
 """
 
 from __future__ import annotations
@@ -194,6 +196,12 @@ def _load(resolver: ModelResolver, name_or_path: str, threads: int, tta: bool):
     from emolens.classify import EmotionModel
 
     members = parse_model_spec(name_or_path)
+    if len(members) == 1 and not Path(members[0][0]).is_file():
+        from emolens.classify.subset import SubsetModel, split_suffix
+
+        base, seven = split_suffix(members[0][0])
+        if seven:  # an 8-class model's 7-class answer (``fast8:7``)
+            return SubsetModel(_load(resolver, base, threads, tta), base)
     if len(members) == 1 and members[0][0] in ROUTED:
         from emolens.classify.routed import Route, RoutedModel
 
