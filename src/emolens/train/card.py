@@ -162,7 +162,12 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
         )
     lines.append(f"- **Software**: {card.get('versions', {})}, exported {card.get('exported')}")
     if m:
-        lines += ["", f"## Measured on {m.get('dataset')} (n = {m.get('n')})", "", *_measured_lines(m)]
+        lines += [
+            "",
+            f"## Measured on {m.get('dataset')} (n = {m.get('n')})",
+            "",
+            *_measured_lines(m, card.get("offsets")),
+        ]
     lines += [
         "",
         "Reproduce: `emolens train` with the recipe above; the checkpoint holds the full training config.",
@@ -171,7 +176,7 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
     return "\n".join(lines)
 
 
-def _measured_lines(m: dict) -> list[str]:
+def _measured_lines(m: dict, offsets: dict | None = None) -> list[str]:
     """FER+ majority labels first (what most faces are), then the file's own labels, then the subtle
     expressions (FER2013 label an emotion, FER+ majority neutral); per-class recall on both label sets."""
     f, sub = m.get("ferplus"), m.get("subtle")
@@ -192,6 +197,12 @@ def _measured_lines(m: dict) -> list[str]:
         lines.append(
             f"- on the subtle expressions (FER2013 label an emotion, FER+ majority neutral; n = {sub['n']}): "
             f"the FER2013 emotion seen on **{sub['accuracy']:.4f}**{neutral}"
+        )
+    if offsets and offsets.get("values"):
+        shift = ", ".join(f"{k} {v:+g}" for k, v in offsets["values"].items())
+        lines.append(
+            f"- with the per-class logit offsets in its metadata ({shift}; chosen on the "
+            f"{offsets.get('chosen_on', 'held-out faces')} by `benchmarks/offsets.py`)"
         )
     mine = m.get("per_class_recall", {})
     theirs = (f or {}).get("per_class_recall", {})
