@@ -104,7 +104,11 @@ def _recipe_line(recipe: dict, training: dict, runs: list[dict]) -> str:
         if i == 0:
             text = f"(1) from scratch, {_describe_recipe(run['recipe'])}"
         else:
-            changed = [f"{k} {v}" for k, v in run["recipe"].items() if _changed(runs[i - 1]["recipe"], k, v)]
+            changed = [
+                f"{k} {v if v != '' else 'none'}"
+                for k, v in run["recipe"].items()
+                if _changed(runs[i - 1]["recipe"], k, v)
+            ]
             text = f"({i + 1}) from the best weights of ({i}), changed: {', '.join(changed) or 'nothing'}"
         if i < len(runs):
             text += f" ({_outcome(run)})"
