@@ -122,10 +122,13 @@ def table(title: str, rows: dict[str, dict]) -> list[str]:
     ]
     for label, r in rows.items():
         unscored = f" ({r['n_clear_unscored']} contempt unscored)" if r["n_clear_unscored"] else ""
+        n_clear = f" (n={r['n_clear']})" if r["n_clear"] != first["n_clear"] else ""
+        n_plus = f" (n={r['n_ferplus']})" if r["n_ferplus"] != first["n_ferplus"] else ""
         out.append(
-            f"| `{label}` | {r['ferplus']:.2%} | {r['fer2013']:.2%} | {r['subtle']:.2%} | {r['subtle_neutral']:.2%} | "
-            f"{r['subtle_angry'][0]:.3f} (n={r['subtle_angry'][1]}) | {r['subtle_fear'][0]:.3f} "
-            f"(n={r['subtle_fear'][1]}) | {r['clear']:.2%}{unscored} | {r['angry'][0]:.3f} | {r['fear'][0]:.3f} |"
+            f"| `{label}` | {r['ferplus']:.2%}{n_plus} | {r['fer2013']:.2%} | {r['subtle']:.2%} | "
+            f"{r['subtle_neutral']:.2%} | {r['subtle_angry'][0]:.3f} (n={r['subtle_angry'][1]}) | "
+            f"{r['subtle_fear'][0]:.3f} (n={r['subtle_fear'][1]}) | {r['clear']:.2%}{n_clear}{unscored} | "
+            f"{r['angry'][0]:.3f} | {r['fear'][0]:.3f} |"
         )
     return out + [""]
 
