@@ -334,7 +334,7 @@ def test_train_command_fine_tunes_a_checkpoint_on_new_labels(small_slice, tmp_pa
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     init = torch.load(ASSETS / "fast.pt", weights_only=False)["model"]
     assert state["labels"] == six and state["config"]["arch"] == "vgg-tiny" and state["config"]["epochs"] == 1
-    assert state["model"]["head.2.weight"].shape == (6, 128)  # a fresh head for six classes
+    assert state["model"]["head.2.weight"].shape == (6, 128)  # six rows, started from fast's rows of those labels
     assert torch.equal(state["model"]["features.0.weight"], init["features.0.weight"])
 
     clash = CliRunner().invoke(app, [*args, "--stages", "head:1,all:2", "--epochs", "5"])

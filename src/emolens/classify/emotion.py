@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.classify.modelfile import DescribedByMeta, InputSpec, ModelMeta
+from emolens.classify.modelfile import DescribedByMeta, InputSpec, ModelMeta, offset_vector
 from emolens.core.errors import ModelError
 
 
@@ -17,14 +17,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def scale_probabilities(y: np.ndarray, output: str = "logits", temperature: float | None = None) -> np.ndarray:
+def scale_probabilities(
+    y: np.ndarray, output: str = "logits", temperature: float | None = None, offsets: list[float] | None = None
+) -> np.ndarray:
     """A model's raw output (logits or probabilities) as probabilities, softened or sharpened by
-    ``temperature`` (probabilities are taken back to log space first; T=1 or None changes nothing)."""
+    ``temperature`` (probabilities are taken back to log space first; T=1 or None changes nothing),
+    then shifted by per-class ``offsets`` added to the log-probabilities (a change of class priors)."""
     if output == "probabilities":
-        if not temperature or temperature == 1.0:
+        if (not temperature or temperature == 1.0) and not offsets:
             return y
         y = np.log(np.clip(y, 1e-12, None))
-    return softmax(y / (temperature or 1.0))
+    z = y / (temperature or 1.0)
+    return softmax(z + np.asarray(offsets, dtype=z.dtype) if offsets else z)
 
 
 def to_input(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -106,5 +110,5 @@ class EmotionModel(DescribedByMeta):
         out = []
         for i in range(0, len(crops), batch_size):
             y = self._session.run(None, {self._input_name: self.preprocess(crops[i : i + batch_size])})[0]
-            out.append(scale_probabilities(y, self.meta.output, self.meta.temperature))
+            out.append(scale_probabilities(y, self.meta.output, self.meta.temperature, offset_vector(self.meta)))
         return np.concatenate(out).astype(np.float32)

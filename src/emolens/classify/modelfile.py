@@ -11,6 +11,9 @@ Keys in the ONNX ``metadata_props``:
   below the threshold of its top label is answered "uncertain" (``emolens evaluate --save-thresholds``);
 - ``emolens.temperature`` (optional): a positive number T; probabilities are ``softmax(logits / T)``
   (fitted on held-out feedback when a model is fine-tuned, so confidences stay calibrated).
+- ``emolens.offsets`` (optional): JSON ``{label: offset}``, added to the (tempered) logits before the
+  softmax: a shift of the class priors that lets a label win more (> 0) or less (< 0) often; labels not
+  named get 0. Chosen on held-out faces (``benchmarks/offsets.py``); probabilities include it.
 - ``emolens.rules`` (optional): JSON list of post-processing rules (``emolens.classify.rules``),
   written only when labelled data show they do not lower macro-F1 (``emolens evaluate --save-rules``).
 
@@ -33,6 +36,7 @@ OUTPUT_KEY = "emolens.output"
 CARD_KEY = "emolens.card"
 THRESHOLDS_KEY = "emolens.thresholds"
 TEMPERATURE_KEY = "emolens.temperature"
+OFFSETS_KEY = "emolens.offsets"
 UNCERTAIN = "uncertain"  # the answer of a model with thresholds when a face falls below them
 
 
@@ -63,6 +67,7 @@ class ModelMeta:
     thresholds: dict[str, float] | None = None  # per-class confidence thresholds: below → "uncertain"
     temperature: float | None = None  # logits are divided by it before the softmax
     rules: list[Rule] | None = None  # post-processing rules, applied to answers above the thresholds
+    offsets: dict[str, float] | None = None  # per-class logit offsets (prior shift), after the temperature
 
     def __post_init__(self) -> None:
         if self.thresholds is not None:
@@ -74,6 +79,8 @@ class ModelMeta:
             self.temperature = float(t)
         if self.rules is not None:
             self.rules = check_rules(self.rules, self.labels)
+        if self.offsets is not None:
+            self.offsets = check_offsets(self.offsets, self.labels)
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -88,6 +95,8 @@ class ModelMeta:
             props[TEMPERATURE_KEY] = json.dumps(self.temperature)
         if self.rules is not None:
             props[RULES_KEY] = json.dumps([r.to_dict() for r in self.rules])
+        if self.offsets is not None:
+            props[OFFSETS_KEY] = json.dumps(self.offsets)
         return props
 
     @classmethod
@@ -105,6 +114,7 @@ class ModelMeta:
             thresholds = json.loads(props[THRESHOLDS_KEY]) if props.get(THRESHOLDS_KEY) else None
             temperature = json.loads(props[TEMPERATURE_KEY]) if props.get(TEMPERATURE_KEY) else None
             rules = json.loads(props[RULES_KEY]) if props.get(RULES_KEY) else None
+            offsets = json.loads(props[OFFSETS_KEY]) if props.get(OFFSETS_KEY) else None
         except (ValueError, TypeError) as exc:
             raise ModelError(f"{source} has malformed EmoLens metadata: {exc}") from None
         output = props.get(OUTPUT_KEY, "logits")
@@ -121,6 +131,7 @@ class ModelMeta:
                 thresholds=thresholds,
                 temperature=temperature,
                 rules=rules,
+                offsets=offsets,
             )
         except ModelError as exc:
             raise ModelError(f"{source}: {exc}") from None
@@ -161,6 +172,28 @@ def check_thresholds(thresholds, labels: list[str]) -> dict[str, float]:
     return out
 
 
+def check_offsets(offsets, labels: list[str]) -> dict[str, float]:
+    """``{label: offset}`` with known labels and finite offsets in [-10, 10]; raises ModelError otherwise."""
+    if not isinstance(offsets, dict):
+        raise ModelError(f"{OFFSETS_KEY} must be a JSON object {{label: offset}}")
+    unknown = sorted(set(offsets) - set(labels))
+    if unknown:
+        raise ModelError(f"{OFFSETS_KEY} names labels {unknown} that the model does not have ({labels})")
+    out = {}
+    for label, value in offsets.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -10.0 <= value <= 10.0:
+            raise ModelError(f"{OFFSETS_KEY}: the offset of {label!r} must be a number in [-10, 10], not {value!r}")
+        out[label] = float(value)
+    return out
+
+
+def offset_vector(meta: ModelMeta) -> list[float] | None:
+    """The offsets in output order (None without any)."""
+    if not meta.offsets:
+        return None
+    return [meta.offsets.get(label, 0.0) for label in meta.labels]
+
+
 def decide(probs: dict[str, float], thresholds: dict[str, float] | None, rules: list[Rule] | None = None) -> str | None:
     """The answer for one face: "uncertain" when the top probability is below that label's
     threshold, otherwise the top label as the post-processing rules may change it. ``None``
@@ -189,6 +222,8 @@ def annotate(path: str | Path, meta: ModelMeta, out: str | Path | None = None) -
         props.pop(TEMPERATURE_KEY, None)
     if meta.rules is None:  # rules too: they were accepted on this model's outputs only
         props.pop(RULES_KEY, None)
+    if meta.offsets is None:  # and offsets, chosen on this model's logits
+        props.pop(OFFSETS_KEY, None)
     del model.metadata_props[:]
     for k, v in props.items():
         entry = model.metadata_props.add()

@@ -83,13 +83,14 @@ def _card_metrics(model: Path, val: Path, val_name: str) -> dict:
     """The card's figures for ``model`` on ``val``, and on the same faces' FER+ votes when they lie beside it."""
     from emolens.data.datasets import load_npz
     from emolens.evaluate import evaluate_arrays
-    from emolens.evaluate.ferplus import evaluate_ferplus, ferplus_votes_for
+    from emolens.evaluate.ferplus import evaluate_ferplus, evaluate_subtle, ferplus_votes_for
 
     metrics = evaluate_arrays(str(model), *load_npz(val))
     metrics["dataset"] = val_name or val.name
     votes = ferplus_votes_for(val)
     if votes is not None:
         metrics["ferplus"] = evaluate_ferplus(str(model), val, votes)
+        metrics["subtle"] = evaluate_subtle(str(model), val, votes)
     return metrics
 
 

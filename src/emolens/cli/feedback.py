@@ -296,6 +296,23 @@ def models_main(
         list_models(json_out, csv_out)
 
 
+_ACCURACY_CAPTION = (
+    "accuracy from each model's card, on the data it names (FER2013 PublicTest for the shipped models): FER+ = the "
+    "majority of 10 annotators, FER2013 = the original label, subtle = faces whose FER2013 label is an emotion "
+    "while the FER+ majority says neutral"
+)
+
+
+def _card_accuracies(card: dict) -> dict:
+    """The card's accuracies, FER+ majority first: the figure that says most about real photos."""
+    m = card.get("metrics", {})
+    return {
+        "ferplus_accuracy": (m.get("ferplus") or {}).get("accuracy"),
+        "accuracy": m.get("accuracy"),
+        "subtle_accuracy": (m.get("subtle") or {}).get("accuracy"),
+    }
+
+
 @models.command("list")
 def list_models(
     json_out: Annotated[Path | None, JSON_OPTION] = None, csv_out: Annotated[Path | None, CSV_OPTION] = None
@@ -309,11 +326,10 @@ def list_models(
         try:
             m = models.load(path)
             spec = m.meta.input
-            acc = m.card.get("metrics", {}).get("accuracy")
             named.append({"name": name, "labels": m.labels, "input": f"{spec.size}x{spec.size}x{spec.channels}",
-                          "accuracy": acc, "path": str(path), "error": None})  # fmt: skip
+                          **_card_accuracies(m.card), "path": str(path), "error": None})  # fmt: skip
         except EmoLensError as exc:
-            named.append({"name": name, "labels": None, "input": None, "accuracy": None, "path": str(path),
+            named.append({"name": name, "labels": None, "input": None, **_card_accuracies({}), "path": str(path),
                           "error": str(exc)})  # fmt: skip
     versions = models.registry.versions()
     to_stdout = machine_to_stdout(json_out, csv_out)
@@ -332,7 +348,8 @@ def list_models(
 
 def _print_models(named: list[dict], versions: list) -> None:
     """Two tables that fit 80 columns: the models by name (their file; each folder and the common
-    labels once, below), and the registry's versions."""
+    labels once, below), and the registry's versions. Accuracy: FER+ first, then FER2013, then the
+    subtle expressions."""
     from rich import box
 
     from emolens.models import ASSETS
@@ -340,18 +357,24 @@ def _print_models(named: list[dict], versions: list) -> None:
     label_sets = {tuple(m["labels"]) for m in named if m["labels"]}
     common = label_sets.pop() if len(label_sets) == 1 else None
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-    for col in ("name", "labels", "input", "accuracy", "file"):
+    for col in ("name", "labels", "input", "FER+", "FER2013", "subtle", "file"):
         table.add_column(col, overflow="fold")  # long names fold onto more lines, never cut
     for m in named:
         if m["error"]:  # the message whole below the table, not squeezed into a column
-            table.add_row(m["name"], "[red]cannot load (below)[/red]", "", "", Path(m["path"]).name)
+            table.add_row(m["name"], "[red]cannot load (below)[/red]", "", "", "", "", Path(m["path"]).name)
             continue
-        labels = f"{len(common)} ¹" if common else " ".join(m["labels"])
-        acc = m["accuracy"]
-        table.add_row(m["name"], labels, m["input"], f"{acc:.1%}" if acc else "", Path(m["path"]).name)
+        labels = f"{len(common)} ¹" if common else str(len(m["labels"]))
+        accs = [f"{a:.1%}" if a else "" for a in (m["ferplus_accuracy"], m["accuracy"], m["subtle_accuracy"])]
+        table.add_row(m["name"], labels, m["input"], *accs, Path(m["path"]).name)
     console.print(table)
+    if any(m["accuracy"] for m in named):
+        console.print(_ACCURACY_CAPTION, soft_wrap=False)
     if common:
         console.print(f"¹ {' '.join(common)}")
+    else:
+        for m in named:
+            if m["labels"]:
+                console.print(f"{escape(m['name'])}: {' '.join(m['labels'])}")
     for m in named:
         if m["error"]:
             console.print(f"[red]{escape(m['name'])}: {escape(m['error'])}[/red]", soft_wrap=True)

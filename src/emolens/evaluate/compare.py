@@ -164,11 +164,14 @@ def compare_predictions(
 
 
 def model_probs(model, images: np.ndarray, labels: list[str], tta: bool = False) -> np.ndarray:
-    """A model's (or an ensemble's, weights applied) probabilities on crops, columns in ``labels`` order."""
+    """A model's (or an ensemble's, weights applied) probabilities on crops, columns in ``labels`` order.
+
+    A model with more labels (an 8-class model read on 7) has its extra outputs dropped before the
+    argmax and the rest renormalised; one that lacks some of ``labels`` cannot answer them."""
     from emolens.evaluate.core import load_members, member_probs, model_names, model_weights
 
     members = load_members(model_names(model))
-    if sorted(members[0].labels) != sorted(labels):
+    if not set(labels) <= set(members[0].labels):
         raise BadLabelError(f"{model} has labels {members[0].labels}, the other model {labels}")
     probs = [member_probs(m, images, labels, tta=tta) for m in members]
     return np.average(probs, axis=0, weights=model_weights(model))

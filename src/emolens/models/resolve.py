@@ -14,8 +14,10 @@ list (``["fast", "accurate"]``) or a mapping of names to weights.
 canonical text (what ``--model``, ``EMOLENS_MODEL`` and results show). ``ModelResolver`` is the one
 place specs are resolved, for one ``$EMOLENS_HOME``: ``versions`` replaces ``active`` by the version
 that runs now, ``path`` gives the file of one model, and ``load`` loads a spec, an
-``EnsembleModel`` when it has several members or mirror TTA. The model registry only stores
-versions; the table of named models is ``emolens.models.catalog``.
+``EnsembleModel`` when it has several members or mirror TTA. A member ending in ``:7`` is that
+model's answer with FER2013's 7 classes (``fast8:7``: contempt dropped before the argmax,
+``emolens.classify.subset``). The model registry only stores versions; the table of named models
+is ``emolens.models.catalog``.
 """
 
 from __future__ import annotations
@@ -218,6 +220,12 @@ def _load(resolver: ModelResolver, spec: ModelSpec, threads: int, tta: bool):
     from emolens.classify import EmotionModel
 
     name = spec.single
+    if name is not None and not Path(name).is_file():
+        from emolens.classify.subset import SubsetModel, split_suffix
+
+        base, seven = split_suffix(name)
+        if seven:  # an 8-class model's 7-class answer (``fast8:7``)
+            return SubsetModel(_load(resolver, ModelSpec.one(base), threads, tta), base)
     if name in ROUTED:
         from emolens.classify.routed import Route, RoutedModel
 

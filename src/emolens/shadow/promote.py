@@ -33,6 +33,7 @@ class ShadowPromotion:
     comparison: dict[str, Any]  # emolens.evaluate.Comparison.to_dict() on the base validation set
     serving: dict[str, Any] = field(default_factory=dict)  # the shadow report of the pair
     version: str | None = None  # the registry version the shadow became
+    judged_on: list[str] = field(default_factory=list)  # the labels both models have, that the gates score
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,9 +75,15 @@ def promote_shadow(
     registry = workspace.registry
     gates = gates or Gates()
     active = registry.ensure_base()
-    labels = models.load(str(active.path)).labels
-    if sorted(models.load(shadow_spec).labels) != sorted(labels):
-        raise RefusedError(f"the shadow {shadow} does not have the active model's labels ({', '.join(labels)})")
+    labels, theirs = models.load(str(active.path)).labels, models.load(shadow_spec).labels
+    if not (set(labels) <= set(theirs) or set(theirs) <= set(labels)):
+        raise RefusedError(
+            f"the shadow {shadow} ({', '.join(theirs)}) and the active model ({', '.join(labels)}) have different "
+            "labels, neither all of the other's"
+        )
+    # An 8-label model against a 7-label one (contempt added): judged on the labels both have, the
+    # larger model's extra outputs dropped before the argmax; the version keeps its own labels.
+    labels = [label for label in labels if label in theirs]
     spec = models.load(str(active.path)).meta.input
     files = {"active": str(active.path), "shadow": str(models.path(shadow_spec))}  # resolved here, in this home
     base_ds = load_dataset(base_val).remap(labels)
@@ -130,6 +137,7 @@ def promote_shadow(
         metrics=metrics,
         comparison=cmp.to_dict() | {"disagree": None},
         serving=serving,
+        judged_on=list(labels),
     )
     if passed and promote:
         outcome.version = registry.promote(shadow).name

@@ -24,14 +24,38 @@ def write_card(onnx_path: str | Path, metrics: dict, fields: dict | None = None,
     card = dict(meta.card) | (fields or {})
     card["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "per_class_recall", "n")}
     card["metrics"]["dataset"] = metrics.get("dataset", "validation")
+    if metrics.get("dropped_labels"):
+        card["metrics"]["dropped_labels"] = metrics["dropped_labels"]
     if metrics.get("ferplus"):
         f = metrics["ferplus"]
-        card["metrics"]["ferplus"] = {"accuracy": f["accuracy"], "macro_f1": f["macro_f1"], "n": f["n"]}
+        card["metrics"]["ferplus"] = {k: f[k] for k in ("accuracy", "macro_f1", "n", "per_class_recall") if k in f}
+        if "per_class_precision" in f:
+            card["metrics"]["ferplus"]["per_class_precision"] = f["per_class_precision"]
+    if metrics.get("subtle"):
+        card["metrics"]["subtle"] = {
+            k: metrics["subtle"][k] for k in ("accuracy", "n", "read_neutral", "per_class_recall")
+        }
     meta.card = card
     annotate(path, meta)
     md = path.with_suffix(".md")
     text = render_card(card, meta.labels, meta.input.__dict__)
     md.write_text(text.rstrip("\n") + "\n\n" + appendix if appendix else text)
+    return md
+
+
+def remeasure_card(onnx_path: str | Path, metrics: dict) -> Path:
+    """Replace a card's measured figures (in the model's metadata and in the *Measured on* section of
+    ``<model>.md``) by ``metrics``, leaving the rest of the Markdown (a hand-written reproduction, an
+    appendix) as it is. For a shipped model re-measured with new figures."""
+    path = Path(onnx_path)
+    md = path.with_suffix(".md")
+    old = md.read_text() if md.is_file() else ""
+    keep = write_card(path, metrics)  # the metadata, and a freshly rendered card
+    fresh = keep.read_text()
+    start, end = fresh.find("\n## Measured on"), fresh.find("\nReproduce: `emolens train`")
+    o_start, o_end = old.find("\n## Measured on"), old.find("\nReproduce")
+    if min(start, end, o_start, o_end) >= 0:
+        md.write_text(old[:o_start] + fresh[start:end] + old[o_end:])
     return md
 
 
@@ -80,7 +104,11 @@ def _recipe_line(recipe: dict, training: dict, runs: list[dict]) -> str:
         if i == 0:
             text = f"(1) from scratch, {_describe_recipe(run['recipe'])}"
         else:
-            changed = [f"{k} {v}" for k, v in run["recipe"].items() if _changed(runs[i - 1]["recipe"], k, v)]
+            changed = [
+                f"{k} {v if v != '' else 'none'}"
+                for k, v in run["recipe"].items()
+                if _changed(runs[i - 1]["recipe"], k, v)
+            ]
             text = f"({i + 1}) from the best weights of ({i}), changed: {', '.join(changed) or 'nothing'}"
         if i < len(runs):
             text += f" ({_outcome(run)})"
@@ -142,12 +170,7 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
             "",
             f"## Measured on {m.get('dataset')} (n = {m.get('n')})",
             "",
-            f"- accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**",
-            *_ferplus_line(m.get("ferplus")),
-            "",
-            "| class | recall |",
-            "|---|---|",
-            *[f"| {c} | {r:.3f} |" for c, r in m.get("per_class_recall", {}).items()],
+            *_measured_lines(m, card.get("offsets")),
         ]
     lines += [
         "",
@@ -157,10 +180,52 @@ def render_card(card: dict, labels: list[str], spec: dict) -> str:
     return "\n".join(lines)
 
 
-def _ferplus_line(f: dict | None) -> list[str]:
-    if not f:
-        return []
-    return [
-        f"- on the FER+ majority labels of the same faces (n = {f['n']}): accuracy **{f['accuracy']:.4f}**, "
-        f"macro-F1 **{f['macro_f1']:.4f}**"
-    ]
+def _measured_lines(m: dict, offsets: dict | None = None) -> list[str]:
+    """FER+ majority labels first (what most faces are), then the file's own labels, then the subtle
+    expressions (FER2013 label an emotion, FER+ majority neutral); per-class recall on both label sets."""
+    f, sub = m.get("ferplus"), m.get("subtle")
+    dropped = m.get("dropped_labels") or []
+    own = " (FER2013's)" if f else ""
+    lines = []
+    if f:
+        lines.append(
+            f"- on the FER+ majority labels of the same faces (n = {f['n']}): accuracy **{f['accuracy']:.4f}**, "
+            f"macro-F1 **{f['macro_f1']:.4f}**"
+        )
+    lines.append(
+        f"- on the file's own labels{own}: accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**"
+        + (f" ({', '.join(dropped)} left out before the argmax)" if dropped else "")
+    )
+    if sub:
+        neutral = f"; read as neutral on {sub['read_neutral']:.1%}" if sub.get("read_neutral") is not None else ""
+        lines.append(
+            f"- on the subtle expressions (FER2013 label an emotion, FER+ majority neutral; n = {sub['n']}): "
+            f"the FER2013 emotion seen on **{sub['accuracy']:.4f}**{neutral}"
+        )
+    if offsets and offsets.get("values"):
+        shift = ", ".join(f"{k} {v:+g}" for k, v in offsets["values"].items())
+        lines.append(
+            f"- with the per-class logit offsets in its metadata ({shift}; chosen on the "
+            f"{offsets.get('chosen_on', 'held-out faces')} by `benchmarks/offsets.py`)"
+        )
+    mine = m.get("per_class_recall", {})
+    theirs = (f or {}).get("per_class_recall", {})
+    precision = (f or {}).get("per_class_precision", {})
+    classes = list(dict.fromkeys([*theirs, *mine]))
+    if theirs:
+        head = (
+            "| class | recall, FER+ | precision, FER+ | recall, FER2013 |"
+            if precision
+            else ("| class | recall, FER+ | recall, FER2013 |")
+        )
+        lines += ["", head, "|---|---|---|---|" if precision else "|---|---|---|"]
+        for c in classes:
+            cells = [_num(theirs.get(c)), *([_num(precision.get(c))] if precision else []), _num(mine.get(c))]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    else:
+        lines += ["", "| class | recall |", "|---|---|", *[f"| {c} | {r:.3f} |" for c, r in mine.items()]]
+    return lines
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"

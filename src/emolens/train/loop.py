@@ -119,7 +119,7 @@ def fit(
         dev, memory_format=torch.channels_last
     )
     if init is not None:
-        _load_init(model, init, fresh_head=init_labels is not None and list(init_labels) != list(cfg.labels))
+        _load_init(model, init, init_labels=init_labels, labels=cfg.labels)
     elif cfg.pretrained and not resume:
         _load_init(model, imagenet_weights(cfg.arch), fresh_head=True)
     ema = torch.optim.swa_utils.AveragedModel(
@@ -317,16 +317,39 @@ def _set_rng_state(rng: dict) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _load_init(model: torch.nn.Module, init: dict, fresh_head: bool = False) -> None:
+def _load_init(
+    model: torch.nn.Module,
+    init: dict,
+    fresh_head: bool = False,
+    init_labels: list[str] | None = None,
+    labels: list[str] | None = None,
+) -> None:
     """Start from ``init`` weights. Only the head may be left out (``fresh_head``, or a head whose
-    shape differs: another number of classes); any other mismatch means another architecture."""
+    shape differs: another number of classes); any other mismatch means another architecture.
+
+    With ``init_labels`` and ``labels`` that differ, the head keeps the rows of the labels both have
+    (an 8-class model grown from a 7-class one keeps the 7 trained rows); a new label's row starts as
+    the architecture initialises it, with the lowest old bias, so that it starts rare; no common label
+    means a fresh head."""
     head = {id(p) for p in layer_blocks(model)[-1]}
     head_names = {name for name, p in model.named_parameters() if id(p) in head}
     own = model.state_dict()
     unexpected = sorted(set(init) - set(own))
     take = {k: v for k, v in init.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    if fresh_head:
+    relabel = init_labels is not None and labels is not None and list(init_labels) != list(labels)
+    common = [(i, list(init_labels).index(c)) for i, c in enumerate(labels or []) if c in (init_labels or [])]
+    if fresh_head or relabel:
         take = {k: v for k, v in take.items() if k not in head_names}
+    if relabel and common and not fresh_head:
+        for k in head_names & set(init):
+            old, new = init[k], own[k].clone()
+            if old.shape[0] != len(init_labels) or new.shape[0] != len(labels) or old.shape[1:] != new.shape[1:]:
+                continue  # not a per-class tensor (a hidden layer of the head): starts afresh
+            if new.ndim == 1:  # a bias: new classes start as the rarest old one
+                new[:] = old.min()
+            for i, j in common:
+                new[i] = old[j]
+            take[k] = new
     left = sorted(set(own) - set(take))
     if unexpected or set(left) - head_names:
         bad = unexpected + sorted(set(left) - head_names)

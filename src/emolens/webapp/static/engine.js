@@ -83,7 +83,7 @@ export class Engine {
     const rows = [];
     for (let i = 0; i < crops.length; i++) {
       const row = Array.from(y.subarray(i * k, (i + 1) * k));
-      rows.push(this.meta.output === "probabilities" ? row : P.softmax(row));
+      rows.push(P.scaleProbabilities(row, this.meta));
     }
     return rows;
   }

@@ -66,12 +66,14 @@ export function modelMeta(props, source = "model") {
     throw new Error(`${source} lacks EmoLens metadata (${missing.join(", ")}); add it with ` +
       "`emolens annotate MODEL --labels angry,happy,... --size 48 --channels 1`");
   }
-  let labels, spec, card, thresholds;
+  let labels, spec, card, thresholds, temperature, offsets;
   try {
     labels = JSON.parse(props["emolens.labels"]);
     spec = { size: 48, channels: 1, mean: [0.5], std: [0.5], layout: "NCHW", range: 255, ...JSON.parse(props["emolens.input"]) };
     card = JSON.parse(props["emolens.card"] || "{}");
     thresholds = props["emolens.thresholds"] ? JSON.parse(props["emolens.thresholds"]) : null;
+    temperature = props["emolens.temperature"] ? JSON.parse(props["emolens.temperature"]) : null;
+    offsets = props["emolens.offsets"] ? JSON.parse(props["emolens.offsets"]) : null;
   } catch (e) {
     throw new Error(`${source} has malformed EmoLens metadata: ${e.message}`);
   }
@@ -85,7 +87,26 @@ export function modelMeta(props, source = "model") {
   if (![1, spec.channels].includes(spec.mean.length) || ![1, spec.channels].includes(spec.std.length)) {
     throw new Error(`${source}: model input mean/std must have 1 or \`channels\` values`);
   }
-  return { labels, input: spec, output, card, thresholds };
+  if (temperature !== null && !(typeof temperature === "number" && temperature >= 0.01 && temperature <= 100)) {
+    throw new Error(`${source}: emolens.temperature must be a number between 0.01 and 100`);
+  }
+  if (offsets !== null && (typeof offsets !== "object" || Array.isArray(offsets) ||
+      !Object.entries(offsets).every(([k, v]) => labels.includes(k) && typeof v === "number" && Math.abs(v) <= 10))) {
+    throw new Error(`${source}: emolens.offsets must map the model's labels to numbers in [-10, 10]`);
+  }
+  return { labels, input: spec, output, card, thresholds, temperature, offsets };
+}
+
+// emolens.classify.emotion.scale_probabilities: one face's raw output as probabilities, with the
+// model's temperature and per-class logit offsets (a change of class priors) applied.
+export function scaleProbabilities(row, meta) {
+  const t = meta.temperature || 1;
+  const shift = meta.offsets ? meta.labels.map((l) => meta.offsets[l] || 0) : null;
+  if (meta.output === "probabilities") {
+    if (t === 1 && !shift) return row;
+    row = row.map((p) => Math.log(Math.max(p, 1e-12)));
+  }
+  return softmax(row.map((v, j) => v / t + (shift ? shift[j] : 0)));
 }
 
 // emolens.classify.modelfile.decide: the top label, or "uncertain" below that label's threshold.
