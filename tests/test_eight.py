@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emolens.data.schemas import FER7, FERPLUS8
+from emolens.workspace import Workspace
 from test_serve import EXAMPLE, running_server
 
 NODE = shutil.which("node")
@@ -52,7 +53,6 @@ def offset_model(tmp_path):
     """`fast` with offsets {angry: +1, neutral: -0.5} and temperature 1.5 in its metadata, and without."""
     from emolens.classify.emotion import EmotionModel
     from emolens.classify.modelfile import annotate
-    from emolens.workspace import Workspace
 
     plain = tmp_path / "plain.onnx"
     shutil.copy(Workspace.default().models.path("fast"), plain)
@@ -133,7 +133,6 @@ def test_an_eight_label_model_answers_eight_and_seven_on_request(emolens_home, t
     alone, in an ensemble and with TTA; a model without all of FER2013's classes cannot answer :7."""
     from emolens import Analyzer
     from emolens.core.errors import BadLabelError
-    from emolens.workspace import Workspace
 
     analyzer = Analyzer(model="fast8")
     eight = analyzer(EXAMPLE)
@@ -149,7 +148,6 @@ def test_an_eight_label_model_answers_eight_and_seven_on_request(emolens_home, t
     assert Workspace.default().models.load("fast8:7", tta=True).labels == list(FER7)
     from emolens.classify.emotion import EmotionModel
     from emolens.classify.modelfile import annotate
-    from emolens.workspace import Workspace
 
     meta = EmotionModel(Workspace.default().models.path("fast")).meta
     meta.labels = [("contempt" if c == "sad" else c) for c in meta.labels]  # 7 outputs, no sad
@@ -166,15 +164,14 @@ def test_feedback_takes_contempt_for_an_eight_label_model(emolens_home):
     runner = CliRunner()
     r = runner.invoke(app, ["feedback", "add", str(EXAMPLE), "--label", "contempt", "--model", "fast8"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["feedback", "list", "--json"])
+    r = runner.invoke(app, ["feedback", "list", "--json", "-"])
     assert r.exit_code == 0, r.output
-    row = json.loads(r.stdout.splitlines()[0])
+    (row,) = json.loads(r.stdout)
     assert row["label"] == "contempt" and row["predicted"] in FERPLUS8 and row["model_version"] == "fast8"
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
 def test_the_web_app_serves_an_eight_label_model_whose_labels_and_offsets_the_page_reads(tmp_path):
-    from emolens.workspace import Workspace
 
     with running_server(tmp_path / "home") as (url, _):
         config = httpx.get(f"{url}/app/config.json", params={"model": "fast8"}).json()
@@ -194,7 +191,7 @@ def test_the_web_app_serves_an_eight_label_model_whose_labels_and_offsets_the_pa
 def test_models_lists_ferplus_then_fer2013_then_subtle(emolens_home):
     from emolens.cli import app
 
-    r = CliRunner().invoke(app, ["models", "--json"])
+    r = CliRunner().invoke(app, ["models", "--json", "-"])
     models = {m["name"]: m for m in json.loads(r.stdout)["models"]}
     fast = models["fast"]
     assert 0.78 < fast["ferplus_accuracy"] < 0.9 and 0.6 < fast["accuracy"] < 0.7 and 0 < fast["subtle_accuracy"] < 0.6
@@ -237,16 +234,15 @@ def test_an_eight_label_shadow_is_judged_on_the_labels_both_models_have(shared_d
     from emolens.classify.modelfile import annotate
     from emolens.core.errors import RefusedError
     from emolens.shadow.promote import promote_shadow
-    from emolens.workspace import Workspace
 
     with np.load(shared_datasets / "fer2013" / "val.npz") as z:
         pick = np.random.default_rng(0).choice(len(z["labels"]), 300, replace=False)
         np.savez(emolens_home / "part.npz", images=z["images"][pick], labels=z["labels"][pick], classes=z["classes"])
-    outcome = promote_shadow("fast8", base_val=emolens_home / "part.npz")
+    outcome = promote_shadow(Workspace.default(), "fast8", base_val=emolens_home / "part.npz")
     assert outcome.judged_on == list(FER7) and outcome.metrics["shadow"]["base"]["n"] == 300
     assert 0.5 < outcome.metrics["shadow"]["base"]["accuracy"] < 0.8 and not outcome.promoted
     meta = EmotionModel(Workspace.default().models.path("fast")).meta
     meta.labels = [("contempt" if c == "sad" else c) for c in meta.labels]
     other = annotate(Workspace.default().models.path("fast"), meta, emolens_home / "models" / "no_sad.onnx")
     with pytest.raises(RefusedError, match="neither all of the other's"):
-        promote_shadow(str(other), base_val=emolens_home / "part.npz")
+        promote_shadow(Workspace.default(), str(other), base_val=emolens_home / "part.npz")
