@@ -83,6 +83,7 @@ SERVER_ATTACKS = {
     "test_uploads_are_capped_in_bytes": ("uploads beyond the byte cap", 4),
     "test_erasing_a_person_erases": ("uploads left after erasing a person", 1),
     "test_a_locked_database_answers_503": ("write lock held elsewhere: /healthz unanswered, no 503", 11),
+    "test_a_hung_postgresql": ("PostgreSQL stopped (SIGSTOP): no answer, no 503/504, /readyz hangs", 4),
     "test_a_full_database_is_507": ("full database: 500 instead of 507, /readyz ready", 2),
     "test_a_database_that_is_down": ("PostgreSQL down: 500s; /readyz shows host and port", 3),
     "test_an_ambiguous_session_prefix": ("ambiguous attendance-session prefix (report, stop, images)", 3),

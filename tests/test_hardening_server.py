@@ -208,6 +208,44 @@ def test_a_locked_database_answers_503_and_healthz_stays_up(tmp_path):
             holder.close()
 
 
+def _postgres_processes(server) -> list[int]:
+    """The server's postmaster and its children (backends, workers), by pid."""
+    import subprocess
+
+    main = int((server.folder / "data" / "postmaster.pid").read_text().split()[0])
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(main)], capture_output=True, text=True).stdout
+    return [main, *(int(p) for p in out.split())]
+
+
+def test_a_hung_postgresql_leaves_the_server_answering(tmp_path, postgres_server):
+    """PostgreSQL stopped dead (SIGSTOP: it accepts nothing and answers nothing): requests that need
+    it get 503 or 504 in time, /healthz and /readyz answer at once, and all recovers after."""
+    import os
+    import signal
+
+    url_db = postgres_server.new_database()
+    settings = {"database_url": url_db, "database_timeout_s": 2, "request_timeout_s": 10}
+    with running_server(tmp_path / "home", **settings) as (url, _), httpx.Client(base_url=url, timeout=30) as c:
+        assert c.get("/api/v1/feedback/stats").status_code == 200
+        pids = _postgres_processes(postgres_server)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            assert_error(analyze(c), 503, "database_unavailable")  # the analysis itself needs no database
+            assert_error(c.get("/api/v1/feedback/stats"), 504, "request_timeout")
+            with httpx.Client(base_url=url, timeout=5) as probe:
+                assert probe.get("/healthz").status_code == 200
+                ready = probe.get("/readyz", timeout=15)
+                assert ready.status_code == 503 and "did not answer" in ready.json()["checks"]["database"]
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert analyze(c).status_code == 200
+
+
 # -- 5. storage errors are 507 / 503 with the reason, and /readyz tells --------------------------
 
 

@@ -302,3 +302,28 @@ def test_js_preprocessing_matches_python(app_browser, shared_datasets):
     assert checked >= 16
     assert differ / pixels < 1e-3, (differ, pixels)  # OpenCV's and this arithmetic part on 1 in 10,000 or so
     page.close()
+
+
+@needs_browser
+def test_the_app_starts_with_the_saved_key_where_reads_need_one(app_browser):
+    """With EMOLENS_API_READ_KEY_REQUIRED the app's settings and models need a key: the app sends the
+    one saved on the server's page and starts; without it, it says why it cannot."""
+    from emolens.store.keys import KeyStore
+
+    url, app, context = app_browser
+    state = app.state.emolens
+    _, read = KeyStore(state.db_url).create("phone", "read")
+    before = state.settings
+    state.settings = before.model_copy(update={"api_read_key_required": True})
+    page = context.new_page()
+    try:
+        page.goto(url + "/app/")
+        page.wait_for_function("document.getElementById('engine').textContent.includes('cannot start')")
+        assert "key" in page.inner_text("#engine")
+        page.evaluate("(key) => localStorage.setItem('emolens.key', key)", read)
+        page.goto(url + "/app/")
+        page.wait_for_selector("body[data-ready='true']", timeout=60_000)
+    finally:
+        page.evaluate("() => localStorage.removeItem('emolens.key')")
+        page.close()
+        state.settings = before
