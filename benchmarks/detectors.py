@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emolens import load_image  # the package's export: the same before and after a move of modules
 from emolens.detect import Face, create_detector, list_detectors
-from emolens.image.io import load_image
 
 REPO = Path(__file__).resolve().parents[1]
 IOU_MATCH = 0.4
@@ -149,9 +149,9 @@ def environment() -> str:
     import cv2
     import onnxruntime
 
-    from emolens.core.settings import get_settings
+    from emolens.workspace import Workspace
 
-    threads = get_settings().threads
+    threads = Workspace.default().settings.threads
     ort_threads = f"{threads}" if threads > 0 else f"ONNX Runtime default (all {os.cpu_count()} cores)"
     lines = [
         f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
