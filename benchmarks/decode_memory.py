@@ -209,6 +209,12 @@ def main() -> None:
         ]
     )
     text = RESULTS.read_text() if RESULTS.exists() else ""
+    if args.only and START in text:  # a partial run replaces its own rows and keeps the others
+        old = {m.group(1): m.group(0) for m in re.finditer(r"^\| ([^|]+?) \| .*$", text.split(START)[1], re.M)}
+        new = {r[0]: f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in rows}
+        names = [n for n in cases(args.side) if n in old or n in new]
+        kept = [new.get(n) or old[n] for n in names]
+        section = section.split("| format |")[0] + "\n".join(table[:2] + kept) + "\n" + END
     if START in text:
         text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
     else:

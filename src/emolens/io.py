@@ -318,7 +318,7 @@ def _composite_bgra_in_place(arr: np.ndarray) -> np.ndarray:
     rows never reach input rows not yet read (3 bytes per pixel out, 4 in)."""
     h, w = arr.shape[:2]
     flat = arr.reshape(-1)
-    rows = max(1, 4 * _STRIP // (4 * w))
+    rows = max(1, _STRIP // (8 * w))  # an eighth of a strip: its 16-bit temporaries stay near 4 MB
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         px = flat[y0 * w * 4 : y1 * w * 4].reshape(-1, 4)
