@@ -146,8 +146,8 @@ def decode_cost(img: Image.Image) -> float:
     coefficients = _jpeg_coefficients(img)  # a progressive JPEG's whole-image DCT buffer
     if _lean(img):
         out = 4 if _has_alpha(img) else 3
-        if img.format == "TIFF":  # libtiff reads a strip whole: an uncompressed file is one strip
-            out += len(img.getbands()) * (2 if _sixteen_bit(img) else 1)
+        if img.format == "TIFF":  # libtiff reads a strip (or tile) whole, and OpenCV converts a copy of it
+            out += 2 * _tiff_unit_bytes(img) / (img.width * img.height)
         elif img.format == "WEBP" and _webp_lossless(img):
             out += 4  # libwebp decodes lossless images through a 32-bit ARGB buffer
         return max(out + coefficients, 6 if quarter else out)
@@ -166,6 +166,15 @@ def _jpeg_coefficients(img: Image.Image) -> float:
         return 2.0 * len(img.getbands())
     h_max, v_max = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)
     return 2.0 * sum(h * v for _, h, v, _ in layers) / (h_max * v_max)
+
+
+def _tiff_unit_bytes(img: Image.Image) -> int:
+    """Bytes of a TIFF's largest strip or tile, decoded: a file written as one strip holds the image."""
+    tags = getattr(img, "tag_v2", {})
+    tile_w, tile_h = tags.get(322), tags.get(323)
+    rows = min(int(tags.get(278, img.height) or img.height), img.height)
+    unit = int(tile_w) * int(tile_h) if tile_w and tile_h else rows * img.width
+    return unit * len(img.getbands()) * (2 if _sixteen_bit(img) else 1)
 
 
 def _webp_lossless(img: Image.Image) -> bool:
@@ -241,7 +250,8 @@ def _has_alpha(img: Image.Image) -> bool:
 
 def _lean(img: Image.Image) -> bool:
     return (
-        img.format in (("PNG", "WEBP") if _has_alpha(img) else _LEAN_FORMATS)  # TIFF alpha may be premultiplied
+        # With alpha, PNG only: TIFF alpha may be premultiplied; OpenCV's WebP alpha costs 10 bytes a pixel
+        img.format in (("PNG",) if _has_alpha(img) else _LEAN_FORMATS)
         and img.mode in _LEAN_MODES
         # OpenCV keeps 16 bits with the alpha channel (8 bytes a pixel): PIL is cheaper then
         and not (_has_alpha(img) and _sixteen_bit(img))
