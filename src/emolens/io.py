@@ -147,7 +147,9 @@ def decode_cost(img: Image.Image) -> float:
     if _lean(img):
         out = 4 if _has_alpha(img) else 3
         if img.format == "TIFF":  # libtiff reads a strip (or tile) whole, and OpenCV converts a copy of it
-            out += 2 * _tiff_unit_bytes(img) / (img.width * img.height)
+            out += 2 * _tiff_unit_bytes(img) / (img.width * img.height) + (1 if _sixteen_bit(img) else 0)
+        elif img.format == "WEBP" and _has_alpha(img):
+            out += 6  # measured: libwebp's RGBA output and OpenCV's copy of it (PIL's path costs 17)
         elif img.format == "WEBP" and _webp_lossless(img):
             out += 4  # libwebp decodes lossless images through a 32-bit ARGB buffer
         return max(out + coefficients, 6 if quarter else out)
@@ -250,8 +252,7 @@ def _has_alpha(img: Image.Image) -> bool:
 
 def _lean(img: Image.Image) -> bool:
     return (
-        # With alpha, PNG only: TIFF alpha may be premultiplied; OpenCV's WebP alpha costs 10 bytes a pixel
-        img.format in (("PNG",) if _has_alpha(img) else _LEAN_FORMATS)
+        img.format in (("PNG", "WEBP") if _has_alpha(img) else _LEAN_FORMATS)  # TIFF alpha may be premultiplied
         and img.mode in _LEAN_MODES
         # OpenCV keeps 16 bits with the alpha channel (8 bytes a pixel): PIL is cheaper then
         and not (_has_alpha(img) and _sixteen_bit(img))
