@@ -82,11 +82,7 @@ def require_inputs(**paths: Path | None) -> None:
     command loads heavy modules (PyTorch takes seconds) only to find out. Keys are the option names."""
     for name, path in paths.items():
         if path is not None and not Path(path).exists():
-            what = (
-                name.rstrip("_").replace("_", "-").upper()
-                if name.isupper()
-                else f"--{name.rstrip('_').replace('_', '-')}"
-            )
+            what = name if name.isupper() else "--" + name.replace("_", "-")  # DATA: an argument
             fail(EmoLensError(f"{what}: no such file or folder: {path}"))
 
 

@@ -4,10 +4,16 @@ Accepts a path, raw bytes, a PIL image or a numpy array (numpy arrays are taken 
 grayscale when 2-D). The pixel count is checked from the header before any pixel is decoded,
 so a decompression bomb costs nothing.
 
-Memory: decoding costs at most about 4 bytes per pixel (the RGB result is 3) plus the file and a
+Memory: decoding costs about 4 bytes per pixel or less (the RGB result is 3) plus the file and a
 few MB. Large 8-bit PNG, JPEG and WebP files are decoded by OpenCV straight into the result (PIL
 keeps RGB in 4 bytes per pixel, so PIL plus the result would be 7); other images go from PIL to
-the result in strips of rows, never as a whole-image float copy.
+the result in strips of rows, never as a whole-image float copy. Some files cost more whatever
+the decoder (a progressive JPEG keeps every DCT coefficient, 2 bytes a sample; CMYK and 16-bit
+RGBA pass through PIL's 4 bytes): ``decode_cost`` tells from the header, before any pixel is
+decoded, and a file whose cost would pass the budget (4 bytes per pixel of the pixel limit, plus
+64 MiB) is refused.
+
+Only the formats the docs list are read (``FORMATS``); PIL's others (TGA, PCX, ICO...) are refused.
 """
 
 from __future__ import annotations
@@ -23,7 +29,18 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import (  # noqa: F401  the plugins of FORMATS, registered (PIL loads some lazily)
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 
 from emolens.core.errors import BadImageError, ImageTooLargeError
 from emolens.core.settings import Settings
@@ -34,8 +51,11 @@ _PIL_LIMIT_LOCK = threading.Lock()
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF, PPM/PGM"
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")  # PIL's openers (JPEG opens MPO too)
 LEAN_MIN_PIXELS = 4_000_000  # above this, decode with OpenCV straight into the result (see the module doc)
-_LEAN_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "PPM"}
+BUDGET_BYTES_PER_PIXEL = 4  # decoding may cost this much per pixel of the pixel limit...
+BUDGET_EXTRA_BYTES = 64 << 20  # ...plus this (decoders' buffers; a small limit still reads ordinary photos)
+_LEAN_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "PPM"}
 _LEAN_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA"}
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # more than 8 bits per sample: stretched to 8
 _STRIP = 1 << 20  # values per strip of a conversion: a few MB of temporaries at most
@@ -90,10 +110,11 @@ def _open(fp: io.BytesIO | Path, name: str, max_pixels: int) -> np.ndarray:
             with _PIL_LIMIT_LOCK:  # the limit is PIL-global; only the header read happens under it
                 saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
                 try:
-                    img = Image.open(fp)
+                    img = Image.open(fp, formats=FORMATS)
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
             _check_pixels(img.size, max_pixels, name)
+            _check_budget(img, max_pixels, name, _size(fp))
             lean = _decode_lean(fp, img) if _lean(img) else None
             if lean is not None:
                 img.close()
@@ -117,6 +138,78 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
         raise BadImageError(f"{name}: image has no pixels ({w}x{h})")
 
 
+def decode_cost(img: Image.Image) -> float:
+    """Bytes per pixel that decoding ``img`` (opened, not yet loaded) costs at its peak, the RGB
+    result included, on the path ``load_image`` will take; from the header alone. Measured per
+    format by ``benchmarks/decode_memory.py``."""
+    quarter = _orientation(img) in (5, 6, 7, 8)
+    coefficients = _jpeg_coefficients(img)  # a progressive JPEG's whole-image DCT buffer
+    if _lean(img):
+        out = 4 if _has_alpha(img) else 3
+        if img.format == "TIFF":  # libtiff reads a strip (or tile) whole, and OpenCV converts a copy of it
+            out += 2 * _tiff_unit_bytes(img) / (img.width * img.height) + (1 if _sixteen_bit(img) else 0)
+        elif img.format == "WEBP" and _has_alpha(img):
+            out += 6  # measured: libwebp's RGBA output and OpenCV's copy of it (PIL's path costs 17)
+        elif img.format == "WEBP" and _webp_lossless(img):
+            out += 4  # libwebp decodes lossless images through a 32-bit ARGB buffer
+        return max(out + coefficients, 6 if quarter else out)
+    pil = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4
+    peak = max(pil + 1, 4) if img.mode in _WIDE_MODES else pil + 3
+    return max(peak, pil + coefficients, 2 * pil if quarter else 0)
+
+
+def _jpeg_coefficients(img: Image.Image) -> float:
+    """A progressive JPEG's decoder keeps all its DCT coefficients until the last scan: 2 bytes a
+    sample of every component at its own resolution (4:4:4 RGB: 6 bytes a pixel; 4:2:0: 3)."""
+    if img.format not in ("JPEG", "MPO") or not img.info.get("progressive"):
+        return 0.0
+    layers = getattr(img, "layer", None) or []
+    if not layers:
+        return 2.0 * len(img.getbands())
+    h_max, v_max = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)
+    return 2.0 * sum(h * v for _, h, v, _ in layers) / (h_max * v_max)
+
+
+def _tiff_unit_bytes(img: Image.Image) -> int:
+    """Bytes of a TIFF's largest strip or tile, decoded: a file written as one strip holds the image."""
+    tags = getattr(img, "tag_v2", {})
+    tile_w, tile_h = tags.get(322), tags.get(323)
+    rows = min(int(tags.get(278, img.height) or img.height), img.height)
+    unit = int(tile_w) * int(tile_h) if tile_w and tile_h else rows * img.width
+    return unit * len(img.getbands()) * (2 if _sixteen_bit(img) else 1)
+
+
+def _webp_lossless(img: Image.Image) -> bool:
+    fp = getattr(img, "fp", None)
+    try:
+        at = fp.tell()
+        fp.seek(12)
+        head = fp.read(4096)  # the chunk list: VP8X, ICCP, ANIM..., then VP8 (lossy) or VP8L (lossless)
+        fp.seek(at)
+    except (AttributeError, OSError, ValueError):
+        return True  # cannot tell: assume the dearer
+    return b"VP8L" in head
+
+
+def _check_budget(img: Image.Image, max_pixels: int, name: str, file_bytes: int) -> None:
+    budget = BUDGET_BYTES_PER_PIXEL * max_pixels + BUDGET_EXTRA_BYTES
+    cost = decode_cost(img)
+    # OpenCV reads a whole WebP file into memory, and libtiff maps the file: theirs counts too.
+    need = cost * img.width * img.height + (file_bytes if img.format in ("WEBP", "TIFF") else 0)
+    if need > budget:
+        kind = f"a progressive {img.format} " if _jpeg_coefficients(img) else f"a {img.mode} {img.format} "
+        raise ImageTooLargeError(
+            f"{name}: {kind}of {img.width}x{img.height} needs about {need / 1e6:,.0f} MB to decode "
+            f"({cost:.1f} bytes per pixel), above the {budget / 1e6:,.0f} MB budget (4 bytes per pixel of the "
+            f"{max_pixels:,}-pixel limit, plus 64 MiB); save it as a baseline 8-bit RGB JPEG or PNG, or downscale it"
+        )
+
+
+def _sixteen_bit(img: Image.Image) -> bool:
+    """PIL reads 16-bit PNG and TIFF colour images as 8-bit modes; the tile's raw mode tells."""
+    return any(";16" in str(t.args[0] if isinstance(t.args, tuple) else t.args) for t in img.tile[:1])
+
+
 def _format_hint(fp: io.BytesIO | Path) -> str:
     """Why an image was not recognised, when its first bytes say what it is; else the formats read."""
     try:
@@ -130,7 +223,27 @@ def _format_hint(fp: io.BytesIO | Path) -> str:
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"heim", b"avif"):
         kind = "AVIF" if head[8:12] == b"avif" else "HEIC/HEIF"
         return f" ({kind} is not supported; convert it to JPEG or PNG first. Supported: {SUPPORTED})"
+    other = _other_format(fp)
+    if other:
+        return f" ({other} is not supported; convert it to JPEG or PNG first. Supported: {SUPPORTED})"
     return f" (supported: {SUPPORTED})"
+
+
+def _other_format(fp: io.BytesIO | Path) -> str | None:
+    """The name of a format PIL knows but EmoLens does not read (TGA, PCX...), from the header only."""
+    try:
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                if isinstance(fp, io.BytesIO):
+                    fp.seek(0)
+                with Image.open(fp) as img:  # the header only: nothing is decoded
+                    return img.format
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except Exception:  # not an image at all, or a header PIL cannot parse either
+        return None
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -141,6 +254,8 @@ def _lean(img: Image.Image) -> bool:
     return (
         img.format in (("PNG", "WEBP") if _has_alpha(img) else _LEAN_FORMATS)  # TIFF alpha may be premultiplied
         and img.mode in _LEAN_MODES
+        # OpenCV keeps 16 bits with the alpha channel (8 bytes a pixel): PIL is cheaper then
+        and not (_has_alpha(img) and _sixteen_bit(img))
         and img.width * img.height >= LEAN_MIN_PIXELS
         and not getattr(img, "is_animated", False)
     )
@@ -151,11 +266,14 @@ def _decode_lean(fp: io.BytesIO | Path, img: Image.Image) -> np.ndarray | None:
     channel is composited). None when OpenCV cannot decode it: PIL then does."""
     import cv2
 
-    if img.format == "JPEG" and _tail(fp) != b"\xff\xd9":
+    if img.format in ("JPEG", "MPO") and _tail(fp) != b"\xff\xd9":
         return None  # libjpeg fills a truncated file with grey without an error; PIL reports it
     alpha = _has_alpha(img)
-    # RGB straight from the decoder: an in-place cvtColor would make a whole-image copy.
-    flags = (cv2.IMREAD_UNCHANGED if alpha else cv2.IMREAD_COLOR_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
+    # RGB straight from the decoder: an in-place cvtColor would make a whole-image copy. OpenCV's BMP
+    # reader makes that copy itself for RGB: BGR it is, swapped here row by row.
+    bgr = img.format == "BMP"
+    color = cv2.IMREAD_COLOR if bgr else cv2.IMREAD_COLOR_RGB
+    flags = (cv2.IMREAD_UNCHANGED if alpha else color) | cv2.IMREAD_IGNORE_ORIENTATION
     dst = np.empty((img.height, img.width, 4 if alpha else 3), np.uint8)
     try:
         with _as_file(fp) as path:
@@ -167,7 +285,14 @@ def _decode_lean(fp: io.BytesIO | Path, img: Image.Image) -> np.ndarray | None:
         return None
     if alpha:
         arr = _composite_bgra_in_place(arr)
+    elif bgr:
+        for row in arr:
+            row[:] = row[:, ::-1]
     return _orient(arr, _orientation(img))
+
+
+def _size(fp: io.BytesIO | Path) -> int:
+    return fp.getbuffer().nbytes if isinstance(fp, io.BytesIO) else fp.stat().st_size
 
 
 def _tail(fp: io.BytesIO | Path) -> bytes:
@@ -204,7 +329,7 @@ def _composite_bgra_in_place(arr: np.ndarray) -> np.ndarray:
     rows never reach input rows not yet read (3 bytes per pixel out, 4 in)."""
     h, w = arr.shape[:2]
     flat = arr.reshape(-1)
-    rows = max(1, 4 * _STRIP // (4 * w))
+    rows = max(1, _STRIP // (8 * w))  # an eighth of a strip: its 16-bit temporaries stay near 4 MB
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         px = flat[y0 * w * 4 : y1 * w * 4].reshape(-1, 4)
