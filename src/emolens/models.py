@@ -179,7 +179,8 @@ class ModelResolver:
         if name in models:
             return models[name]
         raise ModelNotFoundError(
-            f"no model named {name!r}; available: {', '.join(models) or 'none'} (or give a path to an .onnx file)"
+            f"no model named {name!r}; available: {', '.join([*models, *ROUTED]) or 'none'} "
+            "(or give a path to an .onnx file)"
         )
 
     def load(self, name_or_path: ModelSpec, threads: int = 0, tta: bool = False):

@@ -279,6 +279,13 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
         except EmoLensError as exc:
             named.append({"name": name, "labels": None, "input": None, "accuracy": None, "path": str(path),
                           "error": str(exc)})  # fmt: skip
+    from emolens.catalog import ROUTED
+
+    by_name = {m["name"]: m for m in named}
+    for name, routes in ROUTED.items():  # a route, not a file: each face goes to one of two models
+        clear = by_name.get(routes.clear, {})
+        named.append({"name": name, "labels": clear.get("labels"), "input": clear.get("input"), "accuracy": None,
+                      "path": None, "error": None, "routes": {"clear": routes.clear, "poor": routes.poor}})  # fmt: skip
     versions = Registry().versions()
     human_to_stderr(as_json)
     if as_json:
@@ -294,7 +301,11 @@ def list_models(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     for col in ("name", "labels", "input", "accuracy", "path"):
         table.add_column(col, overflow="fold")
     for m in named:
-        if m["error"]:
+        if m.get("routes"):
+            r = m["routes"]
+            route = f"clear faces to {r['clear']}, poor ones to {r['poor']}"
+            table.add_row(m["name"], " ".join(m["labels"] or []), m["input"] or "", "", route)
+        elif m["error"]:
             table.add_row(m["name"], f"[red]{escape(m['error'])}[/red]", "", "", m["path"])
         else:
             acc = m["accuracy"]
