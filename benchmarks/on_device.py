@@ -12,9 +12,9 @@ page cross-origin isolated). Figures:
 - download: bytes on the wire for the first visit (page requests plus the service worker's
   precache, gzip where the server sends it), and the precache list by file.
 - agreement: every photo of ../shared/datasets/photos decoded by the browser and analysed on the
-  device, against the Python pipeline (`Analyzer(model=...)`) on Python's decode of the file, with
-  the app's one-pass face search (per photo) and with Python's default detector (totals): faces
-  matched by IoU >= 0.5, same label, largest probability difference.
+  device, against the Python pipeline (`Analyzer(model=...)`, the same two-pass face search) on
+  Python's decode of the file: faces matched by IoU >= 0.5, same label, largest probability
+  difference.
 
     python benchmarks/on_device.py [--model fast] [--repeats 20] [--warmup 3]
 """
@@ -209,17 +209,9 @@ def main() -> None:
             fps[label] = r
         ctx.close()
 
-        # Agreement with the Python pipeline on the shared photos: the app searches in one pass (the
-        # whole image enlarged towards a 640 px short side), as Python's detector did before it learned
-        # to look at native size first, so that pass is the like-for-like comparison; the default
-        # pipeline's is totalled too.
-        from emolens.detect import DetectorOptions, create_detector
-
-        one_pass = create_detector("retinaface", DetectorOptions(threads=2, extra={"two_pass": False}))
-        analyzers = {
-            "one": Analyzer(model=a.model, detector=one_pass, threads=2),
-            "default": Analyzer(model=a.model, threads=2),
-        }
+        # Agreement with the Python pipeline on the shared photos: both search in two passes (native
+        # size, or a little under, first; then the regions of possible small faces enlarged).
+        analyzers = {"default": Analyzer(model=a.model, threads=2)}
         rows = []
         totals = {k: {"py": 0, "js": 0, "matched": 0, "same": 0, "dp": 0.0} for k in analyzers}
         if PHOTOS.is_dir():
@@ -235,7 +227,7 @@ def main() -> None:
                 for key, analyzer in analyzers.items():
                     py = analyzer(path)
                     matched, same, dp = agreement(py, js)
-                    if key == "one":
+                    if key == "default":
                         name = f"{path.parent.name}/{path.name}"
                         rows.append(f"| {name} | {len(py)} | {len(js)} | {matched} | {same} | {dp:.4f} |")
                     t = totals[key]
@@ -307,10 +299,7 @@ def main() -> None:
         "",
         "## Agreement with the Python pipeline",
         "",
-        "Python with the app's one-pass face search (the table): " + _totals(totals["one"]),
-        "",
-        "Python's default pipeline (it looks at native size first, so some boxes and landmarks move by a few "
-        "pixels and a face near a decision boundary can change label): " + _totals(totals["default"]),
+        "Python's default pipeline, the same two-pass face search: " + _totals(totals["default"]),
         "",
         "| photo | faces (Python) | faces (browser) | matched | same label | max abs prob diff |",
         "|---|---:|---:|---:|---:|---:|",

@@ -189,6 +189,19 @@ def test_models_lists_shipped_and_user_models(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_models_and_the_unknown_model_error_name_adaptive(tmp_path):
+    """`adaptive` is a name like the others: listed by `emolens models` (as a route) and offered
+    when a name is wrong."""
+    listed = run_cli("models", "--json", cwd=tmp_path, home=tmp_path / "home")
+    assert listed.returncode == 0, listed.stderr
+    adaptive = [m for m in json.loads(listed.stdout)["models"] if m["name"] == "adaptive"]
+    assert adaptive and adaptive[0]["routes"] == {"clear": "fast", "poor": "robust"}, listed.stdout
+    table = run_cli("models", cwd=tmp_path, home=tmp_path / "home")
+    assert "adaptive" in table.stdout and "clear faces to fast" in table.stdout.replace("\n", " ")
+    wrong = run_cli("analyze", EXAMPLE, "--model", "nosuch", cwd=tmp_path, home=tmp_path / "home")
+    assert wrong.returncode == 2 and "adaptive" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
 def test_detectors_lists_the_backends(tmp_path):
     proc = run_cli("detectors", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -93,3 +93,18 @@ def test_eda_command_writes_the_report(folder, tmp_path):
     assert result.exit_code == 0, result.output
     assert "63 images" in result.output and "1 corrupt" in result.output
     assert (tmp_path / "r" / "report.html").exists()
+
+
+def test_eda_on_a_folder_of_npz_files_names_them(tmp_path):
+    """A folder holding train.npz and val.npz is not one dataset: the error says what a dataset is
+    and names the files to give instead."""
+    from typer.testing import CliRunner
+
+    from emolens.cli import app
+
+    for name in ("train.npz", "val.npz"):
+        np.savez(tmp_path / name, images=np.zeros((2, 48, 48), np.uint8), labels=np.zeros(2, np.int64), classes=FER7)
+    result = CliRunner().invoke(app, ["eda", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "train.npz, val.npz: give one of those files" in result.output and "an .npz file" in result.output
+    assert "Traceback" not in result.output

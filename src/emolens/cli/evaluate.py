@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
 
 
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Model name or .onnx path; several, comma-separated, are an ensemble.")],
+    model: Annotated[str, typer.Argument(help="Model name or .onnx path, or an ensemble: fast+accurate.")],
     data: Annotated[
         Path, typer.Argument(help="Labelled data: .npz of crops, class folders of photos, FER2013 or labels CSV.")
     ],

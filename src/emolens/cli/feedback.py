@@ -331,6 +331,14 @@ def list_models(
         except EmoLensError as exc:
             named.append({"name": name, "labels": None, "input": None, **_card_accuracies({}), "path": str(path),
                           "error": str(exc)})  # fmt: skip
+    from emolens.models.catalog import ROUTED
+
+    by_name = {m["name"]: m for m in named}
+    for name, routes in ROUTED.items():  # a route, not a file: each face goes to one of two models
+        clear = by_name.get(routes.clear, {})
+        named.append({"name": name, "labels": clear.get("labels"), "input": clear.get("input"), "accuracy": None,
+                      "ferplus_accuracy": None, "subtle_accuracy": None, "path": None, "error": None,
+                      "routes": {"clear": routes.clear, "poor": routes.poor}})  # fmt: skip
     versions = models.registry.versions()
     to_stdout = machine_to_stdout(json_out, csv_out)
     if json_out or csv_out:
@@ -354,12 +362,16 @@ def _print_models(named: list[dict], versions: list) -> None:
 
     from emolens.models import ASSETS
 
-    label_sets = {tuple(m["labels"]) for m in named if m["labels"]}
+    label_sets = {tuple(m["labels"]) for m in named if m["labels"] and not m.get("routes")}
     common = label_sets.pop() if len(label_sets) == 1 else None
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for col in ("name", "labels", "input", "FER+", "FER2013", "subtle", "file"):
         table.add_column(col, overflow="fold")  # long names fold onto more lines, never cut
     for m in named:
+        if m.get("routes"):  # a route, not a file
+            r = m["routes"]
+            table.add_row(m["name"], "", m["input"] or "", "", "", "", f"{r['clear']} or {r['poor']} ²")
+            continue
         if m["error"]:  # the message whole below the table, not squeezed into a column
             table.add_row(m["name"], "[red]cannot load (below)[/red]", "", "", "", "", Path(m["path"]).name)
             continue
@@ -373,14 +385,19 @@ def _print_models(named: list[dict], versions: list) -> None:
         console.print(f"¹ {' '.join(common)}")
     else:
         for m in named:
-            if m["labels"]:
+            if m["labels"] and not m.get("routes"):
                 console.print(f"{escape(m['name'])}: {' '.join(m['labels'])}")
+    for m in named:
+        if m.get("routes"):
+            r = m["routes"]
+            console.print(f"² {m['name']}: clear faces to {r['clear']}, poor ones (soft, noisy) to {r['poor']}")
     for m in named:
         if m["error"]:
             console.print(f"[red]{escape(m['name'])}: {escape(m['error'])}[/red]", soft_wrap=True)
     folders: dict[Path, list[str]] = {}
     for m in named:
-        folders.setdefault(Path(m["path"]).parent, []).append(m["name"])
+        if m["path"]:
+            folders.setdefault(Path(m["path"]).parent, []).append(m["name"])
     for folder in folders:
         kind = "shipped models" if folder.resolve() == ASSETS.resolve() else "your models"
         console.print(f"{kind} in {escape(str(folder))}", soft_wrap=True)  # whole, for copying

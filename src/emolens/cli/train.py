@@ -200,7 +200,7 @@ def _cross_validate(data: Path, config: Path | None, overrides: list[str], k: in
     for metric, s in report.summary.items():
         table.add_row(metric, f"{s['mean']:.4f}", f"{s['std']:.4f}", *[f"{f[metric]:.4f}" for f in report.folds])
     console.print(table)
-    folds = ",".join(f["onnx"] for f in report.folds)
+    folds = "+".join(f["onnx"] for f in report.folds)
     console.print(f"fold models in {out}; evaluate them as an ensemble: emolens evaluate {folds} DATA")
 
 

@@ -151,7 +151,14 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None) ->
     root = Path(root)
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
-        raise EmoLensError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+        # A folder of dataset files (FER2013's train.npz and val.npz, say) is not one dataset: name them.
+        files = sorted(p.name for p in root.iterdir() if p.suffix.lower() in (".npz", ".csv"))
+        listed = ", ".join(files[:4]) + (", ..." if len(files) > 4 else "")
+        hint = f"; it holds {listed}: give one of those files" if files else ""
+        raise EmoLensError(
+            f"{root}: no class folders (a dataset is a folder of class folders {root}/<class>/<image files>, "
+            f"a FER2013 or labels CSV, or an .npz file){hint}"
+        )
     names = [canonical(d.name) for d in folders]
     classes = list(classes) if classes is not None else sorted(set(names))
     encode(names, classes)  # raises on an unknown folder name, naming it

@@ -15,7 +15,7 @@ HEADLINE_COVERAGE = (0.9, 0.8)
 
 
 def model_names(model) -> list[str]:
-    """``"fast+accurate"``, ``"fast,fast-int8"``, a path, or a list of either → the list of model
+    """``"fast+accurate"``, ``"fast+fast-int8"``, a path, or a list of either → the list of model
     names/paths (``emolens.models.ModelSpec``: weights, if any, are left out).
 
     A string that names an existing file is one model even if it holds a comma."""

@@ -2,7 +2,7 @@
 
 Stratified folds, or group-aware ones (no person in two folds) when the data has a group column.
 Each fold trains a model of its own (kept, and exported to ONNX, so the folds can be evaluated as
-an ensemble: ``emolens evaluate out/fold0.onnx,out/fold1.onnx,... DATA``), and every metric is
+an ensemble: ``emolens evaluate out/fold0.onnx+out/fold1.onnx+... DATA``), and every metric is
 reported as mean ± standard deviation over the folds.
 """
 

@@ -95,7 +95,8 @@ function draw(source, result, labels) {
     const color = COLORS[labels[i]] || "#ffffff";
     ctx.strokeStyle = color;
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    const text = `${labels[i] || "?"} ${Math.round(100 * (f.confidence || 0))}%`;
+    // Numbered from 0 as the CLI, the server page and the REST API number them (what --face takes).
+    const text = labels[i] ? `${f.index}: ${labels[i]} ${Math.round(100 * (f.confidence || 0))}%` : `${f.index}: ?`;
     const th = Math.max(12, lw * 7) + 4;
     ctx.fillStyle = color;
     ctx.fillRect(x1, Math.max(0, y1 - th), ctx.measureText(text).width + 8, th);
@@ -114,6 +115,8 @@ function showFaces(result, labels, withFixes) {
     `${Math.round(result.total_ms)} ms`;
   result.faces.forEach((f, i) => {
     const li = $("face-template").content.firstElementChild.cloneNode(true);
+    li.dataset.index = f.index;
+    li.querySelector(".face-index").textContent = `#${f.index}`;
     li.querySelector(".face-label").textContent = labels[i] || f.error || "?";
     li.querySelector(".face-conf").textContent = f.confidence != null ? `${Math.round(100 * f.confidence)}%` : "";
     li.querySelector(".probs").textContent = Object.entries(f.probs || {})

@@ -60,16 +60,15 @@ export class Engine {
 
   get labels() { return this.meta.labels; }
 
+  // RetinaFace as the server runs it: native size (or a little under) first, then the regions of
+  // possible small faces enlarged (pipeline.js detectFaces).
   async detect(img, timings = {}) {
-    const t0 = performance.now();
-    const input = P.detectorInput(img, this.options);
     const { ort } = this.runtime;
-    const t1 = performance.now();
-    const out = await this.detector.run({ input: new ort.Tensor("float32", input.tensor, input.dims) });
-    const t2 = performance.now();
-    const faces = P.decodeDetections(input, out.loc.data, out.conf.data, out.landmarks.data, this.options);
-    Object.assign(timings, { detect_prepare: t1 - t0, detect_network: t2 - t1, detect_decode: performance.now() - t2 });
-    return faces;
+    const run = async (input) => {
+      const out = await this.detector.run({ input: new ort.Tensor("float32", input.tensor, input.dims) });
+      return { loc: out.loc.data, conf: out.conf.data, ldm: out.landmarks.data };
+    };
+    return P.detectFaces(img, this.options, run, timings);
   }
 
   async classify(crops) {
@@ -116,9 +115,10 @@ export class Engine {
       });
     }
     const t3 = performance.now();
+    const { detect_passes: _passes, ...detectMs } = timings; // a count, not milliseconds
     return {
       width: img.width, height: img.height, model: this.config.model.name, detector: "retinaface", labels: this.labels,
-      faces, timings_ms: { detect: t1 - t0, ...timings, align: t2 - t1, classify: t3 - t2 },
+      faces, timings_ms: { detect: t1 - t0, ...detectMs, align: t2 - t1, classify: t3 - t2 },
     };
   }
 

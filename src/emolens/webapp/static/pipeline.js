@@ -264,6 +264,15 @@ export const DETECTOR = {
   maxUpscale: 4,
   reliableFacePx: 64,
   preNmsTopK: 5000,
+  // the two-pass search (retinaface.py: ONE_PASS_FACE_PX, FIRST_PASS_*, DEFAULT_CANDIDATE_PROBABILITY, _REGION*)
+  onePassFacePx: 32,
+  firstPassFacePx: 16,
+  firstPassShrink: 0.8,
+  candidateProbability: 0.2,
+  regionFaces: 4,
+  regionMinPx: 48,
+  regionsMaxShare: 0.6,
+  bridgeCovered: 0.8,
 };
 const LOGIT_SHIFT = Math.log(0.9 / 0.1) - Math.log(0.6 / 0.4);
 
@@ -277,25 +286,78 @@ export function scoreToProbability(score) {
   return 1 / (1 + Math.exp(-(Math.log(score / (1 - score)) + LOGIT_SHIFT)));
 }
 
-// The detector's view of an image: shrunk to maxSide (INTER_AREA), enlarged towards a 640 px short
-// side (INTER_LINEAR), padded to a multiple of 32 with the mean colour, BGR minus the mean, NCHW.
-export function detectorInput(img, opts) {
-  const { maxSide, minFaceSize } = opts;
-  let { width: w, height: h } = img;
-  const scale = Math.min(1, maxSide / Math.max(w, h));
-  let small = img;
-  if (scale !== 1) {
-    small = resizeArea(img, Math.max(1, pyRound(w * scale)), Math.max(1, pyRound(h * scale)));
-    w = small.width;
-    h = small.height;
+// GaussianBlur(3x3, sigma 0.7) on uint8, bit-exact: OpenCV's kernel for it in 8-bit fixed point is
+// [54, 148, 54] / 256, applied across then down (exact integer sums), rounded once; the border is
+// reflected without repeating the edge (BORDER_REFLECT_101).
+export function gaussianBlur3(img) {
+  const { width: w, height: h, data } = img;
+  const k0 = 54, k1 = 148;
+  const col = (x) => (x < 0 ? Math.min(1, w - 1) : x >= w ? Math.max(w - 2, 0) : x);
+  const row = (y) => (y < 0 ? Math.min(1, h - 1) : y >= h ? Math.max(h - 2, 0) : y);
+  const across = new Int32Array(w * h * 3);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const l = (y * w + col(x - 1)) * 3, c = (y * w + x) * 3, r = (y * w + col(x + 1)) * 3;
+      for (let ch = 0; ch < 3; ch++) across[c + ch] = k0 * data[l + ch] + k1 * data[c + ch] + k0 * data[r + ch];
+    }
   }
-  let factor = Math.min(DETECTOR.upscaleShortSide / Math.min(h, w), DETECTOR.maxUpscale, maxSide / Math.max(h, w));
-  const smallest = Math.max(h, w) < maxSide - 1 ? minFaceSize : 0;
-  if (smallest > 0) factor = Math.min(factor, DETECTOR.reliableFacePx / smallest);
-  factor = Math.max(1, factor);
-  let big = small;
-  if (factor > 1) big = resizeLinear(small, pyRound(w * factor), pyRound(h * factor));
-  const sw = big.width, sh = big.height;
+  const out = new Uint8Array(w * h * 3);
+  for (let y = 0; y < h; y++) {
+    const u = row(y - 1) * w * 3, c = y * w * 3, d = row(y + 1) * w * 3;
+    for (let i = 0; i < w * 3; i++) out[c + i] = (k0 * across[u + i] + k1 * across[c + i] + k0 * across[d + i] + 32768) >> 16;
+  }
+  return { width: w, height: h, data: out };
+}
+
+// image[y1:y2, x1:x2]
+export function cropImage(img, x1, y1, x2, y2) {
+  const cw = x2 - x1, ch = y2 - y1, data = new Uint8Array(cw * ch * 3);
+  for (let y = 0; y < ch; y++) data.set(img.data.subarray(((y1 + y) * img.width + x1) * 3, ((y1 + y) * img.width + x2) * 3), y * cw * 3);
+  return { width: cw, height: ch, data };
+}
+
+// The search plan (Detector.detect and RetinaFaceDetector._detect): the image shrunk to maxSide
+// (INTER_AREA), the scale that finds the smallest faces asked for (`full`: towards a 640 px short
+// side, at most 4x, no more than brings minFaceSize to 64 px) and the first pass's scale (`first`:
+// brings minFaceSize to 32 px, times 0.8, not under 16 px, never above native size). When `full`
+// is more than 5% above `first`, two passes: anchors under 32 px at the first scale with p >= 0.2
+// are "maybes", whose regions are enlarged to `full` and searched again.
+export function detectorPlan(img, opts) {
+  const { maxSide, minFaceSize } = opts;
+  const scale = Math.min(1, maxSide / Math.max(img.width, img.height));
+  const small = scale === 1 ? img : resizeArea(img, Math.max(1, pyRound(img.width * scale)), Math.max(1, pyRound(img.height * scale)));
+  const { width: w, height: h } = small;
+  const smallest = Math.max(h, w) < maxSide - 1 ? minFaceSize : 0; // Detector._min_face_hint
+  let full = Math.min(DETECTOR.upscaleShortSide / Math.min(h, w), DETECTOR.maxUpscale, maxSide / Math.max(h, w));
+  if (smallest > 0) full = Math.min(full, DETECTOR.reliableFacePx / smallest);
+  full = Math.max(1, full);
+  let first = 1;
+  if (opts.twoPass === false) first = full;
+  else {
+    if (smallest > 0) {
+      first = Math.min(1, Math.max(DETECTOR.firstPassFacePx / smallest, Math.min(DETECTOR.firstPassShrink, DETECTOR.onePassFacePx / smallest)));
+    }
+    first = Math.max(first, Math.min(1, (2 * DETECTOR.align) / Math.max(1, Math.min(h, w))));
+  }
+  const pKeep = scoreToProbability(opts.scoreThreshold);
+  return {
+    small, scale, full, first, smallest, pKeep,
+    pCandidate: Math.min(pKeep, DETECTOR.candidateProbability),
+    twoPass: full > first * 1.05,
+  };
+}
+
+// The network's input for `image` scaled by `factor` (RetinaFaceDetector._infer): a mild shrink
+// (0.5 to 1) is blurred lightly then bilinear, a stronger one area-averaged, an enlargement bilinear;
+// padded to a multiple of 32 with the mean colour, BGR minus the mean, NCHW.
+export function passInput(image, factor) {
+  const { width: w, height: h } = image;
+  const sw = Math.max(1, pyRound(w * factor)), sh = Math.max(1, pyRound(h * factor));
+  let big = image;
+  if (sw !== w || sh !== h) {
+    if (factor < 0.5) big = resizeArea(image, sw, sh);
+    else big = resizeLinear(factor < 1 ? gaussianBlur3(image) : image, sw, sh);
+  }
   const pw = Math.ceil(sw / DETECTOR.align) * DETECTOR.align, ph = Math.ceil(sh / DETECTOR.align) * DETECTOR.align;
   const plane = pw * ph;
   const x = new Float32Array(3 * plane);
@@ -309,7 +371,7 @@ export function detectorInput(img, opts) {
       x[2 * plane + o] = d[s] - mr;
     }
   }
-  return { tensor: x, dims: [1, 3, ph, pw], scale, factor, width: img.width, height: img.height };
+  return { tensor: x, dims: [1, 3, ph, pw], sx: sw / w, sy: sh / h };
 }
 
 const priorCache = new Map();
@@ -349,45 +411,166 @@ export function nms(xywh, scores, threshold) {
   return keep;
 }
 
-// Network outputs → faces in image pixels, filtered, sorted and capped as Detector._filter does.
-export function decodeDetections(input, loc, conf, ldm, opts) {
+// Anchors with p >= pMin, decoded into the pixels of the pass's image: {boxes, probs, points}
+// (x1, y1, x2, y2; the network probability; 5 landmarks), in the network's output order.
+export function decodeRaw(input, loc, conf, ldm, pMin) {
   const [, , ph, pw] = input.dims;
   const pr = priors(ph, pw);
   const n = pr.length / 4;
   const [v0, v1] = DETECTOR.variances;
-  const pmin = scoreToProbability(opts.scoreThreshold);
   let keep = [];
-  for (let i = 0; i < n; i++) if (conf[i * 2 + 1] >= pmin) keep.push(i);
+  for (let i = 0; i < n; i++) if (conf[i * 2 + 1] >= pMin) keep.push(i);
   if (keep.length > DETECTOR.preNmsTopK) {
     keep = keep.sort((a, b) => conf[b * 2 + 1] - conf[a * 2 + 1]).slice(0, DETECTOR.preNmsTopK);
   }
-  const boxes = [], points = [], scores = [], xywh = [];
+  const raw = { boxes: [], probs: [], points: [] };
+  const { sx, sy } = input;
   for (const i of keep) {
     const [cx, cy, pw_, ph_] = pr.subarray(i * 4, i * 4 + 4);
     const bx = cx + loc[i * 4] * v0 * pw_, by = cy + loc[i * 4 + 1] * v0 * ph_;
     const bw = pw_ * Math.exp(loc[i * 4 + 2] * v1), bh = ph_ * Math.exp(loc[i * 4 + 3] * v1);
-    const box = [bx - bw / 2, by - bh / 2, bx + bw / 2, by + bh / 2];
+    raw.boxes.push([f32((bx - bw / 2) / sx), f32((by - bh / 2) / sy), f32((bx + bw / 2) / sx), f32((by + bh / 2) / sy)]);
     const pts = [];
-    for (let k = 0; k < 5; k++) pts.push([cx + ldm[i * 10 + 2 * k] * v0 * pw_, cy + ldm[i * 10 + 2 * k + 1] * v0 * ph_]);
-    boxes.push(box);
-    points.push(pts);
-    scores.push(probabilityToScore(conf[i * 2 + 1]));
-    xywh.push([box[0], box[1], box[2] - box[0], box[3] - box[1]]);
+    for (let k = 0; k < 5; k++) {
+      pts.push([f32((cx + ldm[i * 10 + 2 * k] * v0 * pw_) / sx), f32((cy + ldm[i * 10 + 2 * k + 1] * v0 * ph_) / sy)]);
+    }
+    raw.points.push(pts);
+    raw.probs.push(conf[i * 2 + 1]);
   }
-  const f = input.factor * input.scale;
-  const { width: w, height: h } = input;
+  return raw;
+}
+
+const side = (b) => Math.min(b[2] - b[0], b[3] - b[1]);
+const toXywh = (b) => [b[0], b[1], b[2] - b[0], b[3] - b[1]];
+
+function selectRaw(raw, pred) {
+  const out = { boxes: [], probs: [], points: [] };
+  raw.probs.forEach((p, i) => {
+    if (pred(i)) { out.boxes.push(raw.boxes[i]); out.probs.push(p); out.points.push(raw.points[i]); }
+  });
+  return out;
+}
+
+// Replace overlapping rectangles by their bounding rectangle until none overlap (_merge_overlapping).
+function mergeOverlapping(regions) {
+  let merged = true;
+  while (merged) {
+    merged = false;
+    const out = [];
+    for (const r of regions) {
+      const o = out.find((q) => r[0] < q[2] && q[0] < r[2] && r[1] < q[3] && q[1] < r[3]);
+      if (o) {
+        o.splice(0, 4, Math.min(o[0], r[0]), Math.min(o[1], r[1]), Math.max(o[2], r[2]), Math.max(o[3], r[3]));
+        merged = true;
+      } else out.push([...r]);
+    }
+    regions = out;
+  }
+  return regions;
+}
+
+// Regions (x1, y1, x2, y2) around first-pass anchors too small to be sure of (under 32 px there)
+// that do not lie on a face kept (`sure`): RetinaFaceDetector._candidate_regions.
+export function candidateRegions(raw, sure, first, w, h) {
+  const maybe = selectRaw(raw, (i) => side(raw.boxes[i]) * first < DETECTOR.onePassFacePx);
+  if (!maybe.probs.length) return [];
+  let boxes = nms(maybe.boxes.map(toXywh), maybe.probs, 0.3).map((i) => maybe.boxes[i]);
+  boxes = boxes.filter((b) => {
+    const cx = (b[0] + b[2]) / 2, cy = (b[1] + b[3]) / 2;
+    return !sure.boxes.some((k) => cx >= k[0] && cx <= k[2] && cy >= k[1] && cy <= k[3]);
+  });
+  const regions = boxes.map(([x1, y1, x2, y2]) => {
+    const cx = (x1 + x2) / 2, cy = (y1 + y2) / 2;
+    const half = Math.max(DETECTOR.regionFaces * Math.max(x2 - x1, y2 - y1), DETECTOR.regionMinPx / first) / 2;
+    return [Math.max(0, cx - half), Math.max(0, cy - half), Math.min(w, cx + half), Math.min(h, cy + half)];
+  });
+  return mergeOverlapping(regions).map((r) => r.map((v) => pyRound(v)));
+}
+
+// Boxes (by decreasing score) mostly covered by two or more better faces: the gap between two
+// neighbours' half faces that NMS keeps (_bridges).
+function bridges(boxes) {
+  const out = boxes.map(() => false);
+  if (boxes.length < 3) return out;
+  boxes.forEach((a, i) => {
+    const area = Math.max((a[2] - a[0]) * (a[3] - a[1]), 1e-9);
+    let n = 0, total = 0;
+    for (let j = 0; j < i; j++) {
+      const b = boxes[j];
+      const iw = Math.max(Math.min(a[2], b[2]) - Math.max(a[0], b[0]), 0);
+      const ih = Math.max(Math.min(a[3], b[3]) - Math.max(a[1], b[1]), 0);
+      const c = (iw * ih) / area;
+      if (c > 0.2) n += 1;
+      total += c;
+    }
+    out[i] = n >= 2 && total > DETECTOR.bridgeCovered;
+  });
+  return out;
+}
+
+// Faces found by RetinaFace in `img`, as Python's detector finds them: `run(input)` runs the
+// network on one passInput and resolves to {loc, conf, ldm} (flat arrays). `timings` gets the
+// time spent preparing, in the network and decoding (NMS included), and the number of passes.
+export async function detectFaces(img, opts, run, timings = {}) {
+  let tPrep = 0, tNet = 0, tDecode = 0, passes = 0;
+  const infer = async (image, factor, pMin, offset = [0, 0]) => {
+    const t0 = performance.now();
+    const input = passInput(image, factor);
+    const t1 = performance.now();
+    const out = await run(input);
+    const t2 = performance.now();
+    const raw = decodeRaw(input, out.loc, out.conf, out.ldm, pMin);
+    const [ox, oy] = offset;
+    if (ox || oy) {
+      raw.boxes = raw.boxes.map((b) => [f32(b[0] + ox), f32(b[1] + oy), f32(b[2] + ox), f32(b[3] + oy)]);
+      raw.points = raw.points.map((pts) => pts.map(([x, y]) => [f32(x + ox), f32(y + oy)]));
+    }
+    tPrep += t1 - t0;
+    tDecode += performance.now() - t2;
+    tNet += t2 - t1;
+    passes += 1;
+    return raw;
+  };
+  const t0 = performance.now();
+  const plan = detectorPlan(img, opts);
+  tPrep += performance.now() - t0;
+  const { small, first, full, pKeep } = plan;
+  const { width: w, height: h } = small;
+  const raw = await infer(small, first, plan.twoPass ? plan.pCandidate : pKeep);
+  const sure = selectRaw(raw, (i) => raw.probs[i] >= pKeep);
+  let parts = [sure];
+  if (plan.twoPass) {
+    // A sure face a little under minFaceSize here may measure above it enlarged: look again, like a maybe.
+    parts = [selectRaw(sure, (i) => side(sure.boxes[i]) >= plan.smallest)];
+    const regions = candidateRegions(raw, parts[0], first, w, h);
+    const area = regions.reduce((a, [x1, y1, x2, y2]) => a + (x2 - x1) * (y2 - y1), 0);
+    if (regions.length && area > DETECTOR.regionsMaxShare * w * h) parts = [await infer(small, full, pKeep)];
+    else for (const [x1, y1, x2, y2] of regions) parts.push(await infer(cropImage(small, x1, y1, x2, y2), full, pKeep, [x1, y1]));
+  }
+  const t1 = performance.now();
+  const all = { boxes: parts.flatMap((p) => p.boxes), probs: parts.flatMap((p) => p.probs), points: parts.flatMap((p) => p.points) };
+  const scores = all.probs.map(probabilityToScore);
+  let idx = nms(all.boxes.map(toXywh), scores, opts.nmsIou ?? DETECTOR.nmsIou);
+  const gaps = bridges(idx.map((i) => all.boxes[i]));
+  idx = idx.filter((_, k) => !gaps[k]);
+  // Back to the full image, then Detector._filter: clipped, thresholded, sorted, capped.
+  const s = plan.scale;
   const clip = (v, hi) => Math.min(Math.max(v, 0), hi);
-  const faces = nms(xywh, scores, opts.nmsIou ?? DETECTOR.nmsIou).map((i) => ({
-    box: [clip(boxes[i][0] / f, w), clip(boxes[i][1] / f, h), clip(boxes[i][2] / f, w), clip(boxes[i][3] / f, h)],
-    score: scores[i],
-    landmarks: points[i].map(([px, py]) => [px / f, py / f]),
-  }));
+  const faces = idx.map((i) => {
+    const b = all.boxes[i].map((v) => (s === 1 ? v : v / s));
+    return {
+      box: [clip(b[0], img.width), clip(b[1], img.height), clip(b[2], img.width), clip(b[3], img.height)].map(f32),
+      score: scores[i],
+      landmarks: all.points[i].map(([x, y]) => (s === 1 ? [x, y] : [x / s, y / s])),
+    };
+  });
+  tDecode += performance.now() - t1;
+  Object.assign(timings, { detect_prepare: tPrep, detect_network: tNet, detect_decode: tDecode, detect_passes: passes });
   return faces
     .filter((q) => q.score >= opts.scoreThreshold && Math.min(q.box[2] - q.box[0], q.box[3] - q.box[1]) >= opts.minFaceSize)
     .sort((a, b) => b.score - a.score)
     .slice(0, opts.maxFaces);
 }
-
 // -------------------------------------------------------------------------------------------------
 // Alignment (emolens/image/align.py): cv2.estimateAffinePartial2D(method=LMEDS) and cv2.warpAffine
 
