@@ -35,12 +35,12 @@ if TYPE_CHECKING:
 
 
 class Workspace:
-    """One home's parts: models, detectors, analyzers, stores. Cheap to make (nothing is built until
-    it is first used); each part is built once and shared by everything made from this workspace."""
+    """One home's shared parts: model names and versions, detectors, the database and its stores.
+    Cheap to make (nothing is built until it is first used); each part is built once and shared by
+    everything made from this workspace."""
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings if settings is not None else get_settings()
-        self._lock = threading.Lock()
 
     @classmethod
     def default(cls) -> Workspace:
@@ -101,7 +101,7 @@ class Workspace:
 
         return create_detector(name or self.settings.detector, self.detector_options(**overrides))
 
-    # -- storage and the features on it --------------------------------------------------
+    # -- storage: the database and its stores --------------------------------------------------
     @cached_property
     def feedback_store(self) -> FeedbackStore:
         from emolens.store.feedback import FeedbackStore

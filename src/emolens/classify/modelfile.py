@@ -157,34 +157,29 @@ class DescribedByMeta:
         return self.meta.thresholds
 
 
-def check_thresholds(thresholds, labels: list[str]) -> dict[str, float]:
-    """``{label: threshold}`` with known labels and thresholds in [0, 1]; raises ModelError otherwise."""
-    if not isinstance(thresholds, dict):
-        raise ModelError(f"{THRESHOLDS_KEY} must be a JSON object {{label: threshold}}")
-    unknown = sorted(set(thresholds) - set(labels))
+def _per_label(values, labels: list[str], key: str, what: str, lo: float, hi: float) -> dict[str, float]:
+    """``{label: number}`` with known labels and numbers in [lo, hi]; raises ModelError otherwise."""
+    if not isinstance(values, dict):
+        raise ModelError(f"{key} must be a JSON object {{label: {what}}}")
+    unknown = sorted(set(values) - set(labels))
     if unknown:
-        raise ModelError(f"{THRESHOLDS_KEY} names labels {unknown} that the model does not have ({labels})")
+        raise ModelError(f"{key} names labels {unknown} that the model does not have ({labels})")
     out = {}
-    for label, value in thresholds.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ModelError(f"{THRESHOLDS_KEY}: the threshold of {label!r} must be a number in [0, 1], not {value!r}")
+    for label, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ModelError(f"{key}: the {what} of {label!r} must be a number in [{lo:g}, {hi:g}], not {value!r}")
         out[label] = float(value)
     return out
+
+
+def check_thresholds(thresholds, labels: list[str]) -> dict[str, float]:
+    """Per-class confidence thresholds: known labels, numbers in [0, 1]."""
+    return _per_label(thresholds, labels, THRESHOLDS_KEY, "threshold", 0.0, 1.0)
 
 
 def check_offsets(offsets, labels: list[str]) -> dict[str, float]:
-    """``{label: offset}`` with known labels and finite offsets in [-10, 10]; raises ModelError otherwise."""
-    if not isinstance(offsets, dict):
-        raise ModelError(f"{OFFSETS_KEY} must be a JSON object {{label: offset}}")
-    unknown = sorted(set(offsets) - set(labels))
-    if unknown:
-        raise ModelError(f"{OFFSETS_KEY} names labels {unknown} that the model does not have ({labels})")
-    out = {}
-    for label, value in offsets.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -10.0 <= value <= 10.0:
-            raise ModelError(f"{OFFSETS_KEY}: the offset of {label!r} must be a number in [-10, 10], not {value!r}")
-        out[label] = float(value)
-    return out
+    """Per-class logit offsets: known labels, finite numbers in [-10, 10]."""
+    return _per_label(offsets, labels, OFFSETS_KEY, "offset", -10.0, 10.0)
 
 
 def offset_vector(meta: ModelMeta) -> list[float] | None:

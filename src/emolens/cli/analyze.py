@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from emolens.cli.console import build_analyzer, console, err, fail
+from emolens.cli.console import DetectionThreshold, MaxFaces, MinFaceSize, build_analyzer, console, err, fail
 from emolens.cli.outputs import csv_option, emit_csv, emit_json, json_option, machine_to_stdout, output_place
 from emolens.core.errors import EmoLensError
 
@@ -74,13 +74,9 @@ def analyze(
     tta: Annotated[
         bool | None, typer.Option("--tta/--no-tta", help="Also average the model(s) over the mirrored face.")
     ] = None,
-    min_face_size: Annotated[
-        int | None, typer.Option(min=1, max=100_000, help="Ignore faces smaller than this many pixels.")
-    ] = None,
-    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Detection score threshold.")] = None,
-    max_faces: Annotated[
-        int | None, typer.Option(min=1, max=10_000, help="Keep at most this many faces per image.")
-    ] = None,
+    min_face_size: MinFaceSize = None,
+    threshold: DetectionThreshold = None,
+    max_faces: MaxFaces = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
 ) -> None:
     """Find every face in the images and tell how each one feels."""

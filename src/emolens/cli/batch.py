@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import err, fail, workspace
+from emolens.cli.console import DetectionThreshold, MaxFaces, MinFaceSize, err, fail, workspace
 from emolens.cli.outputs import emit_json, json_option, output_place
 from emolens.core.errors import EmoLensError
 
@@ -47,13 +47,9 @@ def batch(
             help="Face detector: retinaface, dlib-hog, dlib-cnn, haar, or none (the whole image is the face)."
         ),
     ] = None,
-    min_face_size: Annotated[
-        int | None, typer.Option(min=1, max=100_000, help="Ignore faces smaller than this many pixels.")
-    ] = None,
-    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Detection score threshold.")] = None,
-    max_faces: Annotated[
-        int | None, typer.Option(min=1, max=10_000, help="Keep at most this many faces per image.")
-    ] = None,
+    min_face_size: MinFaceSize = None,
+    threshold: DetectionThreshold = None,
+    max_faces: MaxFaces = None,
     embeddings: Annotated[
         bool, typer.Option("--embeddings", help="Add each face's identity embedding (needs the 'identity' extra).")
     ] = False,

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one message per line, file names never broken
+
+
+# The detector's options, the same on every command that detects faces.
+MinFaceSize = Annotated[
+    int | None, typer.Option(min=1, max=100_000, help="Ignore faces smaller than this many pixels.")
+]
+DetectionThreshold = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Detection score threshold.")]
+MaxFaces = Annotated[int | None, typer.Option(min=1, max=10_000, help="Keep at most this many faces per image.")]
 
 
 def workspace() -> Workspace:

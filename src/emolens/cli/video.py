@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from emolens.cli.console import console, err, fail, workspace
+from emolens.cli.console import DetectionThreshold, MinFaceSize, console, err, fail, workspace
 from emolens.cli.outputs import output_place
 from emolens.core.errors import EmoLensError
 
@@ -77,10 +77,8 @@ def video(
     model: Annotated[
         str | None, typer.Option(help="Emotion model: a name, an .onnx path, or an ensemble: fast+accurate.")
     ] = None,
-    min_face_size: Annotated[
-        int | None, typer.Option(min=1, max=100_000, help="Ignore faces smaller than this many pixels.")
-    ] = None,
-    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Detection score threshold.")] = None,
+    min_face_size: MinFaceSize = None,
+    threshold: DetectionThreshold = None,
     threads: Annotated[int | None, typer.Option(min=0, max=1024, help="ONNX Runtime threads (0 = all cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
 ) -> None:

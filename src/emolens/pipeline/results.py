@@ -172,26 +172,18 @@ class FaceResult:
     def to_row(self) -> dict:
         """The face as one flat row (CSV, Parquet): the record's names, the box as x1..y2, the
         landmarks as ten numbers (x, y of each point), quality as its score, p_EMOTION per emotion."""
-        x1, y1, x2, y2 = (_num(v, 1) for v in self.box)
-        lm = None if self.landmarks is None else [_num(v, 1) for p in self.landmarks for v in p]
+        d = self.to_dict()
+        box, landmarks, probs, quality = d.pop("box"), d.pop("landmarks"), d.pop("probs"), d.pop("quality")
+        del d["raw_probs"]  # a row holds one reading
         return {
-            "index": self.index,
-            "track_id": self.track_id,
-            "x1": x1,
-            "y1": y1,
-            "x2": x2,
-            "y2": y2,
-            "score": _num(self.score, 4),
-            "landmarks": lm,
-            "label": self.label,
-            "top_label": self.top_label,
-            "confidence": None if self.confidence is None else round(self.confidence, 4),
-            "uncertain": self.uncertain,
-            "reason": self.reason,
-            "rule": self.rule,
-            "quality": None if self.quality is None else self.quality["score"],
-            "error": self.error,
-            **{f"p_{k}": round(v, 4) for k, v in self.probs.items()},
+            "index": d.pop("index"),
+            "track_id": d.pop("track_id"),
+            **dict(zip(("x1", "y1", "x2", "y2"), box, strict=True)),
+            "score": d.pop("score"),
+            "landmarks": None if landmarks is None else [v for point in landmarks for v in point],
+            **d,
+            "quality": None if quality is None else quality["score"],
+            **{f"p_{k}": v for k, v in probs.items()},
         }
 
 
