@@ -192,7 +192,7 @@ def test_models_lists_shipped_and_user_models(tmp_path):
 def test_models_and_the_unknown_model_error_name_adaptive(tmp_path):
     """`adaptive` is a name like the others: listed by `emolens models` (as a route) and offered
     when a name is wrong."""
-    listed = run_cli("models", "--json", cwd=tmp_path, home=tmp_path / "home")
+    listed = run_cli("models", "--json", "-", cwd=tmp_path, home=tmp_path / "home")
     assert listed.returncode == 0, listed.stderr
     adaptive = [m for m in json.loads(listed.stdout)["models"] if m["name"] == "adaptive"]
     assert adaptive and adaptive[0]["routes"] == {"clear": "fast", "poor": "robust"}, listed.stdout

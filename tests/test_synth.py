@@ -160,7 +160,7 @@ def mixed(shared_datasets, tmp_path_factory) -> Path:
 def test_filter_keeps_good_photos_and_says_why_it_drops_the_rest(mixed, tmp_path):
     from emolens.data.quality import filter_images, write_filter_report
 
-    report = filter_images(mixed)
+    report = filter_images(mixed, analyzer=gate_analyzer())
     outcome = {c.path: [r.split(":")[0] for r in c.reasons] for c in report.checks}
     assert outcome == {
         "happy/a0.jpg": [],
@@ -195,7 +195,9 @@ def test_filter_against_the_training_set_and_the_agreement_gate(mixed, tmp_path)
     train.mkdir(parents=True)
     shutil.copy(mixed / "happy" / "a1.jpg", train / "x.jpg")
     gates = Gates(faces=False, min_sharpness=0, min_brightness=0, max_brightness=255, min_contrast=0)
-    report = filter_images(mixed, gates, reference_hashes_of(load_image_folder(tmp_path / "train")))
+    report = filter_images(
+        mixed, gates, reference_hashes_of(load_image_folder(tmp_path / "train")), analyzer=gate_analyzer()
+    )
     assert next(c for c in report.checks if c.path == "happy/a1.jpg").reasons == [
         "duplicate: near-duplicate of a training image"
     ]
@@ -210,7 +212,7 @@ def test_filter_against_the_training_set_and_the_agreement_gate(mixed, tmp_path)
         agreement="fast",
         min_agreement=0.99,
     )
-    report = filter_images(mixed, agree)
+    report = filter_images(mixed, agree, analyzer=gate_analyzer("fast"))
     checked = next(c for c in report.checks if c.path == "sad/b0.jpg")
     assert checked.agreement is not None and checked.agreement < 0.99
     assert any(r.startswith("disagreement: the model gives sad") for r in checked.reasons)
@@ -369,3 +371,10 @@ def test_tuning_resumes_after_the_process_is_killed(fer_small, tmp_path, emolens
     best = (folder / "best.yaml").read_text()
     assert "lr:" in best and (folder / "history.png").exists()
     assert "train with them: emolens train" in done.stdout
+
+
+def gate_analyzer(model: str = "fast"):
+    """The analyzer the face and agreement gates use, as `emolens data filter` makes it."""
+    from emolens import Analyzer
+
+    return Analyzer(model, min_face_size=20)

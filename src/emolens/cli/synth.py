@@ -32,7 +32,7 @@ def generate(
     ] = 0,
     steps: Annotated[int, typer.Option(min=1, max=1000, help="Denoising steps.")] = 25,
     guidance: Annotated[float, typer.Option(min=0.0, max=100.0, help="Classifier-free guidance scale.")] = 7.5,
-    size: Annotated[int, typer.Option(min=64, max=4096, help="Image side in pixels.")] = 512,
+    size: Annotated[int, typer.Option(min=8, max=4096, help="Image side in pixels (a multiple of 8).")] = 512,
     filter_: Annotated[
         bool, typer.Option("--filter/--no-filter", help="Run the quality gates on the images and record what passed.")
     ] = True,
