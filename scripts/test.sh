@@ -15,8 +15,8 @@
 #     `nobody` under root) in temporary folders for the storage tests, and stops them;
 #   - builds the documentation into site/ (mkdocs build --strict) and runs pytest.
 # chromium and the web runtime are fetched in the background while pip installs. Each step prints
-# one line with the time since the start. A first run takes about 12 minutes on a quiet 2-core
-# machine (the installs about 2 of them); later runs about 10.
+# one line with the time since the start. A first run takes about 16 minutes on a quiet 2-core
+# machine (the installs about 1.5 of them); later runs about 14.
 #
 # Usage:
 #   bash scripts/test.sh                          # everything
