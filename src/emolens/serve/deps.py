@@ -22,7 +22,6 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 
 from emolens.core.errors import EmoLensError, NotFoundError
-from emolens.core.settings import Settings
 from emolens.serve.errors import BusyError, DatabaseUnavailableError, ForbiddenError, UnauthorizedError
 from emolens.store.keys import SCOPES, ApiKey
 from emolens.workspace import Workspace
@@ -292,10 +291,6 @@ class ServerState:
 
 def get_state(request: Request) -> ServerState:
     return request.app.state.emolens
-
-
-def get_settings(state: ServerState = Depends(get_state)) -> Settings:
-    return state.settings
 
 
 # Declared as a security scheme so the OpenAPI schema and /docs know about the header.
