@@ -88,13 +88,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="emolens-bench-"))
 
     from emolens.classify.emotion import EmotionModel, scale_probabilities
-    from emolens.core.settings import get_settings
     from emolens.evaluate.calibrate import expected_calibration_error as ece
     from emolens.feedback import FeedbackService, FeedbackSplit
     from emolens.feedback.learn import FinetuneOptions, finetune_from_feedback
     from emolens.feedback.split import is_holdout
     from emolens.models import clear_model_cache
-    from emolens.workspace import Workspace
+    from emolens.workspace import Workspace, get_settings
 
     class CropHashStore(FeedbackService):
         """The earlier rule: each record held out by the hash of its own crop."""

@@ -27,8 +27,8 @@ def emolens_home(tmp_path, monkeypatch) -> Path:
     The settings and the loaded-model caches are cleared on the way in and out, so no test sees
     another's home or models; ``monkeypatch`` restores the environment afterwards.
     """
-    from emolens.core.settings import get_settings
     from emolens.models import clear_model_cache
+    from emolens.workspace import get_settings
 
     home = tmp_path / "emolens_home"
     (home / "models").mkdir(parents=True)
@@ -82,7 +82,7 @@ def database_url(request, monkeypatch) -> str:
 
     Sets ``EMOLENS_DATABASE_URL`` so that every store (and every subprocess the test starts)
     uses that database; request it after ``emolens_home``."""
-    from emolens.core.settings import get_settings
+    from emolens.workspace import get_settings
 
     if request.param == "sqlite":
         monkeypatch.delenv("EMOLENS_DATABASE_URL", raising=False)

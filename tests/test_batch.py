@@ -54,8 +54,8 @@ def photos(shared_datasets, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """One EMOLENS_HOME for the module (model-loading caches stay warm across its tests)."""
-    from emolens.core.settings import get_settings
     from emolens.models import clear_model_cache
+    from emolens.workspace import get_settings
 
     path = tmp_path_factory.mktemp("home")
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("EMOLENS_")}

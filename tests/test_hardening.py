@@ -430,9 +430,10 @@ def uvicorn_server(home: Path, **settings):
     """A server as `emolens serve` runs it: its HTTP protocol, access log at info level."""
     import uvicorn
 
-    from emolens.core.settings import Settings, get_settings
+    from emolens.core.settings import Settings
     from emolens.serve import create_app
     from emolens.serve.connections import http_protocol
+    from emolens.workspace import get_settings
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EMOLENS_HOME", str(home))

@@ -166,9 +166,9 @@ def test_uploads_are_capped_in_bytes(tmp_path):
 
 
 def test_erasing_a_person_erases_the_recent_uploads(emolens_home):
-    from emolens.core.settings import get_settings
     from emolens.store.analyses import AnalysisStore
     from emolens.store.people import PeopleStore
+    from emolens.workspace import get_settings
 
     url = get_settings().db_url
     uploads = AnalysisStore(url)

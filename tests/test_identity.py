@@ -60,7 +60,7 @@ def models():
 @pytest.fixture(scope="module")
 def world(lfw, models, tmp_path_factory):
     """A home with six people enrolled from a class folder and a trained recognizer (v1)."""
-    from emolens.core.settings import get_settings
+    from emolens.workspace import get_settings
 
     home = tmp_path_factory.mktemp("identity_home")
     klass = tmp_path_factory.mktemp("class")

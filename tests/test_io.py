@@ -163,7 +163,7 @@ def test_small_pixel_limit_on_a_normal_image(kind):
 
 
 def test_pixel_limit_from_the_environment(emolens_home, monkeypatch):
-    from emolens.core.settings import get_settings
+    from emolens.workspace import get_settings
 
     """The setting reaches the decoder through the analyzer of the process's workspace."""
     from emolens import Analyzer

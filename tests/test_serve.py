@@ -32,9 +32,10 @@ def running_server(home: Path, prepare=None, wait="/readyz", **settings) -> Iter
     Yields the base URL and the app."""
     import uvicorn
 
-    from emolens.core.settings import Settings, get_settings
+    from emolens.core.settings import Settings
     from emolens.models import clear_model_cache
     from emolens.serve import create_app
+    from emolens.workspace import get_settings
 
     with pytest.MonkeyPatch.context() as mp:
         for key in ("EMOLENS_CONFIG", "EMOLENS_MODEL", "EMOLENS_MAX_PIXELS", "EMOLENS_DATABASE_URL"):
@@ -581,7 +582,7 @@ def test_cli_keys_commands(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from emolens.cli import app
-    from emolens.core.settings import get_settings
+    from emolens.workspace import get_settings
 
     monkeypatch.setenv("EMOLENS_HOME", str(tmp_path / "h"))
     get_settings.cache_clear()
@@ -617,11 +618,11 @@ def test_create_app_uses_the_home_it_is_given_not_the_process_one(tmp_path, monk
 
     from fastapi.testclient import TestClient
 
-    from emolens.core.settings import Settings, get_settings
+    from emolens.core.settings import Settings
     from emolens.models import clear_model_cache
     from emolens.serve import create_app
     from emolens.store.keys import KeyStore
-    from emolens.workspace import Workspace
+    from emolens.workspace import Workspace, get_settings
 
     elsewhere, home = tmp_path / "elsewhere", tmp_path / "given"
     for key in ("EMOLENS_CONFIG", "EMOLENS_MODEL", "EMOLENS_DATABASE_URL"):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from emolens.core.settings import Settings, get_settings
+from emolens.core.settings import Settings
 from emolens.pipeline.analyzer import Analyzer
+from emolens.workspace import get_settings
 
 
 def test_config_file_then_environment_then_arguments(emolens_home, monkeypatch):

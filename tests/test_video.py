@@ -198,7 +198,8 @@ def test_live_session_takes_encoded_frames(two_faces, shared_analyzer):
 
 def test_video_analyzer_runs_the_registrys_active_version(emolens_home, monkeypatch, tmp_path):
     """`active` resolves as in images: the registry's active version, named in the results."""
-    from emolens.core.settings import Settings, get_settings
+    from emolens.core.settings import Settings
+    from emolens.workspace import get_settings
 
     version = Workspace.default().registry.promote("fast-int8")  # v1 is the shipped default, v2 this one
     frame = render(background(320, 240), [astronaut_patch(140)], [(80, 40)])

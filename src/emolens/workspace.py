@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emolens.core.settings import Settings, get_settings
+from emolens.core.settings import Settings
 
 if TYPE_CHECKING:
     from emolens.detect import Detector, DetectorOptions
@@ -32,6 +32,13 @@ if TYPE_CHECKING:
     from emolens.store.feedback import FeedbackStore
     from emolens.store.keys import KeyStore
     from emolens.store.shadow import ShadowStore
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings (defaults < config file < ``EMOLENS_*`` environment), read once: by
+    this module only, for the workspace of a program that was given no settings."""
+    return Settings()
 
 
 class Workspace:

@@ -6,7 +6,6 @@ The config file is ``$EMOLENS_HOME/config.toml`` (or the path in ``EMOLENS_CONFI
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -85,11 +84,3 @@ class Settings(BaseSettings):
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, _config_file()))
-
-
-@lru_cache
-def get_settings() -> Settings:
-    """The process's settings, read once. Only entry points call this, and only when they were
-    given no ``Settings``: ``Analyzer``, ``VideoAnalyzer``, ``create_app``, ``Registry``,
-    ``ModelResolver``, the batch job and the CLI commands; what they build is given the object."""
-    return Settings()
