@@ -314,7 +314,8 @@ def test_the_app_starts_with_the_saved_key_where_reads_need_one(app_browser):
     page = context.new_page()
     try:
         page.goto(url + "/app/")
-        page.wait_for_function("document.getElementById('engine').textContent.includes('cannot start')")
+        # A selector, not a JS expression: the app's CSP forbids eval, which an expression string needs.
+        page.locator("#engine", has_text="cannot start").wait_for()
         assert "key" in page.inner_text("#engine")
         page.evaluate("(key) => localStorage.setItem('emolens.key', key)", read)
         page.goto(url + "/app/")
